@@ -1,0 +1,88 @@
+# fmnist-serve: `make demo` runs the whole pipeline, `make test` the whole test suite.
+# Each target does its own set-up through `install`, which does nothing when nothing changed.
+
+PYTHON    ?= python3
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+ARTIFACTS ?= artifacts
+export ARTIFACTS
+MODELS    ?=
+EPOCHS    ?=
+DEVICE    ?= auto
+HOST      ?= 127.0.0.1
+PORT      ?= 50051
+# `make demo`: seconds of training per architecture, and the cap on training images per epoch.
+DEMO_BUDGET ?= 25
+DEMO_LIMIT  ?= 20000
+
+PROTOS    := $(shell find protos -name '*.proto')
+GEN       := build/gen
+DEPS      := $(VENV)/.deps-dev
+SERVE_DEPS:= $(VENV)/.deps-serve
+STUBS     := $(GEN)/.stamp
+model_flags = $(if $(MODELS),--models $(MODELS))
+
+.PHONY: help install install-serve dataset stubs demo test train export serve \
+        bench-train bench-export bench-serve clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+install: $(DEPS) $(STUBS) dataset  ## venv with the pinned training+serving+test stack, stubs, data
+
+install-serve: $(SERVE_DEPS) $(STUBS)  ## a serving-only venv: no torch (use VENV=... for a new one)
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# The .pth puts the repo and the generated stubs on the venv's path, so `python client/predict.py`
+# and `python -m server` find them from any folder.
+$(DEPS): requirements/dev.txt requirements/train.txt requirements/serve.txt requirements/lock.txt | $(VENV)/bin/python
+	$(PY) -m pip install -q -r requirements/dev.txt -c requirements/lock.txt
+	printf '%s\n%s\n' "$(CURDIR)" "$(CURDIR)/$(GEN)" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/fmnist-serve.pth"
+	touch $@ $(SERVE_DEPS)
+
+$(SERVE_DEPS): requirements/serve.txt requirements/lock.txt | $(VENV)/bin/python
+	$(PY) -m pip install -q -r requirements/serve.txt -c requirements/lock.txt
+	printf '%s\n%s\n' "$(CURDIR)" "$(CURDIR)/$(GEN)" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/fmnist-serve.pth"
+	touch $@
+
+stubs: $(STUBS)  ## generate the gRPC stubs from protos/ (rebuilt when a .proto changes)
+
+$(STUBS): $(PROTOS) | $(SERVE_DEPS)
+	rm -rf $(GEN) && mkdir -p $(GEN)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=$(GEN) --pyi_out=$(GEN) --grpc_python_out=$(GEN) $(PROTOS)
+	touch $@
+
+dataset:  ## Fashion-MNIST from Debian's package when root on Debian (else: torchvision download later)
+	@scripts/install-dataset.sh
+
+demo: install  ## quick train of every architecture -> export -> serve -> classify samples/
+	$(PY) -m trainer $(model_flags) --time-budget $(DEMO_BUDGET) --limit-train $(DEMO_LIMIT) --device $(DEVICE) --artifacts $(ARTIFACTS)
+	$(PY) -m exporter $(model_flags) --artifacts $(ARTIFACTS)
+	$(PY) scripts/demo_classify.py --models-dir $(ARTIFACTS)/models --samples samples --device $(DEVICE)
+
+test: install  ## the whole test suite
+	$(PY) -m pytest
+
+train: install  ## train (MODELS="resnet18 lenet_bn" EPOCHS=3 to narrow)
+	$(PY) -m trainer $(model_flags) $(if $(EPOCHS),--epochs $(EPOCHS)) --device $(DEVICE) --artifacts $(ARTIFACTS)
+
+export: install  ## export every best.pt to artifacts/models/<arch>/<version>/model.onnx
+	$(PY) -m exporter $(model_flags) --artifacts $(ARTIFACTS)
+
+serve: install  ## serve every exported model on $(HOST):$(PORT)
+	$(PY) -m server --models-dir $(ARTIFACTS)/models --host $(HOST) --port $(PORT) --device $(DEVICE)
+
+bench-train: install  ## the seeds' training loop against ours, side by side
+	$(PY) -m bench.train $(model_flags)
+
+bench-export: install  ## onnxruntime throughput: folded vs unfolded vs PyTorch eager
+	$(PY) -m bench.export $(model_flags)
+
+bench-serve: install  ## in-process onnxruntime against the gRPC server over loopback
+	$(PY) -m bench.serve $(model_flags)
+
+clean:  ## remove generated stubs and caches (keeps the venv, data and artifacts)
+	rm -rf $(GEN) .pytest_cache

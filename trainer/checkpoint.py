@@ -1,0 +1,51 @@
+"""Checkpoints that describe themselves and are never left half-written.
+
+A checkpoint is a dict of plain types and tensors (loadable with `weights_only=True`): arch,
+model/optimizer/scheduler state, epoch, step, metrics history, recipe, seed, RNG state, torch
+version. It is written to a temporary file in the same folder, flushed to disk, then renamed over
+the old one, so a crash at any point leaves either the old checkpoint or the new one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = 1
+
+
+def checkpoint_dir(artifacts: str | os.PathLike, arch: str) -> Path:
+    return Path(artifacts) / "checkpoints" / arch
+
+
+def save_atomic(obj: dict[str, Any], path: str | os.PathLike) -> None:
+    """torch.save to a temp file beside `path`, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with weights_only=True: plain data and tensors, never pickled code."""
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "arch" not in ckpt:
+        raise ValueError(f"{path} is not an fmnist-serve checkpoint (format {FORMAT})")
+    return ckpt
