@@ -1,0 +1,72 @@
+"""`python -m trainer` as a user (and torchrun) runs it."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+from trainer import checkpoint, models
+from trainer.cli import get_args_parser
+
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+
+
+def run_trainer(*args, launcher=(sys.executable, "-m", "trainer"), timeout=300):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([*launcher, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_every_flag_has_help():
+    for action in get_args_parser()._actions:
+        assert action.help, f"{action.option_strings} has no help text"
+
+
+def test_list_shows_every_architecture():
+    result = run_trainer("--list")
+    assert result.returncode == 0, result.stderr
+    for name, spec in models.ARCHITECTURES.items():
+        assert name in result.stdout and str(spec.input_side) in result.stdout
+    assert "46.76" in result.stdout  # alexnet's parameter count, computed
+
+
+def test_quick_run_prints_summary_and_checkpoints(tmp_path, fmnist_dir):
+    result = run_trainer("--models", "lenet", "--epochs", "1", "--limit-train", "256",
+                         "--data-dir", str(fmnist_dir), "--artifacts", str(tmp_path),
+                         "--device", "cpu", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert f"Fashion-MNIST from {fmnist_dir}" in result.stderr
+    assert "test acc" in result.stdout and "lenet" in result.stdout
+    assert checkpoint.load(tmp_path / "checkpoints/lenet/best.pt")["epoch"] == 1
+
+
+def test_unknown_architecture_and_missing_cuda_are_one_line_errors(tmp_path, fmnist_dir):
+    bad = run_trainer("--models", "resnet19")
+    assert bad.returncode == 2 and "invalid choice: 'resnet19'" in bad.stderr
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU; the error path needs one without")
+    cuda = run_trainer("--models", "lenet", "--device", "cuda", "--data-dir", str(fmnist_dir),
+                       "--artifacts", str(tmp_path))
+    assert cuda.returncode == 2
+    assert cuda.stderr.strip().splitlines()[-1].startswith("error: --device cuda, but torch sees no")
+    assert "Traceback" not in cuda.stderr
+
+
+@pytest.mark.slow
+def test_two_process_gloo_ddp_writes_one_checkpoint(tmp_path, fmnist_dir):
+    result = run_trainer("--nproc_per_node=2", "-m", "trainer", "--models", "lenet_bn",
+                         "--epochs", "1", "--batch-size", "64", "--data-dir", str(fmnist_dir),
+                         "--artifacts", str(tmp_path), "--device", "cpu", "--no-progress",
+                         launcher=(str(TORCHRUN),))
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckdir = tmp_path / "checkpoints/lenet_bn"
+    assert sorted(p.name for p in ckdir.iterdir()) == ["best.pt", "last.pt"]
+    ck = checkpoint.load(ckdir / "last.pt")
+    assert ck["config"]["world_size"] == 2
+    assert ck["step"] == 512 // 64  # the global batch is split, not duplicated, over the ranks
+    assert len(list((tmp_path / "runs/lenet_bn").glob("*.jsonl"))) == 1
+    assert result.stdout.count("lenet_bn") == 1  # one summary, from rank 0

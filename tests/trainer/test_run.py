@@ -1,0 +1,111 @@
+"""Training runs on small real-format data: checkpoints, resume, time budget, best.pt policy."""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer import checkpoint, data, models
+from trainer.augment import shift_and_flip
+from trainer.run import TrainConfig, lr_factor, train
+
+
+@pytest.fixture(scope="module")
+def small_data(fmnist_dir):
+    return data.load(fmnist_dir, download=False)
+
+
+def config(tmp_path: Path, **kw) -> TrainConfig:
+    base = TrainConfig(arch="lenet_bn", recipe_name="d2l",
+                       recipe=replace(models.get("lenet_bn").recipes["d2l"], batch_size=64,
+                                      epochs=2, lr=0.5),
+                       device=torch.device("cpu"), precision="fp32", channels_last=False, seed=3,
+                       artifacts=tmp_path)
+    return replace(base, **kw)
+
+
+def test_run_writes_checkpoints_metrics_and_plot(tmp_path, small_data):
+    row = train(config(tmp_path), small_data, progress_bar=False)
+    assert row["stopped"] == "done" and row["epochs"] == 2
+    ck = torch.load(tmp_path / "checkpoints/lenet_bn/last.pt", weights_only=True)
+    assert ck["arch"] == "lenet_bn" and ck["epoch"] == 2 and ck["step"] == 16
+    assert ck["recipe"]["batch_size"] == 64 and ck["seed"] == 3
+    assert ck["torch_version"] == torch.__version__
+    net = models.build("lenet_bn")
+    net.load_state_dict(ck["model"])  # the state dict rebuilds the registry's model
+    best = checkpoint.load(tmp_path / "checkpoints/lenet_bn/best.pt")
+    assert best["test_accuracy"] == max(m["test_acc"] for m in ck["metrics"])
+    [metrics_file] = (tmp_path / "runs/lenet_bn").glob("*.jsonl")
+    lines = [json.loads(x) for x in metrics_file.read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    assert {"train_loss", "train_acc", "test_acc", "examples_per_s"} <= set(lines[0])
+    assert (tmp_path / "runs/lenet_bn/curves.png").read_bytes()[:4] == b"\x89PNG"
+    # Sixteen steps on the easy synthetic classes get well above chance (0.1).
+    assert lines[-1]["test_acc"] > 0.3
+
+
+def test_resume_continues_exactly(tmp_path, small_data):
+    """Stopped after one step (a zero time budget), then resumed: the same weights and the
+    same epoch losses as a run that was never interrupted."""
+    whole = tmp_path / "whole"
+    train(config(whole), small_data, progress_bar=False)
+    parts = tmp_path / "parts"
+    first = train(config(parts, time_budget=0.0), small_data, progress_bar=False)
+    assert first["stopped"] == "time budget"
+    stopped = checkpoint.load(parts / "checkpoints/lenet_bn/last.pt")
+    assert (stopped["epoch"], stopped["epoch_step"], stopped["step"]) == (0, 1, 1)
+    train(config(parts, resume=True), small_data, progress_bar=False)
+    a = checkpoint.load(whole / "checkpoints/lenet_bn/last.pt")
+    b = checkpoint.load(parts / "checkpoints/lenet_bn/last.pt")
+    assert a["step"] == b["step"] == 16
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    whole_epochs = [m for m in a["metrics"] if not m["partial"]]
+    parts_epochs = [m for m in b["metrics"] if not m["partial"]]
+    assert [m["train_loss"] for m in whole_epochs] == pytest.approx(
+        [m["train_loss"] for m in parts_epochs], abs=1e-6)
+
+
+def test_resume_can_extend_the_epochs(tmp_path, small_data):
+    train(config(tmp_path, recipe=replace(config(tmp_path).recipe, epochs=1)), small_data,
+          progress_bar=False)
+    row = train(config(tmp_path, resume=True, recipe=replace(config(tmp_path).recipe, epochs=2)),
+                small_data, progress_bar=False)
+    assert row["epochs"] == 2
+    assert checkpoint.load(tmp_path / "checkpoints/lenet_bn/last.pt")["step"] == 16
+
+
+def test_a_worse_run_keeps_the_better_best(tmp_path, small_data):
+    train(config(tmp_path), small_data, progress_bar=False)
+    best_before = checkpoint.load(tmp_path / "checkpoints/lenet_bn/best.pt")["test_accuracy"]
+    train(config(tmp_path, time_budget=0.0, recipe=replace(config(tmp_path).recipe, lr=1e-6)),
+          small_data, progress_bar=False)
+    assert checkpoint.load(tmp_path / "checkpoints/lenet_bn/best.pt")["test_accuracy"] == best_before
+    assert checkpoint.load(tmp_path / "checkpoints/lenet_bn/last.pt")["step"] == 1
+
+
+def test_too_few_images_for_a_batch_is_a_clear_error(tmp_path, small_data):
+    with pytest.raises(ValueError, match="raise --limit-train"):
+        train(config(tmp_path, limit_train=10), small_data, progress_bar=False)
+
+
+def test_lr_schedules():
+    d2l = models.get("resnet18").recipes["d2l"]
+    improved = models.get("resnet18").recipes["improved"]
+    assert {lr_factor(d2l, s, 100) for s in (0, 50, 999)} == {1.0}
+    assert lr_factor(improved, 0, 100) == pytest.approx(0.1)
+    assert lr_factor(improved, 100, 100) == pytest.approx(1.0)
+    assert lr_factor(improved, 1000, 100) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_augmentation_keeps_shape_and_only_moves_pixels():
+    images = torch.zeros(64, 1, 28, 28, dtype=torch.uint8)
+    images[:, :, 10:18, 8:20] = 200  # the object is 4+ pixels from every edge
+    torch.manual_seed(0)
+    out = shift_and_flip(images)
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    assert torch.equal(out.flatten(1).sum(1, dtype=torch.int64),
+                       images.flatten(1).sum(1, dtype=torch.int64))
+    assert not torch.equal(out, images)

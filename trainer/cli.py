@@ -1,0 +1,139 @@
+"""`python -m trainer`: train the registry's architectures on Fashion-MNIST and write checkpoints.
+
+Examples:
+    python -m trainer --list
+    python -m trainer --models resnet18 lenet_bn --epochs 3
+    python -m trainer --models lenet --time-budget 30 --limit-train 10000
+    python -m trainer --models resnet18 --resume
+    torchrun --nproc_per_node=2 -m trainer --models resnet18
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from trainer import data as fmnist
+from trainer import models
+from trainer.device import (PRECISIONS, World, init_world, resolve_device, resolve_precision)
+from trainer.metrics import format_table
+from trainer.run import TrainConfig, train
+
+log = logging.getLogger("trainer")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m trainer", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    names = list(models.ARCHITECTURES)
+    p.add_argument("--models", nargs="+", default=names, choices=names, metavar="NAME",
+                   help=f"architectures to train, in order (default: all: {' '.join(names)})")
+    p.add_argument("--list", action="store_true",
+                   help="print every architecture with its input side, parameter count and "
+                        "default recipe, then exit")
+    p.add_argument("--recipe", default="d2l", choices=models.RECIPES,
+                   help="d2l: the seeds' SGD at a constant rate (default); improved: Nesterov "
+                        "momentum, cosine schedule, weight decay, label smoothing, shift/flip "
+                        "augmentation")
+    p.add_argument("--epochs", type=int, help="epochs (default: the recipe's, 10)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the recipe's, per arch)")
+    p.add_argument("--batch-size", type=int,
+                   help="global batch size, split over torchrun's processes (default: per arch)")
+    p.add_argument("--limit-train", type=int, metavar="N",
+                   help="train on the first N training images only (quick runs)")
+    p.add_argument("--time-budget", type=float, metavar="SECONDS",
+                   help="per architecture: stop training after this many seconds, then evaluate "
+                        "and checkpoint (the run can be continued with --resume)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto: cuda when available, else cpu (default: auto)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="autocast precision; auto: bf16 on CPUs with native bf16 and on bf16 "
+                        "GPUs, fp16 (+GradScaler) on older GPUs, else fp32 (default: auto)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                   help="channels-last memory format for the convolutions (default: per "
+                        "architecture, what measured faster here: on except for lenet_bn)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds initialisation, batch order, dropout and augmentation (default: 0)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue each architecture from its last.pt: same step, optimizer, "
+                        "schedule and RNG (--epochs may extend the run)")
+    p.add_argument("--artifacts", type=Path, default=Path(os.environ.get("ARTIFACTS", "artifacts")),
+                   help="folder for checkpoints/ and runs/ (default: $ARTIFACTS or artifacts)")
+    p.add_argument("--data-dir", type=Path,
+                   help="folder with the four Fashion-MNIST idx(.gz) files (default: "
+                        "$FASHION_MNIST_DIR, then /usr/share/datasets/fashion-mnist, then a "
+                        "torchvision download into data/)")
+    p.add_argument("--eval-batch-size", type=int, default=500,
+                   help="batch size for the test-set evaluation (default: 500)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def list_architectures() -> str:
+    rows = []
+    for name, spec in models.ARCHITECTURES.items():
+        recipe = spec.recipes["d2l"]
+        rows.append({"name": name, "side": spec.input_side,
+                     "params": models.count_parameters(spec.builder()) / 1e6,
+                     "lr": recipe.lr, "batch": recipe.batch_size, "about": spec.description})
+    return format_table(rows, [("name", "arch", ""), ("side", "input side", "d"),
+                               ("params", "params (M)", ".2f"), ("lr", "lr", "g"),
+                               ("batch", "batch", "d"), ("about", "what", "")])
+
+
+def _config(args, arch: str, device: torch.device, precision: str) -> TrainConfig:
+    spec = models.get(arch)
+    recipe = spec.recipes[args.recipe]
+    channels_last = spec.channels_last if args.channels_last is None else args.channels_last
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr),
+                                   ("batch_size", args.batch_size)) if v is not None}
+    return TrainConfig(arch=arch, recipe_name=args.recipe, recipe=replace(recipe, **overrides),
+                       device=device, precision=precision, channels_last=channels_last,
+                       seed=args.seed, artifacts=args.artifacts, limit_train=args.limit_train,
+                       time_budget=args.time_budget, resume=args.resume,
+                       eval_batch_size=args.eval_batch_size)
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.list:
+        print(list_architectures())
+        return 0
+    device = resolve_device(args.device)
+    world = init_world(device)
+    logging.basicConfig(level=logging.INFO if world.is_main else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    precision = resolve_precision(args.precision, device)
+    if args.batch_size is not None and args.batch_size % world.size:
+        raise ValueError(f"--batch-size {args.batch_size} does not split over {world.size} "
+                         f"processes")
+    ds = fmnist.load(args.data_dir)
+    log.info("Fashion-MNIST from %s: %d train, %d test images; device %s, %s, %d process(es)",
+             ds.source, len(ds.train_labels), len(ds.test_labels), device, precision, world.size)
+    ds = ds.to(device)
+    rows = [train(_config(args, arch, device, precision), ds, world,
+                  progress_bar=not args.no_progress) for arch in args.models]
+    if world.is_main:
+        print()
+        print(format_table(rows, [("arch", "arch", ""), ("recipe", "recipe", ""),
+                                  ("epochs", "epochs", ".2f"), ("test_acc", "test acc", ".4f"),
+                                  ("best_acc", "best acc", ".4f"), ("seconds", "train s", ".0f"),
+                                  ("examples_per_s", "ex/s", ".0f"), ("stopped", "stopped", "")]))
+    if world.distributed:
+        torch.distributed.destroy_process_group()
+    return 130 if any(r["stopped"] == "interrupted" for r in rows) else 0
+
+
+def run() -> None:
+    args = get_args_parser().parse_args()
+    try:
+        sys.exit(main(args))
+    except (fmnist.DataError, ValueError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,341 @@
+"""One training run of one architecture: set up, resume, epochs, evaluation, checkpoints, metrics.
+
+The loop is plain and visible (nanoGPT's shape); the pieces it calls are in loop.py. A run stops
+cleanly at the end of its epochs, when its time budget is spent, or on Ctrl-C/SIGTERM: it finishes
+the step it is in, writes `last.pt` (and, except on an interrupt, evaluates first), so `--resume`
+continues from exactly that step with the same batch order, optimizer, schedule and RNG.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from trainer import checkpoint, models
+from trainer.augment import shift_and_flip
+from trainer.data import FashionMNIST
+from trainer.device import World, all_reduce_sum, broadcast_flag
+from trainer.loop import batch_slice, epoch_permutation, evaluate, train_step, xavier_init
+from trainer.metrics import append_jsonl, plot_curves, runs_dir
+from trainer.models import Recipe
+from trainer.preprocess import Preprocess
+
+log = logging.getLogger("trainer")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    arch: str
+    recipe_name: str
+    recipe: Recipe
+    device: torch.device
+    precision: str
+    channels_last: bool
+    seed: int
+    artifacts: Path
+    limit_train: int | None = None
+    time_budget: float | None = None
+    resume: bool = False
+    eval_batch_size: int = 500
+
+
+@dataclass
+class Progress:
+    """Where a run is; everything here goes into the checkpoint."""
+
+    run_id: str
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    epoch_step: int = 0  # steps taken inside the unfinished epoch
+    epoch_loss: float = 0.0  # sums over the unfinished epoch's steps
+    epoch_correct: float = 0.0
+    epoch_seen: float = 0.0
+    epoch_seconds: float = 0.0
+    train_seconds: float = 0.0
+    test_accuracy: float | None = None
+    best_test_accuracy: float = -1.0
+    metrics: list[dict] = field(default_factory=list)
+
+
+class StopRequest:
+    """Turns the first SIGINT/SIGTERM into a flag the loop checks after each step; a second one
+    interrupts at once (the default behaviour)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            signal.signal(signum, self._previous[signum])
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("%s: finishing this step, then saving last.pt (again to abort now)",
+                    signal.Signals(signum).name)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def make_optimizer(net: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    return torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                           nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
+
+
+def lr_factor(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
+    """Multiplier of the base learning rate at `step`.
+
+    constant: 1 throughout (d2l). cosine: a linear warm-up over the first epoch from 0.1 to 1
+    (large momentum steps on Xavier-initialised nets otherwise diverge early), then a half cosine
+    down to 0 at the last step.
+    """
+    if recipe.schedule == "constant":
+        return 1.0
+    warmup, total = steps_per_epoch, recipe.epochs * steps_per_epoch
+    if step < warmup:
+        return 0.1 + 0.9 * step / warmup
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def _checkpoint_dict(cfg: TrainConfig, net: nn.Module, optimizer, scheduler, scaler,
+                     progress: Progress, world: World) -> dict:
+    return {
+        "format": checkpoint.FORMAT,
+        "arch": cfg.arch,
+        "input_side": models.get(cfg.arch).input_side,
+        "model": net.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "epoch": progress.epoch,
+        "step": progress.step,
+        "epoch_step": progress.epoch_step,
+        "progress": {k: v for k, v in progress.__dict__.items() if k != "metrics"},
+        "metrics": progress.metrics,
+        "test_accuracy": progress.test_accuracy,
+        "best_test_accuracy": progress.best_test_accuracy,
+        "recipe_name": cfg.recipe_name,
+        "recipe": cfg.recipe.as_dict(),
+        "seed": cfg.seed,
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if cfg.device.type == "cuda" else []},
+        "config": {"limit_train": cfg.limit_train, "precision": cfg.precision,
+                   "channels_last": cfg.channels_last, "world_size": world.size,
+                   "device": cfg.device.type},
+        "torch_version": str(torch.__version__),
+    }
+
+
+def _restore(ckpt: dict, net: nn.Module, optimizer, scheduler, scaler) -> Progress:
+    net.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if ckpt["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    return Progress(**ckpt["progress"], metrics=list(ckpt["metrics"]))
+
+
+def _previous_best(path: Path) -> float:
+    """Test accuracy of an existing best.pt (from this run or an earlier one), -1 if none."""
+    if not path.exists():
+        return -1.0
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return float(ckpt.get("test_accuracy") or -1.0)
+    except Exception as err:  # an unreadable best.pt is replaced by the next good one
+        log.warning("%s unreadable (%s); it will be replaced", path, err)
+        return -1.0
+
+
+def resolve_resume(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
+    """With --resume, the run continues last.pt's recipe and data limit (only --epochs may
+    extend it); the checkpoint's values win so the batch order stays the same."""
+    last = checkpoint.checkpoint_dir(cfg.artifacts, cfg.arch) / "last.pt"
+    if not cfg.resume:
+        if last.exists():
+            log.info("%s: starting a fresh run; %s will be replaced (--resume continues it)",
+                     cfg.arch, last)
+        return cfg, None
+    if not last.exists():
+        log.info("%s: --resume, but no %s yet: starting fresh", cfg.arch, last)
+        return cfg, None
+    ckpt = checkpoint.load(last, map_location=cfg.device)
+    if ckpt["arch"] != cfg.arch:
+        raise ValueError(f"{last} holds {ckpt['arch']!r}, not {cfg.arch!r}")
+    recipe = Recipe(**{**ckpt["recipe"], "epochs": cfg.recipe.epochs})
+    cfg = TrainConfig(**{**cfg.__dict__, "recipe": recipe, "recipe_name": ckpt["recipe_name"],
+                         "limit_train": ckpt["config"]["limit_train"], "seed": ckpt["seed"]})
+    return cfg, ckpt
+
+
+def train(cfg: TrainConfig, data: FashionMNIST, world: World = World(),
+          progress_bar: bool = True) -> dict:
+    """Train `cfg.arch` on `data` (already on cfg.device); returns the run's summary row."""
+    cfg, ckpt = resolve_resume(cfg)
+    recipe, device = cfg.recipe, cfg.device
+    spec = models.get(cfg.arch)
+    torch.manual_seed(cfg.seed)
+    net = models.build(cfg.arch)
+    xavier_init(net)
+    net.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
+    torch.manual_seed(cfg.seed + world.rank)  # dropout and augmentation differ across ranks
+    preprocess = Preprocess(spec.input_side)
+    optimizer = make_optimizer(net, recipe)
+    n_train = min(cfg.limit_train or len(data.train_labels), len(data.train_labels))
+    steps_per_epoch = n_train // recipe.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{cfg.arch}: {n_train} training images make no batch of "
+                         f"{recipe.batch_size}; raise --limit-train or lower --batch-size")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(recipe, s, steps_per_epoch))
+    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+    ckdir = checkpoint.checkpoint_dir(cfg.artifacts, cfg.arch)
+    if ckpt is not None:
+        progress = _restore(ckpt, net, optimizer, scheduler, scaler)
+        log.info("%s: resuming at epoch %d, step %d", cfg.arch, progress.epoch, progress.step)
+    else:
+        progress = Progress(run_id=datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
+    best_floor = _previous_best(ckdir / "best.pt") if world.is_main else -1.0
+    model = (nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda"
+                                                 else None) if world.distributed else net)
+    metrics_file = runs_dir(cfg.artifacts, cfg.arch) / f"{progress.run_id}.jsonl"
+
+    def save(evaluated: bool) -> None:
+        nonlocal best_floor
+        if not world.is_main:
+            return
+        state = _checkpoint_dict(cfg, net, optimizer, scheduler, scaler, progress, world)
+        checkpoint.save_atomic(state, ckdir / "last.pt")
+        if evaluated and progress.test_accuracy > best_floor:
+            checkpoint.save_atomic(state, ckdir / "best.pt")
+            best_floor = progress.test_accuracy
+
+    log.info("%s: %d train images, %d steps/epoch of %d, recipe %s (lr %g), %s on %s%s",
+             cfg.arch, n_train, steps_per_epoch, recipe.batch_size, cfg.recipe_name, recipe.lr,
+             cfg.precision, device, ", channels-last" if cfg.channels_last else "")
+    started = time.perf_counter()
+    stop_reason = None
+    with StopRequest() as stop:
+        while progress.epoch < recipe.epochs and stop_reason is None:
+            stop_reason = _train_epoch(cfg, model, preprocess, optimizer, scheduler, scaler, data,
+                                       n_train, steps_per_epoch, progress, world, stop, started,
+                                       progress_bar)
+            if stop_reason == "interrupted":
+                save(evaluated=False)
+                break
+            progress.test_accuracy = evaluate(
+                net, preprocess, data.test_images, data.test_labels,
+                batch_size=cfg.eval_batch_size, precision=cfg.precision,
+                channels_last=cfg.channels_last, world=world)
+            progress.best_test_accuracy = max(progress.best_test_accuracy, progress.test_accuracy)
+            record = _epoch_record(cfg, progress, steps_per_epoch, optimizer)
+            if world.is_main:
+                progress.metrics.append(record)
+                append_jsonl(metrics_file, record)
+                plot_curves(progress.metrics, runs_dir(cfg.artifacts, cfg.arch) / "curves.png",
+                            f"{cfg.arch} ({cfg.recipe_name} recipe, {cfg.precision}, {device.type})")
+                log.info("%s epoch %.2f: loss %.3f, train acc %.3f, test acc %.4f, %.0f ex/s",
+                         cfg.arch, record["epoch_float"], record["train_loss"],
+                         record["train_acc"], record["test_acc"], record["examples_per_s"])
+            if stop_reason is None:  # a whole epoch: the next one starts from scratch
+                progress.epoch += 1
+                progress.epoch_step = 0
+                progress.epoch_loss = progress.epoch_correct = progress.epoch_seen = 0.0
+                progress.epoch_seconds = 0.0
+            save(evaluated=True)
+    if world.distributed:
+        torch.distributed.barrier()
+    return {"arch": cfg.arch, "recipe": cfg.recipe_name, "epochs": _epoch_float(progress,
+            steps_per_epoch), "test_acc": progress.test_accuracy,
+            "best_acc": progress.best_test_accuracy, "seconds": progress.train_seconds,
+            "examples_per_s": progress.metrics[-1]["examples_per_s"] if progress.metrics else None,
+            "stopped": stop_reason or "done", "elapsed": time.perf_counter() - started}
+
+
+def _epoch_float(progress: Progress, steps_per_epoch: int) -> float:
+    return progress.epoch + progress.epoch_step / steps_per_epoch
+
+
+def _epoch_record(cfg: TrainConfig, progress: Progress, steps_per_epoch: int, optimizer) -> dict:
+    seen = max(progress.epoch_seen, 1.0)
+    return {
+        "arch": cfg.arch, "epoch": progress.epoch + 1,
+        "epoch_float": round(_epoch_float(progress, steps_per_epoch), 4),
+        "partial": progress.epoch_step < steps_per_epoch, "step": progress.step,
+        "train_loss": progress.epoch_loss / seen, "train_acc": progress.epoch_correct / seen,
+        "test_acc": progress.test_accuracy,
+        "examples_per_s": progress.epoch_seen / max(progress.epoch_seconds, 1e-9),
+        "epoch_seconds": progress.epoch_seconds, "train_seconds": progress.train_seconds,
+        "lr": optimizer.param_groups[0]["lr"], "precision": cfg.precision,
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _train_epoch(cfg, model, preprocess, optimizer, scheduler, scaler, data, n_train,
+                 steps_per_epoch, progress, world, stop, started, progress_bar) -> str | None:
+    """Steps through the rest of the current epoch; returns why it stopped early, or None."""
+    recipe, device = cfg.recipe, cfg.device
+    perm = epoch_permutation(cfg.seed, progress.epoch, n_train).to(device)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    seen = 0
+    model.train()
+    bar = tqdm(total=steps_per_epoch, initial=progress.epoch_step, unit="step", leave=False,
+               desc=f"{cfg.arch} epoch {progress.epoch + 1}/{recipe.epochs}",
+               disable=not (world.is_main and progress_bar), dynamic_ncols=True,
+               mininterval=0.5 if sys.stderr.isatty() else 30)
+    t0 = time.perf_counter()
+    reason = None
+    for i in range(progress.epoch_step, steps_per_epoch):
+        idx = batch_slice(perm, i, recipe.batch_size, world)
+        images, labels = data.train_images[idx], data.train_labels[idx]
+        if recipe.augment:
+            images = shift_and_flip(images)
+        loss, hits = train_step(model, preprocess, optimizer, images, labels,
+                                precision=cfg.precision, channels_last=cfg.channels_last,
+                                label_smoothing=recipe.label_smoothing, scaler=scaler)
+        scheduler.step()
+        loss_sum += loss
+        correct += hits
+        seen += len(idx)
+        progress.step += 1
+        progress.epoch_step = i + 1
+        bar.update()
+        if bar.n % 20 == 0 and not bar.disable:
+            bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}",
+                            ex_s=f"{seen * world.size / (time.perf_counter() - t0):.0f}")
+        over_budget = (cfg.time_budget is not None
+                       and time.perf_counter() - started >= cfg.time_budget)
+        if world.distributed or stop.requested or over_budget:
+            halt = broadcast_flag(world, stop.requested or over_budget, device)
+            if halt:
+                reason = "interrupted" if stop.requested else "time budget"
+                break
+    bar.close()
+    totals = all_reduce_sum(world, loss_sum.cpu(), correct.cpu(), torch.tensor(float(seen)))
+    seconds = time.perf_counter() - t0
+    progress.epoch_loss += float(totals[0])
+    progress.epoch_correct += float(totals[1])
+    progress.epoch_seen += float(totals[2])
+    progress.epoch_seconds += seconds
+    progress.train_seconds += seconds
+    return reason
