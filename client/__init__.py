@@ -1,0 +1,1 @@
+"""fmnist-serve client: `python client/predict.py --help`."""

@@ -1,0 +1,110 @@
+"""`python -m server`: serve every model in a models folder over gRPC until SIGTERM/SIGINT.
+
+    python -m server --models-dir artifacts/models --port 50051 --device auto
+    python -m server --port 0 --log-format json        # a free port, logged as {"port": ...}
+    python -m server --model-version resnet18=2 --model-version lenet=1
+
+Exit status: 0 after a clean stop (signal -> drain -> exit), 1 when it cannot start as asked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+
+from server import logs
+from server.core import Limits
+from server.errors import StartupError
+from server.providers import DEVICES
+from server.store import parse_version_flags
+
+log = logging.getLogger("server")
+
+_DEFAULTS = Limits()
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _version_flag(text: str) -> str:
+    try:
+        parse_version_flags([text])
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m server", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    default_dir = Path(os.environ.get("ARTIFACTS", "artifacts")) / "models"
+    p.add_argument("--models-dir", type=Path, default=default_dir,
+                   help="folder of <name>/<version>/model.onnx ($ARTIFACTS/models)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=50051, help="port to listen on; 0 picks a free one")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="auto: CUDA when it comes up, else CPU (logged); cuda: fail without CUDA")
+    p.add_argument("--model-version", action="append", default=[], type=_version_flag,
+                   metavar="NAME=VERSION",
+                   help="serve this version of NAME instead of its newest (repeatable)")
+    p.add_argument("--max-images-per-request", type=_positive_int,
+                   default=_DEFAULTS.max_images_per_request, help="more is INVALID_ARGUMENT")
+    p.add_argument("--max-image-pixels", type=_positive_int, default=_DEFAULTS.max_image_pixels,
+                   help="width x height limit per encoded image, checked before decoding")
+    p.add_argument("--max-message-bytes", type=_positive_int, default=_DEFAULTS.max_message_bytes,
+                   help="gRPC message size limit, both directions")
+    p.add_argument("--max-in-flight", type=_positive_int, default=_DEFAULTS.max_in_flight,
+                   help="Classify requests worked on at once; more is RESOURCE_EXHAUSTED")
+    p.add_argument("--intra-op-threads", type=int, default=0,
+                   help="onnxruntime threads per run; 0: onnxruntime's default (every core)")
+    p.add_argument("--grace", type=float, default=10.0,
+                   help="seconds requests in flight get to finish after SIGTERM/SIGINT")
+    p.add_argument("--log-format", choices=logs.FORMATS, default="text")
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    logs.setup(args.log_format, args.log_level)
+    from server.app import create_server  # after logging is set up: importing grpc can log
+    from server.runner import OnnxRunner
+
+    limits = Limits(max_images_per_request=args.max_images_per_request,
+                    max_image_pixels=args.max_image_pixels,
+                    max_message_bytes=args.max_message_bytes, max_in_flight=args.max_in_flight)
+    log.info("starting: models_dir=%s device=%s limits=%s", args.models_dir, args.device, limits)
+    try:
+        server, port = create_server(
+            args.models_dir, host=args.host, port=args.port, device=args.device,
+            versions=parse_version_flags(args.model_version), limits=limits,
+            runner_factory=lambda path, providers: OnnxRunner(path, providers, args.intra_op_threads))
+    except StartupError as e:
+        log.error("cannot start: %s", e)
+        return 1
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda signum, frame: _on_signal(signum, stop))
+    server.start()
+    models = server.core.list_models()
+    log.info("listening on %s (health SERVING) with %d model(s): %s", server.address, len(models),
+             ", ".join(f"{m.name} v{m.version} [{m.provider}]" for m in models) or "none",
+             extra={"host": args.host, "port": port})
+    while not stop.wait(3600):
+        pass
+    finished = server.stop(args.grace)
+    log.info("stopped%s", "" if finished else " (some requests were cut off by the grace period)")
+    return 0
+
+
+def _on_signal(signum: int, stop: threading.Event) -> None:
+    log.info("%s received: draining", signal.Signals(signum).name)
+    stop.set()

@@ -1,0 +1,183 @@
+"""Image bytes -> the model's input: a 28x28 uint8 array, light object on black (pure; no grpc).
+
+`decode_encoded` handles PNG, JPEG, BMP, GIF and WebP of any size and mode; `decode_raw` takes the
+dataset's own 784-byte form as it is. Both raise `DecodeError` with a reason a person can act on.
+
+What `decode_encoded` does, in order:
+
+1. Refuses a decompression bomb from the header alone: `Image.open` reads only the header, and an
+   image whose width x height exceeds `max_pixels` is refused before any pixel is decoded (PIL's
+   own `DecompressionBombError`, raised for far larger images, is caught too).
+2. Takes the first frame (GIF/WebP animations) and makes it grayscale (ITU-R 601 luma):
+   transparency (RGBA, LA, PA, palette with a transparent index) is composited over white, as a
+   viewer shows it; 16-bit and 32-bit grayscale (I;16*, I) are scaled to 8 bits (divided by 257,
+   not clipped; a 32-bit image outside 0..65535 is stretched from its min..max); float (F) images
+   in 0..1 are scaled by 255; 1-bit, CMYK, YCbCr and the rest go through PIL's conversions.
+3. Inverts when asked to, or (AUTO) when the border is light: the median of the outermost
+   ring of pixels is above mid-grey. Fashion-MNIST is a light object on black; a photo or a
+   drawing is usually a dark object on a light background.
+4. An image that is already 28x28 stops here: it passes through unchanged (so samples/*.png decode
+   to exactly the dataset's pixels).
+5. Anything else is brought to Fashion-MNIST's framing, whose objects fill their frame:
+   - the background level (the border's median after inversion) is mapped to 0 and the rest
+     stretched to 0..255, so a grey or noisy background does not become a grey frame;
+   - the image is cropped to the bounding box of the pixels clearly above that background
+     (more than 10% of the range); a blank image is kept whole;
+   - the crop is scaled (Lanczos, aspect ratio kept) so that its long side is 28 pixels,
+     and padded centred with black to 28x28.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageFile
+
+from server.errors import DecodeError
+
+SIDE = 28
+RAW_BYTES = SIDE * SIDE
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
+INVERSIONS = ("auto", "always", "never")
+DEFAULT_MAX_PIXELS = 4096 * 4096
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+_OBJECT_THRESHOLD = 0.10  # of the range above the background: what counts as "object" for the crop
+
+assert ImageFile.LOAD_TRUNCATED_IMAGES is False  # a truncated file must fail, not decode half-grey
+
+
+def decode_raw(data: bytes) -> np.ndarray:
+    """784 bytes -> uint8 [28, 28], used as they are (row-major, light object on black)."""
+    if len(data) != RAW_BYTES:
+        raise DecodeError(f"a raw image must be exactly {RAW_BYTES} bytes (28x28 uint8), "
+                          f"got {len(data)}")
+    return np.frombuffer(data, dtype=np.uint8).reshape(SIDE, SIDE).copy()
+
+
+def decode_encoded(data: bytes, inversion: str = "auto",
+                   max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Encoded image bytes -> uint8 [28, 28]; see the module docstring for every step."""
+    if inversion not in INVERSIONS:
+        raise ValueError(f"inversion must be one of {INVERSIONS}, got {inversion!r}")
+    if not data:
+        raise DecodeError("empty image (0 bytes)")
+    gray = _grayscale(_open(data, max_pixels))
+    if inversion == "always" or (inversion == "auto" and _border_is_light(gray)):
+        gray = 255 - gray
+    if gray.shape == (SIDE, SIDE):
+        return gray
+    return _fit(_crop_to_object(_remove_background(gray)))
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """Open, check the header's size against `max_pixels`, then decode the first frame."""
+    try:
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
+    except Image.DecompressionBombError as e:
+        raise DecodeError(f"too many pixels (PIL refused it as a decompression bomb: {e})") from None
+    except Image.UnidentifiedImageError:
+        raise DecodeError("not a PNG, JPEG, BMP, GIF or WebP image "
+                          f"(first bytes {data[:8]!r})") from None
+    except Exception as e:  # noqa: BLE001 - a broken header can raise nearly anything in PIL
+        raise DecodeError(f"cannot read the image header ({type(e).__name__}: {e})") from None
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise DecodeError(f"empty image size {width}x{height}")
+    if width * height > max_pixels:
+        raise DecodeError(f"too many pixels: {width}x{height} = {width * height:,} is over the "
+                          f"limit of {max_pixels:,}")
+    try:
+        if image.format == "JPEG" and image.mode in ("RGB", "L", "YCbCr"):
+            # DCT scaling: decode a big JPEG at 1/2..1/8 size directly (still >= 224 px a side).
+            image.draft("L", (8 * SIDE, 8 * SIDE))
+        image.load()
+    except Image.DecompressionBombError as e:
+        raise DecodeError(f"too many pixels (PIL refused it as a decompression bomb: {e})") from None
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - truncated/corrupt data raises OSError, SyntaxError, ...
+        raise DecodeError(f"truncated or corrupt {image.format} data ({type(e).__name__}: {e})") from None
+    return image
+
+
+def _grayscale(image: Image.Image) -> np.ndarray:
+    """Any PIL mode -> uint8 [H, W] luma; transparency composited over white."""
+    mode = image.mode
+    try:
+        if mode in _ALPHA_MODES or (mode in ("P", "L", "RGB") and "transparency" in image.info):
+            rgba = image.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return np.asarray(Image.alpha_composite(white, rgba).convert("L"))
+        if mode.startswith("I;16") or mode == "I":
+            return _scale_wide_ints(np.asarray(image))
+        if mode == "F":
+            return _scale_floats(np.asarray(image, dtype=np.float64))
+        if mode in ("L", "1", "P", "RGB"):
+            return np.asarray(image.convert("L"))
+        return np.asarray(image.convert("RGB").convert("L"))  # CMYK, YCbCr, LAB, HSV, ...
+    except (ValueError, OSError) as e:
+        raise DecodeError(f"cannot convert mode {mode} to grayscale ({e})") from None
+
+
+def _scale_wide_ints(a: np.ndarray) -> np.ndarray:
+    a = a.astype(np.int64)
+    if a.size and (a.min() < 0 or a.max() > 65535):
+        return _stretch(a.astype(np.float64))
+    return ((a * 255 + 32767) // 65535).astype(np.uint8)  # 16 -> 8 bits, rounded, never clipped
+
+
+def _scale_floats(a: np.ndarray) -> np.ndarray:
+    a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+    if a.size and a.min() >= 0.0 and a.max() <= 1.0:
+        return np.rint(a * 255.0).astype(np.uint8)
+    return _stretch(a)
+
+
+def _stretch(a: np.ndarray) -> np.ndarray:
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if hi <= lo:
+        return np.zeros(a.shape, np.uint8)
+    return np.rint((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def _border(gray: np.ndarray) -> np.ndarray:
+    """The outermost ring of pixels."""
+    if min(gray.shape) <= 2:
+        return gray.ravel()
+    return np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
+
+
+def _border_is_light(gray: np.ndarray) -> bool:
+    return float(np.median(_border(gray))) > 127.5
+
+
+def _remove_background(gray: np.ndarray) -> np.ndarray:
+    """Map the background level (the border's median) to 0 and stretch the rest to 0..255."""
+    background = float(np.median(_border(gray)))
+    if background <= 0.0 or background >= 255.0:
+        return gray
+    scaled = (gray.astype(np.float32) - background) * (255.0 / (255.0 - background))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _crop_to_object(gray: np.ndarray) -> np.ndarray:
+    """Crop to the bounding box of the pixels clearly above the (now black) background."""
+    mask = gray > int(255 * _OBJECT_THRESHOLD)
+    if not mask.any():
+        return gray
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return gray[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+
+
+def _fit(gray: np.ndarray) -> np.ndarray:
+    """Scale so the long side is 28 (aspect kept), then pad centred with black to 28x28."""
+    height, width = gray.shape
+    scale = SIDE / max(height, width)
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    resized = Image.fromarray(gray).resize((new_w, new_h), Image.Resampling.LANCZOS,
+                                                     reducing_gap=3.0)
+    out = np.zeros((SIDE, SIDE), np.uint8)
+    top, left = (SIDE - new_h) // 2, (SIDE - new_w) // 2
+    out[top:top + new_h, left:left + new_w] = np.asarray(resized)
+    return out

@@ -1,0 +1,67 @@
+"""Typed domain errors. Each carries the name of the gRPC status code it travels as.
+
+The core raises these and never imports grpc; `servicer.map_errors` is the one place that turns
+`ServingError.code` into a `grpc.StatusCode` (by name). Anything that is not a `ServingError` is a
+bug and becomes INTERNAL there, with its traceback logged.
+"""
+
+from __future__ import annotations
+
+
+class ServingError(Exception):
+    """Base class: an error a client caused or can act on. `code` names a grpc.StatusCode member."""
+
+    code = "UNKNOWN"
+
+
+class InvalidRequest(ServingError):
+    """A bad request field (model name, top_k, image count, ...)."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class InvalidImage(InvalidRequest):
+    """One image of a request cannot be used; the message names its index and why."""
+
+    def __init__(self, index: int, reason: str):
+        super().__init__(f"image {index}: {reason}")
+        self.index = index
+        self.reason = reason
+
+
+class ModelNotFound(ServingError):
+    code = "NOT_FOUND"
+
+
+class Overloaded(ServingError):
+    code = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(ServingError):
+    """Not ready yet, or shutting down."""
+
+    code = "UNAVAILABLE"
+
+
+class DeadlineExceeded(ServingError):
+    code = "DEADLINE_EXCEEDED"
+
+
+class Cancelled(ServingError):
+    """The caller went away; nobody reads the answer, so the work stops."""
+
+    code = "CANCELLED"
+
+
+class DecodeError(ValueError):
+    """Raised by the pure decoder (no index there); the core wraps it into `InvalidImage`."""
+
+
+class StartupError(Exception):
+    """The server cannot start as asked (e.g. --device cuda without an active CUDA provider, a
+    --model-version that does not exist, a port that cannot be bound). The CLI prints it and exits 1."""
+
+
+class ModelLoadError(Exception):
+    """One model file cannot be served (fails to load, bad metadata, wrong inputs/outputs). The
+    store logs one line and skips that model; the rest are still served."""
