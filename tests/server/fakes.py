@@ -1,0 +1,65 @@
+"""Small fake runners for what real models cannot show cheaply: slowness, failures, and a CUDA
+provider (a mock: this machine has no GPU)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from server.runner import RunOutput
+from server.store import LoadedModel, ModelSpec
+
+LABELS = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+
+def metadata(name: str, accuracy: float = 0.5) -> dict[str, str]:
+    return {"fmnist.arch": name, "fmnist.labels": json.dumps(LABELS), "fmnist.input_side": "28",
+            "fmnist.test_accuracy": str(accuracy), "fmnist.bn_folded": "0",
+            "fmnist.bn_remaining": "0", "fmnist.source_checkpoint_sha256": "0" * 64,
+            "fmnist.exported_at": "2026-01-01T00:00:00Z", "fmnist.torch_version": "fake"}
+
+
+class FakeRunner:
+    """Answers class (mean pixel value % 10) with probability 0.91, the rest 0.01 each."""
+
+    def __init__(self, name: str = "fake", provider: str = "CPUExecutionProvider",
+                 delay: float = 0.0, error: Exception | None = None, accuracy: float = 0.5):
+        self.provider = provider
+        self.metadata = metadata(name, accuracy)
+        self.delay = delay
+        self.error = error
+        self.runs = 0
+        self.warmups = 0
+        self.started = threading.Event()  # set when a run begins (after warm-up)
+        self.closed = False
+
+    def run(self, images: np.ndarray) -> RunOutput:
+        assert images.dtype == np.uint8 and images.shape[1:] == (1, 28, 28)
+        self.runs += 1
+        self.started.set()
+        time.sleep(self.delay)
+        if self.error is not None:
+            raise self.error
+        probabilities = np.full((len(images), 10), 0.01, np.float32)
+        classes = images.reshape(len(images), -1).mean(axis=1).astype(int) % 10
+        probabilities[np.arange(len(images)), classes] = 0.91
+        return RunOutput(probabilities=probabilities, logits=np.log(probabilities))
+
+    def warmup(self) -> None:
+        self.warmups += 1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def fake_model(name: str = "fake", version: int = 1, **kw) -> LoadedModel:
+    runner = FakeRunner(name, **kw)
+    spec = ModelSpec(name=name, version=version, path=Path(f"/fake/{name}/{version}/model.onnx"),
+                     labels=LABELS, input_side=28, test_accuracy=float(runner.metadata[
+                         "fmnist.test_accuracy"]), metadata=runner.metadata)
+    return LoadedModel(spec=spec, runner=runner)
