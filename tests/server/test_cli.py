@@ -1,0 +1,165 @@
+"""`python -m server` as a process: start-up facts in the log, start-up failures, SIGTERM draining."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent import futures
+
+import grpc
+import numpy as np
+from fmnist.v1 import classifier_pb2 as pb
+from fmnist.v1 import classifier_pb2_grpc as pb_grpc
+from PIL import Image
+
+from tests.server.images import encode
+from tests.serving_fixtures import REPO
+
+LISTENING = re.compile(r"listening on (\S+):(\d+)")
+
+
+class ServerProcess:
+    """`python -m server ...` with its stderr collected line by line (so the pipe never fills)."""
+
+    def __init__(self, *args: str):
+        self.proc = subprocess.Popen([sys.executable, "-m", "server", *args], cwd=REPO,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for_port(self, timeout: float = 120) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines:
+                if m := LISTENING.search(line):
+                    return int(m.group(2))
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.proc.kill()
+        raise AssertionError(f"the server did not log its port:\n{self.log}")
+
+    def wait(self, timeout: float = 60) -> int:
+        rc = self.proc.wait(timeout)
+        self._reader.join(10)
+        return rc
+
+
+def test_help():
+    out = subprocess.run([sys.executable, "-m", "server", "--help"], cwd=REPO, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0
+    for flag in ("--models-dir", "--host", "--port", "--device", "--model-version", "--grace",
+                 "--max-images-per-request", "--max-image-pixels", "--max-message-bytes",
+                 "--max-in-flight", "--log-format"):
+        assert flag in out.stdout
+
+
+def test_port_0_logs_every_start_up_fact_as_json_and_sigterm_exits_0(models_dir):
+    server = ServerProcess("--models-dir", str(models_dir), "--port", "0", "--device", "cpu",
+                           "--log-format", "json")
+    port = server.wait_for_port()
+    records = [json.loads(line) for line in server.lines]
+    listening = next(r for r in records if "listening on" in r["message"])
+    assert listening["port"] == port > 0
+    loaded = [r["message"] for r in records if r["message"].startswith("loaded model")]
+    assert len(loaded) == 2
+    for line in loaded:
+        assert "provider=CPUExecutionProvider" in line and "model.onnx" in line
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.wait() == 0
+    assert json.loads(server.lines[-1])["message"] == "stopped"
+
+
+def big_request() -> pb.ClassifyRequest:
+    """12 photos-sized PNGs (1500x1500, ~0.5 MB each): decoding makes the request take a while."""
+    rng = np.random.default_rng(0)
+    a = np.full((1500, 1500), 230, np.uint8)
+    a[300:1200, 400:1100] = rng.integers(0, 80, (900, 700), dtype=np.uint8)
+    data = encode(Image.fromarray(a))
+    return pb.ClassifyRequest(model="lenet_bn", top_k=2, images=[pb.Image(encoded=data)] * 12)
+
+
+def test_sigterm_lets_requests_in_flight_finish_then_exits_0(models_dir):
+    server = ServerProcess("--models-dir", str(models_dir), "--port", "0", "--device", "cpu",
+                           "--grace", "60")
+    port = server.wait_for_port()
+    request = big_request()
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.ClassifierStub(channel)
+        stub.ListModels(pb.ListModelsRequest(), timeout=30)  # connected
+        with futures.ThreadPoolExecutor(3) as pool:
+            calls = [pool.submit(stub.Classify, request, timeout=120) for _ in range(3)]
+            time.sleep(0.4)
+            server.proc.send_signal(signal.SIGTERM)
+            responses = [c.result() for c in calls]
+    assert server.wait() == 0
+    assert all(len(r.classifications) == 12 for r in responses)
+    drained = re.search(r"stopping: (\d+) request\(s\) in flight", server.log)
+    assert drained and int(drained.group(1)) >= 1, server.log
+    assert "SIGTERM received" in server.log and "Traceback" not in server.log
+
+
+def test_sigint_on_an_idle_server_exits_0(tmp_path):
+    server = ServerProcess("--models-dir", str(tmp_path), "--port", "0", "--device", "cpu")
+    server.wait_for_port()
+    server.proc.send_signal(signal.SIGINT)
+    assert server.wait() == 0
+    assert "no models found" in server.log and "Traceback" not in server.log
+
+
+def test_device_cuda_without_a_gpu_fails_at_start_up(models_dir):
+    """Real, no mock: this machine has no GPU, so the CUDA provider cannot be active."""
+    server = ServerProcess("--models-dir", str(models_dir), "--port", "0", "--device", "cuda")
+    assert server.wait(120) == 1
+    assert "cannot start: --device cuda:" in server.log
+    assert "CUDAExecutionProvider" in server.log and "Traceback" not in server.log
+    assert "listening on" not in server.log
+
+
+def test_missing_model_version_fails_at_start_up(models_dir):
+    server = ServerProcess("--models-dir", str(models_dir), "--port", "0", "--device", "cpu",
+                           "--model-version", "lenet=5")
+    assert server.wait(120) == 1
+    assert "--model-version lenet=5: no such version" in server.log
+
+
+def test_port_in_use_fails_at_start_up(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = ServerProcess("--models-dir", str(tmp_path), "--port", str(port), "--device", "cpu")
+        assert server.wait(60) == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in server.log
+
+
+def test_server_and_client_never_import_torch():
+    code = ("import sys\n"
+            "import server, server.app, server.cli, server.core, server.decode, server.errors, "
+            "server.logs, server.providers, server.runner, server.servicer, server.store\n"
+            "import client.predict\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'trainer', 'exporter'))\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
+
+
+def test_core_and_decoder_never_import_grpc():
+    code = ("import sys\nimport server.core, server.decode, server.store, server.runner\n"
+            "assert 'grpc' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
