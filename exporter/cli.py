@@ -1,0 +1,116 @@
+"""`python -m exporter`: turn each architecture's best.pt into a served, parity-checked ONNX model.
+
+Each export folds BatchNorm into the layers before it, puts the preprocessing and a softmax inside
+the graph, checks the graph, compares the ONNX model (onnxruntime, CPU) with the unfolded PyTorch
+model on the whole test set, and only then writes artifacts/models/<arch>/<version>/model.onnx and
+report.json, atomically, as the next version. An unchanged checkpoint is not exported twice.
+
+Examples:
+    python -m exporter                          # every architecture that has a best.pt
+    python -m exporter --models resnet18 lenet_bn
+    python -m exporter --models resnet18 --force --artifacts /tmp/run1
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+from pathlib import Path
+
+from exporter import pipeline, to_onnx
+from exporter.errors import ExportError
+from exporter.parity import MAX_ABS_DIFF, MIN_AGREEMENT
+from exporter.report import ExportReport, Skipped, summary
+from trainer import data as fmnist
+from trainer import models
+from trainer.metrics import format_table
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m exporter", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    names = list(models.ARCHITECTURES)
+    p.add_argument("--models", nargs="+", choices=names, metavar="NAME",
+                   help=f"architectures to export (default: every one with a best.pt; "
+                        f"choose from: {' '.join(names)})")
+    p.add_argument("--artifacts", type=Path, default=Path(os.environ.get("ARTIFACTS", "artifacts")),
+                   help="folder with checkpoints/<arch>/best.pt; models go to its models/ "
+                        "(default: $ARTIFACTS or artifacts)")
+    p.add_argument("--force", action="store_true",
+                   help="export even when the latest version already holds this checkpoint")
+    p.add_argument("--data-dir", type=Path,
+                   help="folder with the four Fashion-MNIST idx(.gz) files, for the parity check "
+                        "(default: $FASHION_MNIST_DIR, then /usr/share/datasets/fashion-mnist, "
+                        "then a torchvision download into data/)")
+    p.add_argument("--opset", type=int, default=to_onnx.DEFAULT_OPSET,
+                   help=f"ONNX opset to export (default: {to_onnx.DEFAULT_OPSET}; the exporter "
+                        f"supports 18 and up)")
+    p.add_argument("--batch-size", type=int, default=pipeline.Options.batch_size,
+                   help=f"images per inference batch in the parity check; bounds its memory "
+                        f"(default: {pipeline.Options.batch_size})")
+    p.add_argument("--max-abs-diff", type=float, default=MAX_ABS_DIFF,
+                   help=f"largest |logit difference| allowed between ONNX and PyTorch "
+                        f"(default: {MAX_ABS_DIFF:g})")
+    p.add_argument("--min-agreement", type=float, default=MIN_AGREEMENT,
+                   help=f"smallest share of test images on which ONNX and PyTorch must pick the "
+                        f"same class (default: {MIN_AGREEMENT})")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    """Export each architecture in turn; a failure stops that one, not the others (exit 1)."""
+    archs = args.models or pipeline.archs_with_checkpoints(args.artifacts)
+    if not archs:
+        print(f"error: no {args.artifacts}/checkpoints/<arch>/best.pt found: run `make train` "
+              f"first (or point --artifacts at the folder that holds checkpoints/)", file=sys.stderr)
+        return 1
+    if args.batch_size < 1:
+        print("error: --batch-size must be at least 1", file=sys.stderr)
+        return 2
+    options = pipeline.Options(opset=args.opset, batch_size=args.batch_size,
+                               max_abs_diff=args.max_abs_diff, min_agreement=args.min_agreement,
+                               force=args.force, progress=not args.no_progress)
+    data = functools.cache(lambda: _load_data(args.data_dir))
+    rows, failed = [], 0
+    for arch in archs:
+        try:
+            result = pipeline.export_arch(arch, args.artifacts, data, options)
+        except (ExportError, fmnist.DataError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            rows.append({"arch": arch, "status": "FAILED"})
+            failed += 1
+            continue
+        print(_describe(result), flush=True)
+        rows.append(_row(result))
+    if len(rows) > 1:
+        print(format_table(rows, [("arch", "arch", ""), ("status", "status", ""),
+                                  ("version", "version", "d"), ("accuracy", "ONNX acc", ".4f"),
+                                  ("max_abs_diff", "max |Δ|", ".1e"), ("agreement", "agree", ".2%"),
+                                  ("mb", "MB", ".1f"), ("seconds", "s", ".1f")]))
+    return 1 if failed else 0
+
+
+def _load_data(data_dir: Path | None) -> fmnist.FashionMNIST:
+    data = fmnist.load(data_dir)
+    print(f"test images: {len(data.test_images)} from {data.source}", flush=True)
+    return data
+
+
+def _describe(result: ExportReport | Skipped) -> str:
+    if isinstance(result, Skipped):
+        return (f"{result.arch}: {result.checkpoint} unchanged since version {result.version} "
+                f"(sha256 {result.sha256[:12]}); skipped, --force exports it again")
+    return summary(result)
+
+
+def _row(result: ExportReport | Skipped) -> dict:
+    if isinstance(result, Skipped):
+        return {"arch": result.arch, "status": "unchanged", "version": result.version}
+    p = result.parity
+    return {"arch": result.arch, "status": "written", "version": result.version,
+            "accuracy": p["onnx_accuracy"], "max_abs_diff": p["max_abs_diff"],
+            "agreement": p["top1_agreement"], "mb": result.file_bytes / 1e6,
+            "seconds": result.seconds["total"]}

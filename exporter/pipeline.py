@@ -1,0 +1,168 @@
+"""One architecture's export, start to finish: checkpoint -> fold -> wrap -> export -> check ->
+compare -> write. Each step is its own module and testable alone; this file only strings them
+together, times them, and turns their results into the report. Nothing is written unless every
+check passed, and then it is written atomically as the next version."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import onnx
+import onnxruntime
+import onnxscript
+import torch
+from google.protobuf.message import DecodeError
+from torch import nn
+
+from exporter import metadata, to_onnx, versions
+from exporter.checks import check_graph
+from exporter.errors import ExportError
+from exporter.fold import fold_batchnorm
+from exporter.parity import MAX_ABS_DIFF, MIN_AGREEMENT, cpu_session, failures, measure
+from exporter.report import ExportReport, Skipped
+from exporter.wrap import Servable
+from trainer import checkpoint, models
+from trainer.data import FashionMNIST
+
+BEST = "best.pt"
+
+
+@dataclass(frozen=True)
+class Options:
+    opset: int = to_onnx.DEFAULT_OPSET
+    batch_size: int = 100
+    max_abs_diff: float = MAX_ABS_DIFF
+    min_agreement: float = MIN_AGREEMENT
+    force: bool = False
+    progress: bool = False
+
+
+def best_checkpoint(artifacts: str | os.PathLike, arch: str) -> Path:
+    path = checkpoint.checkpoint_dir(artifacts, arch) / BEST
+    if not path.is_file():
+        raise ExportError(f"{path} not found: run `make train MODELS={arch}` first "
+                          f"(or point --artifacts at the folder that holds checkpoints/)")
+    return path
+
+
+def archs_with_checkpoints(artifacts: str | os.PathLike) -> list[str]:
+    """Every folder of checkpoints/ holding a best.pt, registry order first; unknown names last
+    (their export then fails with a message that says so)."""
+    root = Path(artifacts) / "checkpoints"
+    found = {p.parent.name for p in root.glob(f"*/{BEST}")}
+    return [a for a in models.ARCHITECTURES if a in found] + sorted(found - set(models.ARCHITECTURES))
+
+
+def load_net(path: Path, arch: str) -> tuple[nn.Module, dict]:
+    """The checkpoint's network in eval mode, and the checkpoint (weights_only=True)."""
+    try:
+        ckpt = checkpoint.load(path)
+    except Exception as err:  # truncated file, foreign pickle, other format: all unusable alike
+        raise ExportError(f"cannot read {path}: {err}") from err
+    if ckpt["arch"] not in models.ARCHITECTURES:
+        raise ExportError(f"{path} holds architecture {ckpt['arch']!r}, which trainer/models.py "
+                          f"does not register (known: {', '.join(models.ARCHITECTURES)})")
+    if ckpt["arch"] != arch:
+        raise ExportError(f"{path} holds {ckpt['arch']!r}, not {arch!r}: move it to "
+                          f"checkpoints/{ckpt['arch']}/ or retrain with `make train MODELS={arch}`")
+    net = models.build(arch)
+    try:
+        net.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        raise ExportError(f"{path}: its weights do not fit {arch}: "
+                          f"{' '.join(line.strip() for line in first[:2])}") from err
+    return net.eval(), ckpt
+
+
+def export_arch(arch: str, artifacts: str | os.PathLike, data: Callable[[], FashionMNIST],
+                options: Options = Options()) -> ExportReport | Skipped:
+    """Export `arch`'s best.pt as the next version, or skip it when the latest version already
+    holds this very checkpoint (same sha256) and `options.force` is off."""
+    clock = _Clock()
+    ckpt_path = best_checkpoint(artifacts, arch)
+    arch_dir = Path(artifacts) / "models" / arch
+    with clock("load"):
+        sha = versions.sha256_file(ckpt_path)
+        unchanged = None if options.force else _version_holding(arch_dir, sha)
+        if unchanged is not None:
+            return Skipped(arch, unchanged, str(ckpt_path), sha)
+        net, ckpt = load_net(ckpt_path, arch)
+    side = models.get(arch).input_side
+    with clock("fold"):
+        fold = fold_batchnorm(net)
+    reference, servable = Servable(net, side).eval(), Servable(fold.model, side).eval()
+    with clock("export"):
+        unfolded_raw = to_onnx.export(reference, options.opset)
+        raw = to_onnx.export(servable, options.opset)
+        model = to_onnx.optimize(raw)
+    with clock("check"):
+        check_graph(raw, f"{arch}, as exported")
+        check_graph(model, f"{arch}, optimized")
+    dataset = data()
+    with clock("parity"):
+        parity = measure(cpu_session(model.SerializeToString()), reference, dataset.test_images,
+                         dataset.test_labels, options.batch_size,
+                         desc=f"{arch} parity" if options.progress else None)
+    missed = failures(parity, options.max_abs_diff, options.min_agreement)
+    if missed:
+        raise ExportError(f"{arch}: parity check failed, nothing written: {'; '.join(missed)} "
+                          f"(ONNX accuracy {parity.onnx_accuracy:.4f}, PyTorch "
+                          f"{parity.torch_accuracy:.4f}, {parity.images} test images)")
+    meta = metadata.build(arch, side, fold, parity, sha)
+    metadata.attach(model, meta)
+    model_bytes = model.SerializeToString()
+    version = versions.next_version(arch_dir)
+    report = ExportReport(
+        arch=arch, version=version,
+        model=str(arch_dir / str(version) / versions.MODEL_FILE),
+        checkpoint={"path": str(ckpt_path), "sha256": sha, "epoch": ckpt.get("epoch"),
+                    "test_accuracy": ckpt.get("test_accuracy")},
+        data_source=dataset.source,
+        bn_folded=[{"bn": f.bn, "into": f.into} for f in fold.folded],
+        bn_remaining=[{"bn": r.bn, "reason": r.reason} for r in fold.remaining],
+        parity={**parity.as_dict(), "limit_max_abs_diff": options.max_abs_diff,
+                "limit_top1_agreement": options.min_agreement},
+        nodes={"unfolded": to_onnx.op_counts(unfolded_raw), "folded": to_onnx.op_counts(raw),
+               "written": to_onnx.op_counts(model)},
+        opset=options.opset, ir_version=model.ir_version, file_bytes=len(model_bytes),
+        seconds={**clock.seconds, "total": clock.total()}, metadata=meta,
+        versions={"torch": str(torch.__version__), "onnx": onnx.__version__,
+                  "onnxscript": onnxscript.__version__, "onnxruntime": onnxruntime.__version__})
+    versions.publish(arch_dir, version, {versions.MODEL_FILE: model_bytes,
+                                         versions.REPORT_FILE: report.to_json()})
+    return report
+
+
+def _version_holding(arch_dir: Path, sha: str) -> int | None:
+    """The latest version, when it was exported from the checkpoint with this sha256."""
+    published = versions.versions(arch_dir)
+    if not published:
+        return None
+    try:
+        meta = metadata.read(arch_dir / str(published[-1]) / versions.MODEL_FILE)
+    except (OSError, DecodeError):
+        return None  # an unreadable latest version never blocks a new export
+    return published[-1] if meta.get(metadata.SOURCE_SHA256) == sha else None
+
+
+class _Clock:
+    """Seconds per named step; `total` counts from the clock's creation."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, step: str):
+        t = time.perf_counter()
+        yield
+        self.seconds[step] = round(time.perf_counter() - t, 2)
+
+    def total(self) -> float:
+        return round(time.perf_counter() - self.start, 2)
