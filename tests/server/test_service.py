@@ -96,6 +96,10 @@ def test_every_format_in_one_request(stub):
     assert len(response.classifications) == len(images)
 
 
+def test_a_call_without_a_deadline_works(stub):
+    assert stub.Classify(request(enc(sample()))).model == "lenet_bn"
+
+
 def test_version_can_be_named(stub):
     assert stub.Classify(request(enc(sample()), version=1), timeout=30).version == 1
 
