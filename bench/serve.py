@@ -159,7 +159,8 @@ def pick_models(models_dir: Path, names: list[str] | None) -> dict[str, tuple[in
     missing = [n for n in names if n not in found]
     if missing:
         raise SystemExit(f"not exported in {models_dir}: {', '.join(missing)} (there: "
-                         f"{', '.join(sorted(found))}); run `make export MODELS=\"{' '.join(missing)}\"`")
+                         f"{', '.join(sorted(found))}); train and export them first "
+                         f"(make train export MODELS=\"{' '.join(missing)}\")")
     return {n: (max(found[n]), models_dir / n) for n in names}
 
 

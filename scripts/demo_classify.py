@@ -1,4 +1,4 @@
-"""Serve a models folder and classify samples/ with every model, as a user would; `make demo`'s last step.
+"""Serve a models folder, classify samples/ with every model as a user would: `make demo`'s last step.
 
     python scripts/demo_classify.py --models-dir artifacts/models --samples samples --device auto
 

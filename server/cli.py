@@ -49,7 +49,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     default_dir = Path(os.environ.get("ARTIFACTS", "artifacts")) / "models"
     p.add_argument("--models-dir", type=Path, default=default_dir,
                    help="folder of <name>/<version>/model.onnx ($ARTIFACTS/models)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=50051, help="port to listen on; 0 picks a free one")
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="auto: CUDA when it comes up, else CPU (logged); cuda: fail without CUDA")

@@ -97,7 +97,8 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     except MemoryError:
         raise
     except Exception as e:  # noqa: BLE001 - truncated/corrupt data raises OSError, SyntaxError, ...
-        raise DecodeError(f"truncated or corrupt {image.format} data ({type(e).__name__}: {e})") from None
+        raise DecodeError(f"truncated or corrupt {image.format} data "
+                          f"({type(e).__name__}: {e})") from None
     return image
 
 

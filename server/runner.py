@@ -58,8 +58,9 @@ class OnnxRunner:
         try:
             self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+            first_line = (str(e).strip().splitlines() or [""])[0]
             raise ModelLoadError(f"onnxruntime cannot load it: {type(e).__name__}: "
-                                 f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+                                 f"{first_line}") from None
         _check_signature(self._session)
         self.path = Path(path)
         self.provider = self._session.get_providers()[0]

@@ -28,10 +28,12 @@ def map_errors(method):
             return method(self, request, context)
         except ServingError as e:
             (log.info if isinstance(e, Cancelled) else log.warning)(
-                "%s -> %s: %s", method.__name__, e.code, e, extra={"code": e.code})
+                "%s from %s -> %s: %s", method.__name__, context.peer(), e.code, e,
+                extra={"code": e.code})
             context.abort(grpc.StatusCode[e.code], str(e))
         except Exception:
-            log.exception("%s failed unexpectedly -> INTERNAL", method.__name__)
+            log.exception("%s from %s failed unexpectedly -> INTERNAL", method.__name__,
+                          context.peer(), extra={"code": "INTERNAL"})
             context.abort(grpc.StatusCode.INTERNAL,
                           "internal server error (the server logged the details)")
 

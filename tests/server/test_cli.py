@@ -154,7 +154,8 @@ def test_server_and_client_never_import_torch():
             "import server, server.app, server.cli, server.core, server.decode, server.errors, "
             "server.logs, server.providers, server.runner, server.servicer, server.store\n"
             "import client.predict\n"
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'trainer', 'exporter'))\n"
+            "bad = sorted(m for m in sys.modules\n"
+            "             if m.split('.')[0] in ('torch', 'trainer', 'exporter'))\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
 

@@ -30,7 +30,8 @@ class Call:
 
 @pytest.fixture
 def core():
-    return Core([fake_model("a", 1), fake_model("a", 3), fake_model("b", 2)], Limits(max_images_per_request=4))
+    return Core([fake_model("a", 1), fake_model("a", 3), fake_model("b", 2)],
+                Limits(max_images_per_request=4))
 
 
 def test_classify_returns_top_k_in_order(core):
@@ -51,7 +52,8 @@ def test_top_k_zero_means_one_and_over_ten_is_refused(core):
 
 def test_model_and_version_lookup(core):
     assert core.classify("a", 1, [raw()]).version == 1
-    with pytest.raises(ModelNotFound, match=r"'zzz' is not served; served models: a \(versions 1, 3\), b"):
+    served = r"'zzz' is not served; served models: a \(versions 1, 3\), b"
+    with pytest.raises(ModelNotFound, match=served):
         core.classify("zzz", 0, [raw()])
     with pytest.raises(ModelNotFound, match="version 2 is not served"):
         core.classify("a", 2, [raw()])
