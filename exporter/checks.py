@@ -8,7 +8,7 @@ from exporter.errors import ExportError
 
 # A BatchNormalization reading one of these ops' outputs could have been folded into it: Conv and
 # Gemm directly, MatMul (+ Add for the bias) being how a Linear on a >2-D input is exported.
-_FOLDABLE = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+_FOLDABLE = {"Conv", "Gemm", "MatMul"}
 
 
 def unfolded_batchnorms(model: onnx.ModelProto) -> list[str]:

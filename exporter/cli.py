@@ -47,9 +47,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=to_onnx.DEFAULT_OPSET,
                    help=f"ONNX opset to export (default: {to_onnx.DEFAULT_OPSET}; the exporter "
                         f"supports 18 and up)")
-    p.add_argument("--batch-size", type=int, default=pipeline.Options.batch_size,
-                   help=f"images per inference batch in the parity check; bounds its memory "
-                        f"(default: {pipeline.Options.batch_size})")
+    p.add_argument("--batch-size", type=int,
+                   help="images per inference batch in the parity check; bounds its memory "
+                        "(default: 500 for 28x28 networks, 100 for larger input sides)")
     p.add_argument("--max-abs-diff", type=float, default=MAX_ABS_DIFF,
                    help=f"largest |logit difference| allowed between ONNX and PyTorch "
                         f"(default: {MAX_ABS_DIFF:g})")
@@ -67,7 +67,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: no {args.artifacts}/checkpoints/<arch>/best.pt found: run `make train` "
               f"first (or point --artifacts at the folder that holds checkpoints/)", file=sys.stderr)
         return 1
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         print("error: --batch-size must be at least 1", file=sys.stderr)
         return 2
     options = pipeline.Options(opset=args.opset, batch_size=args.batch_size,

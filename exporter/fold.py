@@ -20,8 +20,9 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.conv import _ConvNd
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,7 @@ class FoldResult:
 def fold_batchnorm(model: nn.Module) -> FoldResult:
     """A copy of `model` (in eval mode) with every foldable BatchNorm folded; `model` is untouched.
 
-    Folds a BatchNorm when its input is the output of a Conv (any dimension, transposed too) or a
-    Linear, that output has no other user, and both modules are called exactly once (folding a
+    Folds a BatchNorm when its input is the output of a Conv1d/2d/3d or a Linear, that output has no other user, and both modules are called exactly once (folding a
     shared module would change its other calls). Linear -> BatchNorm1d assumes [N, features]
     activations, as in every registered architecture; the exporter's parity check would catch a
     [N, C, L] BatchNorm1d after a Linear, which normalises another axis.
@@ -102,7 +102,7 @@ def _why_not(bn: _BatchNorm, node: fx.Node | None, modules: dict[str, nn.Module]
     if not isinstance(src, fx.Node):
         return f"its input is a constant ({src!r}), not a layer's output"
     layer = modules.get(src.target) if src.op == "call_module" else None
-    if not isinstance(layer, (_ConvNd, nn.Linear)):
+    if not isinstance(layer, (*_CONVS, nn.Linear)):
         return f"its input is {_describe(src, modules)}, not a Conv or Linear output"
     if count[src.target] != 1:
         return (f"{src.target} is called {count[src.target]} times; folding would change its "
@@ -110,7 +110,7 @@ def _why_not(bn: _BatchNorm, node: fx.Node | None, modules: dict[str, nn.Module]
     others = [u.name for u in src.users if u is not node]
     if others:
         return f"the output of {src.target} is also used by {', '.join(others)}"
-    out_features = layer.out_channels if isinstance(layer, _ConvNd) else layer.out_features
+    out_features = layer.out_channels if isinstance(layer, _CONVS) else layer.out_features
     if out_features != bn.num_features:
         return f"{src.target} has {out_features} outputs, the BatchNorm {bn.num_features} features"
     return None
@@ -130,10 +130,9 @@ def _fuse_into(layer: nn.Module, bn: _BatchNorm) -> None:
     """Move `bn` into `layer`'s weight and bias (a missing bias becomes one; dtypes are kept)."""
     weight = bn.weight if bn.weight is not None else torch.ones_like(bn.running_mean)
     bias = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
-    if isinstance(layer, _ConvNd):
+    if isinstance(layer, _CONVS):
         layer.weight, layer.bias = fuse_conv_bn_weights(
-            layer.weight, layer.bias, bn.running_mean, bn.running_var, bn.eps, weight, bias,
-            transpose=layer.transposed)
+            layer.weight, layer.bias, bn.running_mean, bn.running_var, bn.eps, weight, bias)
     else:
         layer.weight, layer.bias = fuse_linear_bn_weights(
             layer.weight, layer.bias, bn.running_mean, bn.running_var, bn.eps, weight, bias)

@@ -35,11 +35,18 @@ BEST = "best.pt"
 @dataclass(frozen=True)
 class Options:
     opset: int = to_onnx.DEFAULT_OPSET
-    batch_size: int = 100
+    batch_size: int | None = None  # None: by input side, see parity_batch_size
     max_abs_diff: float = MAX_ABS_DIFF
     min_agreement: float = MIN_AGREEMENT
     force: bool = False
     progress: bool = False
+
+
+def parity_batch_size(input_side: int) -> int:
+    """Images per parity batch. Measured on 2 CPU cores: 28x28 nets run ~3x faster at 500 than at
+    100 (per-call overhead dominates), 96 and 224 nets are no faster above 100 and hold ~1.6 GB of
+    activations per 100 images at 224."""
+    return 500 if input_side <= 28 else 100
 
 
 def best_checkpoint(artifacts: str | os.PathLike, arch: str) -> Path:
@@ -107,7 +114,7 @@ def export_arch(arch: str, artifacts: str | os.PathLike, data: Callable[[], Fash
     dataset = data()
     with clock("parity"):
         parity = measure(cpu_session(model.SerializeToString()), reference, dataset.test_images,
-                         dataset.test_labels, options.batch_size,
+                         dataset.test_labels, options.batch_size or parity_batch_size(side),
                          desc=f"{arch} parity" if options.progress else None)
     missed = failures(parity, options.max_abs_diff, options.min_agreement)
     if missed:

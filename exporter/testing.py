@@ -19,8 +19,9 @@ def randomize_batchnorm(net: nn.Module, seed: int = 0) -> nn.Module:
     with torch.no_grad():
         for bn in (m for m in net.modules() if isinstance(m, _BatchNorm)):
             n = bn.num_features
-            bn.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
-            bn.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+            if bn.track_running_stats:
+                bn.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
+                bn.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
             if bn.affine:
                 bn.weight.copy_(torch.rand(n, generator=g) + 0.5)
                 bn.bias.copy_(torch.randn(n, generator=g) * 0.2)
