@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from server import decode
 from server.decode import decode_encoded, decode_raw
@@ -188,3 +188,14 @@ def test_our_pixel_limit_is_checked_before_decoding():
     with pytest.raises(DecodeError, match=r"5000x5000 = 25,000,000 is over the limit of 1,000,000"):
         decode_encoded(huge_png(5000, 5000), max_pixels=1_000_000)
     assert decode_encoded(huge_png(500, 500), max_pixels=1_000_000).max() == 0
+
+
+@pytest.mark.parametrize("name", SAMPLE_NAMES)
+def test_photo_like_rendering_of_a_sample_decodes_close_to_the_dataset_pixels(name):
+    """The sample enlarged 7x, made dark-on-light, framed in a wide light-grey margin and saved as
+    JPEG: inversion, background removal, crop and fit bring it back near the dataset's pixels."""
+    original = sample_pixels(name)
+    photo = ImageOps.invert(Image.fromarray(original).resize((196, 196), Image.Resampling.BICUBIC))
+    photo = ImageOps.expand(photo, border=(60, 30), fill=235).convert("RGB")
+    out = decode_encoded(encode(photo, "JPEG", quality=85))
+    assert np.corrcoef(out.ravel(), original.ravel())[0, 1] > 0.5
