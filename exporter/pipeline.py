@@ -67,13 +67,17 @@ def archs_with_checkpoints(artifacts: str | os.PathLike) -> list[str]:
 
 def load_net(path: Path, arch: str) -> tuple[nn.Module, dict]:
     """The checkpoint's network in eval mode, and the checkpoint (weights_only=True)."""
+    known = ", ".join(models.ARCHITECTURES)
+    if arch not in models.ARCHITECTURES:
+        raise ExportError(f"{path}: {arch!r} is not an architecture trainer/models.py registers "
+                          f"(known: {known})")
     try:
         ckpt = checkpoint.load(path)
     except Exception as err:  # truncated file, foreign pickle, other format: all unusable alike
         raise ExportError(f"cannot read {path}: {err}") from err
     if ckpt["arch"] not in models.ARCHITECTURES:
         raise ExportError(f"{path} holds architecture {ckpt['arch']!r}, which trainer/models.py "
-                          f"does not register (known: {', '.join(models.ARCHITECTURES)})")
+                          f"does not register (known: {known})")
     if ckpt["arch"] != arch:
         raise ExportError(f"{path} holds {ckpt['arch']!r}, not {arch!r}: move it to "
                           f"checkpoints/{ckpt['arch']}/ or retrain with `make train MODELS={arch}`")

@@ -36,11 +36,11 @@ def random_net(arch: str, seed: int = 0) -> nn.Module:
     return randomize_batchnorm(net, seed).eval()
 
 
-def write_checkpoint(net: nn.Module, arch: str, path: Path, **fields) -> Path:
+def write_checkpoint(net: nn.Module, arch: str, path: Path, /, **fields) -> Path:
     """A best.pt as the trainer writes it, with the keys the exporter reads; `fields` add or
-    override keys (e.g. test_accuracy)."""
+    override keys (e.g. test_accuracy, or a wrong arch for a test)."""
     checkpoint.save_atomic({
         "format": checkpoint.FORMAT, "arch": arch, "input_side": models.get(arch).input_side,
         "model": net.state_dict(), "epoch": 0, "step": 0, "test_accuracy": None,
-        "torch_version": str(torch.__version__), **fields}, path)
+        "torch_version": str(torch.__version__)} | fields, path)
     return path
