@@ -5,7 +5,8 @@ provider); the server side adds protobuf, gRPC over loopback, the server's threa
 core's checks. Each cell is measured for --seconds, in-process first, then through the server,
 with 1 and 16 concurrent callers (threads) sending batches of 1 and 32 raw 28x28 images (the
 samples/ pixels, so no image decoding is timed; --encoded sends the PNG files instead).
-Reported: images/second, p50/p99 latency per call, and server/in-process ratios.
+In-process and server slices alternate within each cell (--rounds), so drifting machine load hits
+both alike. Reported: images/second, p50/p99 latency per call, and server/in-process ratios.
 
     python -m bench.serve [--models lenet_bn resnet18] [--seconds 1.5] [--device cpu]
 
@@ -53,7 +54,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32], metavar="N")
     p.add_argument("--callers", nargs="+", type=int, default=[1, 16], metavar="N",
                    help="concurrent callers (threads) (default: 1 16)")
-    p.add_argument("--seconds", type=float, default=1.5, help="measuring time per cell")
+    p.add_argument("--seconds", type=float, default=1.5,
+                   help="measuring time per cell and side (default: 1.5)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="in-process and server slices alternate this many times per cell")
     p.add_argument("--encoded", action="store_true",
                    help="send PNG bytes to the server (adds decoding there) instead of raw pixels")
     p.add_argument("--intra-op-threads", type=int, default=0,
@@ -62,9 +66,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def measure(call: Callable[[], object], images_per_call: int, callers: int, seconds: float) -> Cell:
-    """`callers` threads call `call` back to back for `seconds`; every call's latency counts."""
-    call()  # warm-up (first-call allocations, connection set-up)
+@dataclass
+class Samples:
+    """Latencies (seconds) of every call, and the wall time the calls took, over one or more slices."""
+
+    latencies: list[float]
+    elapsed: float = 0.0
+
+    def cell(self, images_per_call: int) -> Cell:
+        ms = np.array(self.latencies) * 1000
+        return Cell(images_per_s=len(ms) * images_per_call / self.elapsed,
+                    p50_ms=float(np.percentile(ms, 50)), p99_ms=float(np.percentile(ms, 99)),
+                    calls=len(ms))
+
+
+def measure(call: Callable[[], object], callers: int, seconds: float, into: Samples) -> None:
+    """`callers` threads call `call` back to back for `seconds` (each at least once)."""
     latencies: list[list[float]] = [[] for _ in range(callers)]
     start = time.perf_counter()
     stop_at = start + seconds
@@ -85,11 +102,20 @@ def measure(call: Callable[[], object], images_per_call: int, callers: int, seco
         t.start()
     for t in threads:
         t.join()
-    flat = np.array([x for per in latencies for x in per]) * 1000
-    elapsed = max(ends) - start
-    return Cell(images_per_s=len(flat) * images_per_call / elapsed,
-                p50_ms=float(np.percentile(flat, 50)), p99_ms=float(np.percentile(flat, 99)),
-                calls=len(flat))
+    into.latencies += [x for per in latencies for x in per]
+    into.elapsed += max(ends) - start
+
+
+def side_by_side(local: Callable[[], object], remote: Callable[[], object], callers: int,
+                 seconds: float, rounds: int) -> tuple[Samples, Samples]:
+    """Alternate in-process and server slices (`rounds` each, `seconds` in all per side), so a
+    change in the machine's load during the cell hits both sides alike."""
+    local(), remote()  # warm-up: first-call allocations, connection set-up
+    a, b = Samples([]), Samples([])
+    for _ in range(rounds):
+        measure(local, callers, seconds / rounds, a)
+        measure(remote, callers, seconds / rounds, b)
+    return a, b
 
 
 def sample_images() -> tuple[np.ndarray, list[bytes]]:
@@ -215,9 +241,10 @@ def main(args: argparse.Namespace) -> int:
                         else [pb.Image(raw=row.tobytes()) for row in images[:, 0]])
                 request = pb.ClassifyRequest(model=name, version=version, images=wire)
                 for callers in args.callers:
-                    local = measure(lambda: runner.run(images), batch, callers, args.seconds)
-                    remote = measure(lambda: stub.Classify(request, timeout=600), batch, callers,
-                                     args.seconds)
+                    a, b = side_by_side(lambda: runner.run(images),
+                                        lambda: stub.Classify(request, timeout=600),
+                                        callers, args.seconds, args.rounds)
+                    local, remote = a.cell(batch), b.cell(batch)
                     rows.append({"model": name, "version": version, "provider": provider,
                                  "batch": batch, "callers": callers, "in_process": asdict(local),
                                  "server": asdict(remote)})
