@@ -16,7 +16,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import onnxruntime as ort
 
-from server.errors import ModelLoadError
+from server.errors import ModelLoadError, Unavailable
 
 INPUT = "image"
 OUTPUTS = ("logits", "probabilities")
@@ -67,7 +67,10 @@ class OnnxRunner:
         self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
 
     def run(self, images: np.ndarray) -> RunOutput:
-        logits, probabilities = self._session.run(list(OUTPUTS), {INPUT: images})
+        session = self._session
+        if session is None:
+            raise Unavailable(f"{self.path} is closed: the server is shutting down")
+        logits, probabilities = session.run(list(OUTPUTS), {INPUT: images})
         return RunOutput(probabilities=probabilities, logits=logits)
 
     def warmup(self) -> None:

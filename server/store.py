@@ -176,4 +176,7 @@ def load_models(models_dir: str | Path, policy: ProviderPolicy,
         log.info("loaded model %s v%d provider=%s test_accuracy=%.4f input_side=%d file=%s "
                  "(%.2fs with warm-up)", name, version, model.provider, model.spec.test_accuracy,
                  model.spec.input_side, path, time.perf_counter() - started)
+    if policy.device == "cuda" and not loaded:
+        log.warning("--device cuda: no model was loaded, so no session could confirm that the CUDA "
+                    "provider is active")
     return loaded

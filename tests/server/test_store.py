@@ -8,10 +8,11 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
-from server.errors import ModelLoadError, StartupError
+from server.errors import ModelLoadError, StartupError, Unavailable
 from server.providers import CPU, CUDA, ProviderPolicy
 from server.runner import OnnxRunner
 from server.store import load_models, parse_metadata, parse_version_flags, pick_versions, scan
@@ -165,3 +166,11 @@ def test_warm_up_failure_skips_the_model(models_dir, caplog):
     with caplog.at_level(logging.ERROR):
         assert load_models(models_dir, ProviderPolicy("cpu"), runner_factory=factory) == []
     assert "warm-up run failed: RuntimeError: boom" in caplog.text
+
+
+def test_a_closed_runner_refuses_to_run(models_dir):
+    runner = OnnxRunner(models_dir / "lenet" / "1" / "model.onnx", [CPU])
+    runner.warmup()
+    runner.close()
+    with pytest.raises(Unavailable, match="shutting down"):
+        runner.run(np.zeros((1, 1, 28, 28), np.uint8))
