@@ -76,7 +76,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     logs.setup(args.log_format, args.log_level)
-    from server.app import create_server  # after logging is set up: importing grpc can log
+    try:  # after logging is set up: importing grpc can log
+        from server.app import create_server
+    except ImportError as e:
+        log.error("cannot start: %s: the gRPC stubs or packages are missing; run `make install`", e)
+        return 1
     from server.runner import OnnxRunner
 
     limits = Limits(max_images_per_request=args.max_images_per_request,
