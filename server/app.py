@@ -13,6 +13,7 @@ Reflection services, so grpcurl and friends can discover and call the server.
 from __future__ import annotations
 
 import logging
+import time
 from concurrent import futures
 from pathlib import Path
 
@@ -63,12 +64,20 @@ class Server:
 
     def stop(self, grace: float | None = 10.0) -> bool:
         """Health NOT_SERVING, refuse new requests, let those in flight finish (at most `grace`
-        seconds), close the sessions. True when every request finished within the grace period."""
+        seconds), close the sessions. True when every request finished within the grace period.
+
+        While requests are in flight the server stays up as a "lame duck": new Classify calls get
+        UNAVAILABLE from the core (retryable elsewhere) rather than whatever the transport says
+        once it is stopping. Then the gRPC server stops with what is left of the grace period.
+        """
         self.health.enter_graceful_shutdown()
         self.core.drain()
-        in_flight = self.core.in_flight
-        log.info("stopping: %d request(s) in flight, grace period %ss", in_flight, grace)
-        self.grpc_server.stop(grace).wait()
+        log.info("stopping: %d request(s) in flight, grace period %ss", self.core.in_flight, grace)
+        deadline = None if grace is None else time.monotonic() + grace
+        while self.core.in_flight and (deadline is None or time.monotonic() < deadline):
+            time.sleep(0.02)
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        self.grpc_server.stop(left).wait()
         finished = self.core.in_flight == 0
         if not finished:
             log.warning("grace period over with %d request(s) still running; they were cancelled",

@@ -295,7 +295,9 @@ def test_stop_drains_in_flight_requests_and_refuses_new_ones():
             while not srv.core._draining:
                 time.sleep(0.01)
             e = rpc_error(stub.Classify, request(raw(b"\0" * 784), model="slow"))
-            assert e.code() == grpc.StatusCode.UNAVAILABLE
+            assert e.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in e.details()
+            draining = health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert draining.status == health_pb2.HealthCheckResponse.NOT_SERVING
             assert in_flight.result().model == "slow"  # finished within the grace period
             stopping.join()
         assert model.runner.closed
