@@ -74,7 +74,9 @@ def load_net(path: Path, arch: str) -> tuple[nn.Module, dict]:
     try:
         ckpt = checkpoint.load(path)
     except Exception as err:  # truncated file, foreign pickle, other format: all unusable alike
-        raise ExportError(f"cannot read {path}: {err}") from err
+        raise ExportError(f"cannot read {path} (torch.load with weights_only=True): "
+                          f"{_first_sentence(err)}; retrain with `make train MODELS={arch}`"
+                          ) from err
     if ckpt["arch"] not in models.ARCHITECTURES:
         raise ExportError(f"{path} holds architecture {ckpt['arch']!r}, which trainer/models.py "
                           f"does not register (known: {known})")
@@ -85,10 +87,18 @@ def load_net(path: Path, arch: str) -> tuple[nn.Module, dict]:
     try:
         net.load_state_dict(ckpt["model"])
     except RuntimeError as err:
-        first = str(err).strip().splitlines()
-        raise ExportError(f"{path}: its weights do not fit {arch}: "
-                          f"{' '.join(line.strip() for line in first[:2])}") from err
+        raise ExportError(f"{path}: its weights do not fit {arch}: {_first_sentence(err)}") from err
     return net.eval(), ckpt
+
+
+def _first_sentence(err: Exception) -> str:
+    """torch's load errors run over many lines; the line that names the problem is enough."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [repr(err)]
+    named = next((line for line in lines if line.startswith(("WeightsUnpickler error",
+                                                             "Missing key", "Unexpected key",
+                                                             "size mismatch"))), lines[0])
+    named = named.split(". ")[0].rstrip(".")
+    return named if len(named) <= 200 else named[:200] + "…"
 
 
 def export_arch(arch: str, artifacts: str | os.PathLike, data: Callable[[], FashionMNIST],
@@ -107,14 +117,10 @@ def export_arch(arch: str, artifacts: str | os.PathLike, data: Callable[[], Fash
     side = models.get(arch).input_side
     with clock("fold"):
         fold = fold_batchnorm(net)
-    reference, servable = Servable(net, side).eval(), Servable(fold.model, side).eval()
-    with clock("export"):
-        unfolded_raw = to_onnx.export(reference, options.opset)
-        raw = to_onnx.export(servable, options.opset)
-        model = to_onnx.optimize(raw)
-    with clock("check"):
-        check_graph(raw, f"{arch}, as exported")
-        check_graph(model, f"{arch}, optimized")
+    reference = Servable(net, side).eval()
+    graphs = _export_and_check(reference, Servable(fold.model, side).eval(), arch, options.opset,
+                               clock)
+    model = graphs["written"]
     dataset = data()
     with clock("parity"):
         parity = measure(cpu_session(model.SerializeToString()), reference, dataset.test_images,
@@ -130,8 +136,7 @@ def export_arch(arch: str, artifacts: str | os.PathLike, data: Callable[[], Fash
     model_bytes = model.SerializeToString()
     version = versions.next_version(arch_dir)
     report = ExportReport(
-        arch=arch, version=version,
-        model=str(arch_dir / str(version) / versions.MODEL_FILE),
+        arch=arch, version=version, model=str(arch_dir / str(version) / versions.MODEL_FILE),
         checkpoint={"path": str(ckpt_path), "sha256": sha, "epoch": ckpt.get("epoch"),
                     "test_accuracy": ckpt.get("test_accuracy")},
         data_source=dataset.source,
@@ -139,8 +144,7 @@ def export_arch(arch: str, artifacts: str | os.PathLike, data: Callable[[], Fash
         bn_remaining=[{"bn": r.bn, "reason": r.reason} for r in fold.remaining],
         parity={**parity.as_dict(), "limit_max_abs_diff": options.max_abs_diff,
                 "limit_top1_agreement": options.min_agreement},
-        nodes={"unfolded": to_onnx.op_counts(unfolded_raw), "folded": to_onnx.op_counts(raw),
-               "written": to_onnx.op_counts(model)},
+        nodes={name: to_onnx.op_counts(graph) for name, graph in graphs.items()},
         opset=options.opset, ir_version=model.ir_version, file_bytes=len(model_bytes),
         seconds={**clock.seconds, "total": clock.total()}, metadata=meta,
         versions={"torch": str(torch.__version__), "onnx": onnx.__version__,
@@ -148,6 +152,20 @@ def export_arch(arch: str, artifacts: str | os.PathLike, data: Callable[[], Fash
     versions.publish(arch_dir, version, {versions.MODEL_FILE: model_bytes,
                                          versions.REPORT_FILE: report.to_json()})
     return report
+
+
+def _export_and_check(reference: Servable, servable: Servable, arch: str, opset: int,
+                      clock: "_Clock") -> dict[str, onnx.ModelProto]:
+    """The raw graphs of the unfolded and the folded model (for the report's node counts, and so
+    the BatchNorm check sees our folding rather than onnxscript's) and the optimized one to write."""
+    with clock("export"):
+        graphs = {"unfolded": to_onnx.export(reference, opset),
+                  "folded": to_onnx.export(servable, opset)}
+        graphs["written"] = to_onnx.optimize(graphs["folded"])
+    with clock("check"):
+        check_graph(graphs["folded"], f"{arch}, as exported")
+        check_graph(graphs["written"], f"{arch}, optimized")
+    return graphs
 
 
 def _version_holding(arch_dir: Path, sha: str) -> int | None:

@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench-*`): measurements printed side by side, not tests."""
