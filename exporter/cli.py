@@ -45,8 +45,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "(default: $FASHION_MNIST_DIR, then /usr/share/datasets/fashion-mnist, "
                         "then a torchvision download into data/)")
     p.add_argument("--opset", type=int, default=to_onnx.DEFAULT_OPSET,
-                   help=f"ONNX opset to export (default: {to_onnx.DEFAULT_OPSET}; the exporter "
-                        f"supports 18 and up)")
+                   help=f"ONNX opset to export (default: {to_onnx.DEFAULT_OPSET}; "
+                        f"{to_onnx.MIN_OPSET} at the lowest)")
     p.add_argument("--batch-size", type=int,
                    help="images per inference batch in the parity check; bounds its memory "
                         "(default: 500 for 28x28 networks, 100 for larger input sides)")
@@ -62,14 +62,18 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     """Export each architecture in turn; a failure stops that one, not the others (exit 1)."""
+    if args.batch_size is not None and args.batch_size < 1:
+        print("error: --batch-size must be at least 1", file=sys.stderr)
+        return 2
+    if args.opset < to_onnx.MIN_OPSET:
+        print(f"error: --opset {args.opset}: torch.onnx exports opset {to_onnx.MIN_OPSET} and up",
+              file=sys.stderr)
+        return 2
     archs = args.models or pipeline.archs_with_checkpoints(args.artifacts)
     if not archs:
         print(f"error: no {args.artifacts}/checkpoints/<arch>/best.pt found: run `make train` "
               f"first (or point --artifacts at the folder that holds checkpoints/)", file=sys.stderr)
         return 1
-    if args.batch_size is not None and args.batch_size < 1:
-        print("error: --batch-size must be at least 1", file=sys.stderr)
-        return 2
     options = pipeline.Options(opset=args.opset, batch_size=args.batch_size,
                                max_abs_diff=args.max_abs_diff, min_agreement=args.min_agreement,
                                force=args.force, progress=not args.no_progress)
@@ -78,7 +82,10 @@ def main(args: argparse.Namespace) -> int:
     for arch in archs:
         try:
             result = pipeline.export_arch(arch, args.artifacts, data, options)
-        except (ExportError, fmnist.DataError) as err:
+        except fmnist.DataError as err:  # every export needs the test set: stop here
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        except ExportError as err:
             print(f"error: {err}", file=sys.stderr)
             rows.append({"arch": arch, "status": "FAILED"})
             failed += 1

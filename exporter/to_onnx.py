@@ -22,6 +22,7 @@ from exporter.wrap import INPUT_NAME, OUTPUT_NAMES, Servable
 # exporter writes IR version 10, which the server's onnxruntime (1.31) loads; the parity step
 # loads every file in onnxruntime before it is written, so a mismatch cannot reach the server.
 DEFAULT_OPSET = 20
+MIN_OPSET = 18  # torch.onnx's own opset; it cannot convert below it (it stays at 18, with warnings)
 # The example batch has 2 images: torch.export specialises a dimension whose example size is 1.
 _EXAMPLE = torch.zeros(2, 1, 28, 28, dtype=torch.uint8)
 

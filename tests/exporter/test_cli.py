@@ -76,3 +76,19 @@ def test_no_checkpoint_at_all_is_a_one_line_error(tmp_path, capsys):
     assert main(get_args_parser().parse_args(["--artifacts", str(tmp_path)])) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "run `make train` first" in err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--opset", "17"], "--opset 17: torch.onnx exports opset 18 and up"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+])
+def test_bad_flag_values_are_refused_before_any_work(tmp_path, capsys, flags, message):
+    assert main(get_args_parser().parse_args(["--artifacts", str(tmp_path), *flags])) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_data_stops_the_run_with_its_message(trained, tmp_path, capsys):
+    args = get_args_parser().parse_args(["--artifacts", str(trained), "--force",
+                                         "--data-dir", str(tmp_path / "nowhere")])
+    assert main(args) == 1
+    assert "nowhere has no train-images-idx3-ubyte" in capsys.readouterr().err
