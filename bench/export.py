@@ -91,12 +91,13 @@ def measure_arch(arch: str, artifacts: Path, seconds: float) -> tuple[dict, list
                    .SerializeToString()}
     info = {"arch": arch, "weights": weights, "bn": f"{len(fold.folded)}/{len(fold.remaining)}"}
     runners = {}
-    for (variant, model), (level, opt) in ((m, lv) for m in onnx_models.items() for lv in LEVELS.items()):
-        start = time.perf_counter()
-        session = cpu_session(model, opt)
-        info[f"{variant}:{level}"] = time.perf_counter() - start
-        runners[f"{variant}:{level}"] = (
-            lambda x, s=session: s.run(["logits"], {INPUT_NAME: x.numpy()}))
+    for variant, model in onnx_models.items():
+        for level, opt in LEVELS.items():
+            start = time.perf_counter()
+            session = cpu_session(model, opt)
+            info[f"{variant}:{level}"] = time.perf_counter() - start
+            runners[f"{variant}:{level}"] = (
+                lambda x, s=session: s.run(["logits"], {INPUT_NAME: x.numpy()}))
     runners["torch"] = reference
     with torch.inference_mode():
         rows = [{"arch": arch, "batch": batch, **throughput(runners, batch, seconds)}

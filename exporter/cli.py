@@ -72,7 +72,8 @@ def main(args: argparse.Namespace) -> int:
     archs = args.models or pipeline.archs_with_checkpoints(args.artifacts)
     if not archs:
         print(f"error: no {args.artifacts}/checkpoints/<arch>/best.pt found: run `make train` "
-              f"first (or point --artifacts at the folder that holds checkpoints/)", file=sys.stderr)
+              f"first (or point --artifacts at the folder that holds checkpoints/)",
+              file=sys.stderr)
         return 1
     options = pipeline.Options(opset=args.opset, batch_size=args.batch_size,
                                max_abs_diff=args.max_abs_diff, min_agreement=args.min_agreement,
@@ -95,7 +96,8 @@ def main(args: argparse.Namespace) -> int:
     if len(rows) > 1:
         print(format_table(rows, [("arch", "arch", ""), ("status", "status", ""),
                                   ("version", "version", "d"), ("accuracy", "ONNX acc", ".4f"),
-                                  ("max_abs_diff", "max |Δ|", ".1e"), ("agreement", "agree", ".2%"),
+                                  ("max_abs_diff", "max |Δ|", ".1e"),
+                                  ("agreement", "agree", ".2%"),
                                   ("mb", "MB", ".1f"), ("seconds", "s", ".1f")]))
     return 1 if failed else 0
 

@@ -47,8 +47,9 @@ class FoldResult:
 def fold_batchnorm(model: nn.Module) -> FoldResult:
     """A copy of `model` (in eval mode) with every foldable BatchNorm folded; `model` is untouched.
 
-    Folds a BatchNorm when its input is the output of a Conv1d/2d/3d or a Linear, that output has no other user, and both modules are called exactly once (folding a
-    shared module would change its other calls). Linear -> BatchNorm1d assumes [N, features]
+    Folds a BatchNorm when its input is the output of a Conv1d/2d/3d or a Linear, that output
+    has no other user, and both modules are called exactly once (folding a shared module would
+    change its other calls). Linear -> BatchNorm1d assumes [N, features]
     activations, as in every registered architecture; the exporter's parity check would catch a
     [N, C, L] BatchNorm1d after a Linear, which normalises another axis.
     """

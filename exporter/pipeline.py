@@ -62,7 +62,8 @@ def archs_with_checkpoints(artifacts: str | os.PathLike) -> list[str]:
     (their export then fails with a message that says so)."""
     root = Path(artifacts) / "checkpoints"
     found = {p.parent.name for p in root.glob(f"*/{BEST}")}
-    return [a for a in models.ARCHITECTURES if a in found] + sorted(found - set(models.ARCHITECTURES))
+    known = [a for a in models.ARCHITECTURES if a in found]
+    return known + sorted(found - set(known))
 
 
 def load_net(path: Path, arch: str) -> tuple[nn.Module, dict]:
@@ -157,7 +158,8 @@ def export_arch(arch: str, artifacts: str | os.PathLike, data: Callable[[], Fash
 def _export_and_check(reference: Servable, servable: Servable, arch: str, opset: int,
                       clock: "_Clock") -> dict[str, onnx.ModelProto]:
     """The raw graphs of the unfolded and the folded model (for the report's node counts, and so
-    the BatchNorm check sees our folding rather than onnxscript's) and the optimized one to write."""
+    the BatchNorm check sees our folding rather than onnxscript's), and the optimized one to
+    write."""
     with clock("export"):
         graphs = {"unfolded": to_onnx.export(reference, opset),
                   "folded": to_onnx.export(servable, opset)}

@@ -41,6 +41,7 @@ class Skipped:
 
 def summary(r: ExportReport) -> str:
     p, n = r.parity, r.nodes
+    bn_nodes = " -> ".join(str(n[k].get("BatchNormalization", 0)) for k in n)
     lines = [
         f"{r.arch} v{r.version} <- {r.checkpoint['path']} (sha256 {r.checkpoint['sha256'][:12]}, "
         f"epoch {r.checkpoint.get('epoch')}, trainer's test accuracy "
@@ -48,9 +49,7 @@ def summary(r: ExportReport) -> str:
         f"  BatchNorm: {len(r.bn_folded)} folded, {len(r.bn_remaining)} remaining",
         *(f"    remaining {b['bn']}: {b['reason']}" for b in r.bn_remaining),
         f"  nodes: {_total(n['unfolded'])} unfolded -> {_total(n['folded'])} folded -> "
-        f"{_total(n['written'])} written (BatchNormalization "
-        f"{n['unfolded'].get('BatchNormalization', 0)} -> {n['folded'].get('BatchNormalization', 0)}"
-        f" -> {n['written'].get('BatchNormalization', 0)})",
+        f"{_total(n['written'])} written (BatchNormalization {bn_nodes})",
         f"  parity on {p['images']} test images: max |Δ logits| {p['max_abs_diff']:.2g} "
         f"(limit {p['limit_max_abs_diff']:g}), top-1 agreement {p['top1_agreement']:.2%} "
         f"(limit {p['limit_top1_agreement']:.2%})",

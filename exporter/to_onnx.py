@@ -2,10 +2,10 @@
 
 The export is split in two so the report can compare like with like: `export` gives the exporter's
 raw graph (its optimizer off), in which folded and unfolded models differ exactly by the folded
-BatchNorm nodes; `optimize` then runs the graph optimizer that torch.onnx would have run (onnxscript:
-constant folding, shape clean-up). That optimizer would also fold a Conv/Gemm -> BatchNormalization
-pair by itself, which is why the exporter's graph check runs on the raw graph as well: it checks our
-folding, not onnxscript's.
+BatchNorm nodes; `optimize` then runs the graph optimizer that torch.onnx would have run
+(onnxscript: constant folding, shape clean-up). That optimizer would also fold a Conv/Gemm ->
+BatchNormalization pair by itself, which is why the exporter's graph check runs on the raw graph as
+well: it checks our folding, not onnxscript's.
 """
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ def versions(arch_dir: Path) -> list[int]:
     """The published versions, oldest first."""
     if not arch_dir.is_dir():
         return []
-    return sorted(int(p.name) for p in arch_dir.iterdir() if p.name.isdigit() and p.is_dir())
+    return sorted(int(p.name) for p in arch_dir.iterdir()
+                  if p.name.isascii() and p.name.isdigit() and p.is_dir())
 
 
 def next_version(arch_dir: Path) -> int:

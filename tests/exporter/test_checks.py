@@ -32,8 +32,9 @@ def _graph(*ops: str) -> onnx.ModelProto:
         else:
             nodes.append(helper.make_node(op, [prev], [out], name=f"n{i}"))
         prev = out
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, 4])], inits)
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, 4])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
 
 
@@ -51,7 +52,8 @@ def test_batchnorm_after_a_foldable_op_is_found(ops, flagged):
 
 def test_check_graph_refuses_with_the_node_names():
     check_graph(_graph("Gemm", "Relu", "BatchNormalization"), "ok")
-    with pytest.raises(ExportError, match=r"demo: 1 BatchNormalization node\(s\) left .*n1 after Gemm n0"):
+    with pytest.raises(ExportError,
+                       match=r"demo: 1 BatchNormalization node\(s\) left .*n1 after Gemm n0"):
         check_graph(_graph("Gemm", "BatchNormalization"), "demo")
 
 

@@ -66,7 +66,8 @@ def test_a_failing_architecture_fails_the_run_but_not_the_others(trained, fmnist
                                          str(fmnist_dir), "--no-progress"])
     assert main(args) == 1
     out, err = capsys.readouterr()
-    assert "error: " in err and "mystery/best.pt: 'mystery' is not an architecture trainer/models.py registers" in err
+    assert "error: " in err
+    assert "mystery/best.pt: 'mystery' is not an architecture trainer/models.py registers" in err
     assert (artifacts / "models" / "lenet_bn" / "1" / "model.onnx").is_file()
     assert not (artifacts / "models" / "mystery").exists()
     assert "FAILED" in out
