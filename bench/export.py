@@ -76,7 +76,7 @@ def network(arch: str, artifacts: Path) -> tuple[torch.nn.Module, str]:
     """The trained network when its best.pt loads, else random weights; and which it is."""
     try:
         path = pipeline.best_checkpoint(artifacts, arch)
-        return pipeline.load_net(path, arch)[0], f"trained ({path})"
+        return pipeline.load_net(path, arch)[0], f"weights from {path}"
     except ExportError:
         return random_net(arch), "random, non-trivial BatchNorm (no usable best.pt)"
 

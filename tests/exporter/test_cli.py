@@ -25,7 +25,7 @@ def trained(tmp_path_factory, fmnist_dir):
     artifacts = tmp_path_factory.mktemp("artifacts")
     run = _run("trainer", "--models", "lenet_bn", "--epochs", "1", "--limit-train", "256",
                "--data-dir", str(fmnist_dir), "--artifacts", str(artifacts), "--device", "cpu",
-               "--no-progress")
+               "--precision", "fp32", "--no-progress")
     assert run.returncode == 0, run.stderr
     return artifacts
 
@@ -48,8 +48,10 @@ def test_trained_checkpoint_exports_once_then_is_skipped(trained, fmnist_dir, ca
     meta = {p.key: p.value for p in onnx.load(model_path).metadata_props}
     assert meta["fmnist.test_accuracy"] == f"{report['parity']['onnx_accuracy']:.4f}"
     assert report["checkpoint"]["epoch"] == 1
-    # The trainer measured the same network on the same images in PyTorch.
-    assert report["parity"]["torch_accuracy"] == pytest.approx(report["checkpoint"]["test_accuracy"])
+    # The trainer measured the same network on the same 256 images in PyTorch fp32 (its own
+    # preprocessing, channels-last): at most a near-tie may flip.
+    assert report["parity"]["torch_accuracy"] == pytest.approx(
+        report["checkpoint"]["test_accuracy"], abs=1 / 256)
 
     args = get_args_parser().parse_args(["--artifacts", str(trained), "--data-dir", str(fmnist_dir)])
     assert main(args) == 0
