@@ -73,7 +73,7 @@ def throughput(runners: dict, batch: int, seconds: float, rounds: int = 3) -> di
 
 
 def network(arch: str, artifacts: Path) -> tuple[torch.nn.Module, str]:
-    """The trained network when its best.pt loads, else random weights; and which it is."""
+    """The network from its best.pt when that loads, else random weights; and which it is."""
     try:
         path = pipeline.best_checkpoint(artifacts, arch)
         return pipeline.load_net(path, arch)[0], f"weights from {path}"
