@@ -56,6 +56,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-agreement", type=float, default=MIN_AGREEMENT,
                    help=f"smallest share of test images on which ONNX and PyTorch must pick the "
                         f"same class (default: {MIN_AGREEMENT})")
+    p.add_argument("--test-images", type=int, metavar="N",
+                   help="check parity and measure accuracy on the first N test images only "
+                        "(default: all 10,000). For quick demos: the count is recorded as "
+                        "fmnist.test_images, and a later full export is not skipped as unchanged")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -64,6 +68,9 @@ def main(args: argparse.Namespace) -> int:
     """Export each architecture in turn; a failure stops that one, not the others (exit 1)."""
     if args.batch_size is not None and args.batch_size < 1:
         print("error: --batch-size must be at least 1", file=sys.stderr)
+        return 2
+    if args.test_images is not None and args.test_images < 1:
+        print("error: --test-images must be at least 1", file=sys.stderr)
         return 2
     if args.opset < to_onnx.MIN_OPSET:
         print(f"error: --opset {args.opset}: torch.onnx exports opset {to_onnx.MIN_OPSET} and up",
@@ -77,7 +84,8 @@ def main(args: argparse.Namespace) -> int:
         return 1
     options = pipeline.Options(opset=args.opset, batch_size=args.batch_size,
                                max_abs_diff=args.max_abs_diff, min_agreement=args.min_agreement,
-                               force=args.force, progress=not args.no_progress)
+                               force=args.force, progress=not args.no_progress,
+                               test_images=args.test_images)
     data = functools.cache(lambda: _load_data(args.data_dir))
     rows, failed = [], 0
     for arch in archs:

@@ -15,6 +15,7 @@ from exporter.parity import Parity
 from trainer.data import LABELS
 
 SOURCE_SHA256 = "fmnist.source_checkpoint_sha256"
+TEST_IMAGES = "fmnist.test_images"
 
 
 def build(arch: str, input_side: int, fold: FoldResult, parity: Parity,
@@ -26,7 +27,7 @@ def build(arch: str, input_side: int, fold: FoldResult, parity: Parity,
         "fmnist.labels": json.dumps(list(LABELS)),
         "fmnist.input_side": str(input_side),
         "fmnist.test_accuracy": f"{parity.onnx_accuracy:.4f}",
-        "fmnist.test_images": str(parity.images),
+        TEST_IMAGES: str(parity.images),
         "fmnist.max_abs_diff": f"{parity.max_abs_diff:.3g}",
         "fmnist.top1_agreement": f"{parity.top1_agreement:.6f}",
         "fmnist.bn_folded": json.dumps({f.bn: f.into for f in fold.folded}),

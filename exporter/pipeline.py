@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -40,6 +40,7 @@ class Options:
     min_agreement: float = MIN_AGREEMENT
     force: bool = False
     progress: bool = False
+    test_images: int | None = None  # None: the whole test set; N: its first N images (quick runs)
 
 
 def parity_batch_size(input_side: int) -> int:
@@ -105,13 +106,16 @@ def _first_sentence(err: Exception) -> str:
 def export_arch(arch: str, artifacts: str | os.PathLike, data: Callable[[], FashionMNIST],
                 options: Options = Options()) -> ExportReport | Skipped:
     """Export `arch`'s best.pt as the next version, or skip it when the latest version already
-    holds this very checkpoint (same sha256) and `options.force` is off."""
+    holds this very checkpoint (same sha256), was checked on as many test images, and
+    `options.force` is off."""
     clock = _Clock()
     ckpt_path = best_checkpoint(artifacts, arch)
     arch_dir = Path(artifacts) / "models" / arch
     with clock("load"):
+        dataset = _test_subset(data(), options.test_images)
         sha = versions.sha256_file(ckpt_path)
-        unchanged = None if options.force else _version_holding(arch_dir, sha)
+        unchanged = (None if options.force
+                     else _version_holding(arch_dir, sha, len(dataset.test_labels)))
         if unchanged is not None:
             return Skipped(arch, unchanged, str(ckpt_path), sha)
         net, ckpt = load_net(ckpt_path, arch)
@@ -122,7 +126,6 @@ def export_arch(arch: str, artifacts: str | os.PathLike, data: Callable[[], Fash
     graphs = _export_and_check(reference, Servable(fold.model, side).eval(), arch, options.opset,
                                clock)
     model = graphs["written"]
-    dataset = data()
     with clock("parity"):
         parity = measure(cpu_session(model.SerializeToString()), reference, dataset.test_images,
                          dataset.test_labels, options.batch_size or parity_batch_size(side),
@@ -170,8 +173,16 @@ def _export_and_check(reference: Servable, servable: Servable, arch: str, opset:
     return graphs
 
 
-def _version_holding(arch_dir: Path, sha: str) -> int | None:
-    """The latest version, when it was exported from the checkpoint with this sha256."""
+def _test_subset(dataset: FashionMNIST, n: int | None) -> FashionMNIST:
+    """The first `n` test images (all when n is None); the count goes into the metadata."""
+    if n is None or n >= len(dataset.test_labels):
+        return dataset
+    return replace(dataset, test_images=dataset.test_images[:n], test_labels=dataset.test_labels[:n])
+
+
+def _version_holding(arch_dir: Path, sha: str, test_images: int) -> int | None:
+    """The latest version, when it was exported from the checkpoint with this sha256 and checked
+    on `test_images` images (a quick export on a subset does not stand in for a full one)."""
     published = versions.versions(arch_dir)
     if not published:
         return None
@@ -179,7 +190,9 @@ def _version_holding(arch_dir: Path, sha: str) -> int | None:
         meta = metadata.read(arch_dir / str(published[-1]) / versions.MODEL_FILE)
     except (OSError, DecodeError):
         return None  # an unreadable latest version never blocks a new export
-    return published[-1] if meta.get(metadata.SOURCE_SHA256) == sha else None
+    same = (meta.get(metadata.SOURCE_SHA256) == sha
+            and meta.get(metadata.TEST_IMAGES) == str(test_images))
+    return published[-1] if same else None
 
 
 class _Clock:

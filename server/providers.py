@@ -8,8 +8,11 @@ start-up error. What is active always comes from `session.get_providers()`, neve
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import sys
 import threading
+from typing import Callable
 
 import onnxruntime as ort
 
@@ -22,13 +25,25 @@ CPU = "CPUExecutionProvider"
 DEVICES = ("auto", "cuda", "cpu")
 
 
+def cuda_driver_present() -> bool:
+    """Whether the NVIDIA driver library loads. Without it no CUDA session can come up, and asking
+    onnxruntime for one anyway only prints its multi-line error about libcuda.so.1."""
+    if sys.platform != "linux":
+        return True  # let onnxruntime find out
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
 class ProviderPolicy:
     """Decides which providers each new session asks for, and checks what each one got.
 
     One instance per server: it remembers an `auto` fallback so later sessions skip CUDA.
     """
 
-    def __init__(self, device: str):
+    def __init__(self, device: str, driver_present: Callable[[], bool] = cuda_driver_present):
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
         self.device = device
@@ -38,6 +53,9 @@ class ProviderPolicy:
         if self._cuda_usable and CUDA not in ort.get_available_providers():
             self._not_available(f"this onnxruntime build has no {CUDA} "
                                 f"(available: {', '.join(ort.get_available_providers())})")
+        elif self._cuda_usable and not driver_present():
+            self._not_available(f"{CUDA} cannot come up: no NVIDIA driver on this host "
+                                "(libcuda.so.1 does not load)")
 
     def requested(self) -> list[str]:
         """The providers the next session should ask for, best first."""

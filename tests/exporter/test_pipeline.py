@@ -77,6 +77,15 @@ def test_versions_grow_and_an_unchanged_checkpoint_is_skipped(artifacts, data):
     assert _model_dir_entries(artifacts) == ["1", "2", "3"]
 
 
+def test_a_subset_export_records_its_count_and_does_not_stand_in_for_a_full_one(artifacts, data):
+    quick = pipeline.export_arch(ARCH, artifacts, data, pipeline.Options(test_images=100))
+    assert quick.parity["images"] == 100 and quick.metadata["fmnist.test_images"] == "100"
+    again = pipeline.export_arch(ARCH, artifacts, data, pipeline.Options(test_images=100))
+    assert isinstance(again, Skipped)
+    full = pipeline.export_arch(ARCH, artifacts, data)
+    assert full.version == 2 and full.metadata["fmnist.test_images"] == str(len(data().test_labels))
+
+
 def test_missing_checkpoint_says_what_to_run(tmp_path, data):
     with pytest.raises(ExportError, match=r"resnet18/best\.pt not found: run `make train "
                                           r"MODELS=resnet18` first"):

@@ -123,9 +123,13 @@ def test_wrong_input_contract_is_refused(models_dir, tmp_path):
         OnnxRunner(path, [CPU])
 
 
-def test_real_auto_falls_back_to_cpu_once_with_one_log_line(models_dir, caplog):
+@pytest.mark.parametrize("driver", ["probed", "claimed present"])
+def test_real_auto_falls_back_to_cpu_once_with_one_log_line(models_dir, caplog, driver):
+    """Without a driver the policy never asks for CUDA; told a driver is there (it is not), it
+    asks, and the real session's get_providers() shows CPU: one fallback line either way."""
+    kwargs = {} if driver == "probed" else {"driver_present": lambda: True}
     with caplog.at_level(logging.INFO):
-        policy = ProviderPolicy("auto")
+        policy = ProviderPolicy("auto", **kwargs)
         loaded = load_models(models_dir, policy)
     assert {m.provider for m in loaded} == {CPU}  # from session.get_providers(): no GPU here
     fallbacks = [r for r in caplog.records if "falling back to CPUExecutionProvider" in r.getMessage()]
@@ -151,7 +155,8 @@ def test_cuda_active_is_reported_and_warmed_up_mock(models_dir):
         made.append((runner, providers))
         return runner
 
-    loaded = load_models(models_dir, ProviderPolicy("cuda"), runner_factory=factory)
+    policy = ProviderPolicy("cuda", driver_present=lambda: True)
+    loaded = load_models(models_dir, policy, runner_factory=factory)
     assert [m.provider for m in loaded] == [CUDA, CUDA]
     assert all(providers == [CUDA, CPU] for _, providers in made)
     assert all(runner.warmups == 1 for runner, _ in made)
