@@ -193,9 +193,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python client/predict.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("images", nargs="*", metavar="IMAGE_OR_DIR", help="image files or folders")
-    p.add_argument("--model", help="model name (default: the listed model with the best accuracy)")
+    p.add_argument("--model", help="model name (default: the served model with the best test accuracy)")
     p.add_argument("--model-version", type=int, default=0, help="0: the newest the server has")
-    p.add_argument("--top-k", type=int, default=1, choices=range(1, 11), metavar="1..10")
+    p.add_argument("--top-k", type=int, default=1, choices=range(1, 11), metavar="1..10",
+                   help="how many classes to show per image, best first")
     p.add_argument("--server", default=DEFAULT_SERVER, help="host:port")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per RPC")
     p.add_argument("--invert", choices=INVERSIONS, default="auto",

@@ -69,8 +69,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="onnxruntime threads per run; 0: onnxruntime's default (every core)")
     p.add_argument("--grace", type=float, default=10.0,
                    help="seconds requests in flight get to finish after SIGTERM/SIGINT")
-    p.add_argument("--log-format", choices=logs.FORMATS, default="text")
-    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.add_argument("--log-format", choices=logs.FORMATS, default="text",
+                   help="text: one readable line per event; json: one JSON object per line")
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                   help="the least severe messages to log")
     return p
 
 
