@@ -170,7 +170,8 @@ def format_results(answer: dict) -> str:
 
 def models_dict(listing: pb.ListModelsResponse) -> dict:
     return {"models": [{"name": m.name, "version": m.version, "input_side": m.input_side,
-                        "test_accuracy": m.test_accuracy, "provider": m.provider,
+                        "test_accuracy": m.test_accuracy, "test_images": m.test_images,
+                        "provider": m.provider,
                         "labels": list(m.labels)} for m in listing.models],
             "limits": {"max_images_per_request": listing.limits.max_images_per_request,
                        "max_image_pixels": listing.limits.max_image_pixels,
@@ -180,8 +181,9 @@ def models_dict(listing: pb.ListModelsResponse) -> dict:
 def format_models(listing: pb.ListModelsResponse) -> str:
     if not listing.models:
         return "the server serves no models"
-    rows = [("model", "version", "accuracy", "input", "provider")] + [
-        (m.name, str(m.version), f"{m.test_accuracy:.4f}", str(m.input_side), m.provider)
+    rows = [("model", "version", "accuracy", "on images", "input", "provider")] + [
+        (m.name, str(m.version), f"{m.test_accuracy:.4f}", str(m.test_images or "?"),
+         str(m.input_side), m.provider)
         for m in listing.models]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)

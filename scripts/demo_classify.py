@@ -115,7 +115,8 @@ def classify_samples(address: str, samples: Path, timeout: float) -> list[dict]:
             right = sum(r["predictions"][0]["class_id"] == expected.get(Path(r["file"]).name)
                         for r in answer["results"])
             rows.append({"model": m.name, "version": m.version, "provider": m.provider,
-                         "test_accuracy": m.test_accuracy, "right": right,
+                         "test_accuracy": m.test_accuracy, "test_images": m.test_images,
+                         "right": right,
                          "samples": sum(Path(r["file"]).name in expected for r in answer["results"])})
         return rows
     finally:
@@ -123,9 +124,9 @@ def classify_samples(address: str, samples: Path, timeout: float) -> list[dict]:
 
 
 def format_summary(rows: list[dict]) -> str:
-    table = [("model", "version", "provider", "test acc", "samples right")] + [
+    table = [("model", "version", "provider", "test acc", "on images", "samples right")] + [
         (r["model"], str(r["version"]), r["provider"], f"{r['test_accuracy']:.4f}",
-         f"{r['right']}/{r['samples']}") for r in rows]
+         str(r["test_images"] or "?"), f"{r['right']}/{r['samples']}") for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table)
 

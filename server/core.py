@@ -67,6 +67,7 @@ class ModelView:
     labels: tuple[str, ...]
     test_accuracy: float
     provider: str
+    test_images: int
 
 
 class CallContext(Protocol):
@@ -106,7 +107,7 @@ class Core:
 
     def list_models(self) -> list[ModelView]:
         return [ModelView(m.spec.name, m.spec.version, m.spec.input_side, m.spec.labels,
-                          m.spec.test_accuracy, m.provider)
+                          m.spec.test_accuracy, m.provider, m.spec.test_images)
                 for versions in self._models.values() for m in versions.values()]
 
     def classify(self, model: str, version: int, images: Sequence[ImageData], top_k: int = 1,

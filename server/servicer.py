@@ -95,7 +95,7 @@ def list_models_response(models: list[ModelView], limits: Limits) -> pb.ListMode
     return pb.ListModelsResponse(
         models=[pb.ModelInfo(name=m.name, version=m.version, input_side=m.input_side,
                              labels=list(m.labels), test_accuracy=m.test_accuracy,
-                             provider=m.provider) for m in models],
+                             provider=m.provider, test_images=m.test_images) for m in models],
         limits=pb.Limits(max_images_per_request=limits.max_images_per_request,
                          max_image_pixels=limits.max_image_pixels,
                          max_message_bytes=limits.max_message_bytes))

@@ -46,6 +46,7 @@ class ModelSpec:
     labels: tuple[str, ...]
     input_side: int
     test_accuracy: float
+    test_images: int = 0  # what test_accuracy was measured on; 0: the file does not say
     metadata: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -128,14 +129,16 @@ def parse_metadata(name: str, version: int, path: Path, metadata: dict[str, str]
     try:
         input_side = int(metadata["fmnist.input_side"])
         accuracy = float(metadata["fmnist.test_accuracy"])
+        test_images = int(metadata.get("fmnist.test_images", 0))
     except ValueError as e:
-        raise ModelLoadError(f"metadata fmnist.input_side / fmnist.test_accuracy: {e}") from None
+        raise ModelLoadError(f"metadata fmnist.input_side / fmnist.test_accuracy / fmnist.test_images: {e}") from None
     if input_side <= 0:
         raise ModelLoadError(f"metadata fmnist.input_side must be positive, got {input_side}")
     if not (math.isfinite(accuracy) and 0.0 <= accuracy <= 1.0):
         raise ModelLoadError(f"metadata fmnist.test_accuracy must be in [0, 1], got {accuracy}")
     return ModelSpec(name=name, version=version, path=path, labels=tuple(labels),
-                     input_side=input_side, test_accuracy=accuracy, metadata=dict(metadata))
+                     input_side=input_side, test_accuracy=accuracy, test_images=test_images,
+                     metadata=dict(metadata))
 
 
 def load_one(name: str, version: int, path: Path, policy: ProviderPolicy,

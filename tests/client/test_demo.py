@@ -19,7 +19,8 @@ def test_demo_classifies_the_samples_with_every_model(models_dir):
     out = demo("--models-dir", str(models_dir), "--samples", str(SAMPLES), "--device", "cpu")
     assert out.returncode == 0, out.stderr
     header, *rows, last = out.stdout.strip().splitlines()
-    assert header.split() == ["model", "version", "provider", "test", "acc", "samples", "right"]
+    assert header.split() == ["model", "version", "provider", "test", "acc", "on", "images",
+                              "samples", "right"]
     assert [r.split()[0] for r in rows] == ["lenet", "lenet_bn"]
     assert all(r.split()[2] == "CPUExecutionProvider" and r.endswith("/10") for r in rows)
     assert "exit 0" in last

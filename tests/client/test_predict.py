@@ -73,11 +73,13 @@ def test_list(address):
     out = predict("--list", "--server", address)
     assert out.returncode == 0
     header, *rows = out.stdout.splitlines()
-    assert header.split() == ["model", "version", "accuracy", "input", "provider"]
+    assert header.split() == ["model", "version", "accuracy", "on", "images", "input", "provider"]
     assert [row.split()[0] for row in rows] == ["lenet", "lenet_bn"]
+    assert all(row.split()[3] == "256" for row in rows)  # the fixture's whole test set
     assert all(row.split()[-1] == "CPUExecutionProvider" for row in rows)
     listing = json.loads(predict("--list", "--json", "--server", address).stdout)
     assert listing["limits"]["max_images_per_request"] == 4
+    assert {m["test_images"] for m in listing["models"]} == {256}
     assert {m["name"] for m in listing["models"]} == {"lenet", "lenet_bn"}
 
 

@@ -193,6 +193,7 @@ def test_list_models(stub, models_dir):
         assert m.provider == "CPUExecutionProvider" and m.input_side == 28
         assert list(m.labels)[9] == "Ankle boot" and len(m.labels) == 10
         assert 0.0 <= m.test_accuracy <= 1.0
+        assert m.test_images == 256  # the whole synthetic test set of the fmnist_dir fixture
     assert response.limits == pb.Limits(max_images_per_request=16, max_image_pixels=4_000_000,
                                         max_message_bytes=1024 * 1024)
 
