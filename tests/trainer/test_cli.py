@@ -1,6 +1,7 @@
 """`python -m trainer` as a user (and torchrun) runs it."""
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -65,3 +66,25 @@ def test_two_process_gloo_ddp_writes_one_checkpoint(tmp_path, fmnist_dir):
     assert ck["step"] == 512 // 64  # the global batch is split, not duplicated, over the ranks
     assert len(list((tmp_path / "runs/lenet_bn").glob("*.jsonl"))) == 1
     assert result.stdout.count("lenet_bn") == 1  # one summary, from rank 0
+
+
+def test_ctrl_c_saves_last_pt_and_resume_continues(tmp_path, fmnist_dir):
+    """SIGINT mid-run: the step finishes, last.pt is written, exit status 130; --resume goes on."""
+    args = ["--models", "lenet_bn", "--epochs", "1000", "--batch-size", "64", "--data-dir",
+            str(fmnist_dir), "--artifacts", str(tmp_path), "--device", "cpu", "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for line in proc.stderr:  # wait until training is under way
+        if "lenet_bn epoch 2.00" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in out and "Traceback" not in err
+    last = checkpoint.load(tmp_path / "checkpoints/lenet_bn/last.pt")
+    assert last["step"] >= 16
+    resumed = run_trainer(*args[:2], "--epochs", str(last["epoch"] + 1), *args[4:], "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming at epoch {last['epoch']}, step {last['step']}" in resumed.stderr
+    assert checkpoint.load(tmp_path / "checkpoints/lenet_bn/last.pt")["epoch"] == last["epoch"] + 1
