@@ -191,9 +191,18 @@ def format_models(listing: pb.ListModelsResponse) -> str:
 
 # --- command line ----------------------------------------------------------------------------
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default only where it says something: not for None, False or []."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or action.default == []:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python client/predict.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=_HelpFormatter)
     p.add_argument("images", nargs="*", metavar="IMAGE_OR_DIR", help="image files or folders")
     p.add_argument("--model", help="model name (default: the served model with the best test accuracy)")
     p.add_argument("--model-version", type=int, default=0, help="0: the newest the server has")

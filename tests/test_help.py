@@ -14,3 +14,11 @@ def test_every_flag_has_help(name):
     missing = [a.option_strings or a.dest for a in parser._actions if not a.help]
     assert not missing, f"{name}: no help text for {missing}"
     assert parser.format_help()
+
+
+@pytest.mark.parametrize("name", PARSERS)
+def test_help_shows_no_meaningless_defaults(name):
+    """'(default: None)' or '(default: False)' tells a reader nothing; the help says what happens."""
+    text = importlib.import_module(PARSERS[name]).get_args_parser().format_help()
+    for empty in ("(default: None)", "(default: False)", "(default: [])"):
+        assert empty not in " ".join(text.split()), f"{name} --help shows {empty}"
