@@ -113,8 +113,6 @@ class Core:
     def classify(self, model: str, version: int, images: Sequence[ImageData], top_k: int = 1,
                  inversion: str = "auto", call: CallContext | None = None) -> ClassifyResult:
         call = call or _NoDeadline()
-        if self._draining:
-            raise Unavailable("the server is shutting down; retry on another instance")
         top_k = self._check_top_k(top_k)
         if inversion not in decode.INVERSIONS:
             raise InvalidRequest(f"inversion must be one of {', '.join(decode.INVERSIONS)}, "
@@ -130,8 +128,12 @@ class Core:
                               [self._top(loaded, row, top_k) for row in probabilities])
 
     def drain(self) -> None:
-        """From now on, new Classify requests get UNAVAILABLE; requests in flight go on."""
-        self._draining = True
+        """From now on, new Classify requests get UNAVAILABLE; requests in flight go on.
+
+        Under the slot lock, so that once this returns `in_flight` counts every request that
+        will ever run: none can slip in between a check and the count."""
+        with self._lock:
+            self._draining = True
 
     def close(self) -> None:
         for versions in self._models.values():
@@ -178,8 +180,10 @@ class Core:
 
     @contextlib.contextmanager
     def _slot(self):
-        """Count this request as in flight, or refuse it when the limit is reached."""
+        """Count this request as in flight, or refuse it when draining or at the limit."""
         with self._lock:
+            if self._draining:
+                raise Unavailable("the server is shutting down; retry on another instance")
             if self._in_flight >= self.limits.max_in_flight:
                 raise Overloaded(f"the server is at its limit of {self.limits.max_in_flight} "
                                  "requests in flight; retry later")
