@@ -3,6 +3,7 @@
     python -m server --models-dir artifacts/models --port 50051 --device auto
     python -m server --port 0 --log-format json        # a free port, logged as {"port": ...}
     python -m server --model-version resnet18=2 --model-version lenet=1
+    python -m server --max-batch 64 --max-queue-delay-ms 4 --batching lenet_bn=256:1
 
 Exit status: 0 after a clean stop (signal -> drain -> exit), 1 when it cannot start as asked.
 """
@@ -17,14 +18,18 @@ import threading
 from pathlib import Path
 
 from server import logs
-from server.core import Limits
+from server.batcher import BatchPolicy
+from server.core import Batching, Limits
 from server.errors import StartupError
 from server.providers import DEVICES
 from server.store import parse_version_flags
+from server.transport import Transport
 
 log = logging.getLogger("server")
 
 _DEFAULTS = Limits()
+_BATCH = BatchPolicy()
+_TRANSPORT = Transport()
 
 
 def _positive_int(text: str) -> int:
@@ -32,6 +37,27 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text}")
+    return value
+
+
+def parse_batching_flag(text: str) -> tuple[str, int, float]:
+    """"resnet18=64:4" -> ("resnet18", 64, 0.004): a model's max batch and queue delay in ms."""
+    name, sep, policy = text.partition("=")
+    batch, colon, delay = policy.partition(":")
+    try:
+        max_batch, delay_ms = int(batch), float(delay)
+    except ValueError:
+        max_batch, delay_ms = 0, -1.0
+    if not (sep and colon and name and max_batch >= 1 and delay_ms >= 0):
+        raise argparse.ArgumentTypeError(
+            f"--batching takes NAME=MAX_BATCH:DELAY_MS, e.g. resnet18=64:4; got {text!r}")
+    return name, max_batch, delay_ms / 1000
 
 
 def _version_flag(text: str) -> str:
@@ -72,10 +98,47 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="width x height limit per encoded image, checked before decoding")
     p.add_argument("--max-message-bytes", type=_positive_int, default=_DEFAULTS.max_message_bytes,
                    help="gRPC message size limit, both directions")
+    p.add_argument("--max-request-pixels", type=_positive_int,
+                   default=_DEFAULTS.max_request_pixels,
+                   help="width x height summed over one request's encoded images; more is "
+                        "INVALID_ARGUMENT, checked before decoding")
+    p.add_argument("--max-decoding-pixels", type=_positive_int,
+                   default=_DEFAULTS.max_decoding_pixels,
+                   help="pixels being decoded at once, server-wide (decoding costs up to ~4 bytes "
+                        "a pixel); decodes beyond it wait, then RESOURCE_EXHAUSTED")
+    p.add_argument("--decode-threads", type=int, default=0,
+                   help="threads decoding images; 0: one per core")
     p.add_argument("--max-in-flight", type=_positive_int, default=_DEFAULTS.max_in_flight,
                    help="Classify requests worked on at once; more is RESOURCE_EXHAUSTED")
+    b = p.add_argument_group("dynamic batching (per model version; README: 'Serving')")
+    b.add_argument("--max-batch", type=_positive_int, default=_BATCH.max_batch,
+                   help="most images run together in one batch")
+    b.add_argument("--max-queue-delay-ms", type=float, default=_BATCH.max_delay * 1000,
+                   help="longest an image waits for a fuller batch, while several callers are "
+                        "active (a lone caller never waits)")
+    b.add_argument("--max-queue-images", type=_positive_int, default=_BATCH.max_queue_images,
+                   help="images waiting per model; more is RESOURCE_EXHAUSTED with a retry hint")
+    b.add_argument("--batching", action="append", default=[], type=parse_batching_flag,
+                   metavar="NAME=MAX_BATCH:DELAY_MS",
+                   help="per-model override of --max-batch and --max-queue-delay-ms (repeatable)")
     p.add_argument("--intra-op-threads", type=int, default=0,
                    help="onnxruntime threads per run; 0: onnxruntime's default (every core)")
+    p.add_argument("--spinning", action="store_true",
+                   help="let onnxruntime's threads spin between runs (lower latency when the "
+                        "server has cores to spare; steals them from decoding otherwise)")
+    t = p.add_argument_group("transport")
+    t.add_argument("--request-read-timeout", type=_seconds,
+                   default=_TRANSPORT.request_read_timeout_seconds,
+                   help="seconds from a call's start until its request message must have arrived")
+    t.add_argument("--keepalive-seconds", type=_seconds, default=_TRANSPORT.keepalive_seconds,
+                   help="ping idle connections this often; unanswered pings close them")
+    t.add_argument("--max-connection-idle-seconds", type=_seconds,
+                   default=_TRANSPORT.max_connection_idle_seconds,
+                   help="close connections without calls for this long; 0: never")
+    t.add_argument("--max-connection-age-seconds", type=_seconds,
+                   default=_TRANSPORT.max_connection_age_seconds,
+                   help="close connections this old (clients reconnect; spreads load behind a "
+                        "balancer); 0: never")
     p.add_argument("--grace", type=float, default=10.0,
                    help="seconds requests in flight get to finish after SIGTERM/SIGINT")
     p.add_argument("--log-format", choices=logs.FORMATS, default="text",
@@ -96,13 +159,28 @@ def main(args: argparse.Namespace) -> int:
 
     limits = Limits(max_images_per_request=args.max_images_per_request,
                     max_image_pixels=args.max_image_pixels,
-                    max_message_bytes=args.max_message_bytes, max_in_flight=args.max_in_flight)
-    log.info("starting: models_dir=%s device=%s limits=%s", args.models_dir, args.device, limits)
+                    max_request_pixels=args.max_request_pixels,
+                    max_decoding_pixels=args.max_decoding_pixels,
+                    max_message_bytes=args.max_message_bytes, max_in_flight=args.max_in_flight,
+                    decode_threads=args.decode_threads)
+    try:
+        batching = _batching(args)
+    except ValueError as e:
+        log.error("cannot start: %s", e)
+        return 1
+    transport = Transport(request_read_timeout_seconds=args.request_read_timeout,
+                          keepalive_seconds=args.keepalive_seconds,
+                          max_connection_idle_seconds=args.max_connection_idle_seconds,
+                          max_connection_age_seconds=args.max_connection_age_seconds)
+    log.info("starting: models_dir=%s device=%s limits=%s batching=%s", args.models_dir,
+             args.device, limits, batching)
     try:
         server, port = create_server(
             args.models_dir, host=args.host, port=args.port, device=args.device,
-            versions=parse_version_flags(args.model_version), limits=limits,
-            runner_factory=lambda path, providers: OnnxRunner(path, providers, args.intra_op_threads))
+            versions=parse_version_flags(args.model_version), limits=limits, batching=batching,
+            transport=transport,
+            runner_factory=lambda path, providers: OnnxRunner(path, providers,
+                                                              args.intra_op_threads, args.spinning))
     except StartupError as e:
         log.error("cannot start: %s", e)
         return 1
@@ -119,6 +197,24 @@ def main(args: argparse.Namespace) -> int:
     finished = server.stop(args.grace)
     log.info("stopped%s", "" if finished else " (some requests were cut off by the grace period)")
     return 0
+
+
+def _batching(args: argparse.Namespace) -> Batching:
+    """The batching flags as policies; ValueError when they cannot work together."""
+    def policy(max_batch: int, delay: float) -> BatchPolicy:
+        if args.max_queue_images < max_batch:
+            raise ValueError(f"--max-queue-images {args.max_queue_images} is below a max batch "
+                             f"of {max_batch}: a full batch could never queue")
+        return BatchPolicy(max_batch, delay, args.max_queue_images)
+
+    if args.max_queue_delay_ms < 0:
+        raise ValueError(f"--max-queue-delay-ms must be >= 0, got {args.max_queue_delay_ms}")
+    if args.max_queue_images < args.max_images_per_request:
+        raise ValueError(f"--max-queue-images {args.max_queue_images} is below "
+                         f"--max-images-per-request {args.max_images_per_request}: the largest "
+                         "request could never queue")
+    return Batching(policy(args.max_batch, args.max_queue_delay_ms / 1000),
+                    {name: policy(b, d) for name, b, d in args.batching})
 
 
 def _on_signal(signum: int, stop: threading.Event) -> None:

@@ -1,25 +1,38 @@
-"""The transport-free core: validate a request, decode its images, run the model, take the top k.
+"""The transport-free core: validate a request, decode its images, batch them, take the top k.
 
 It never imports grpc: requests arrive as plain Python values, results leave as dataclasses, and
 problems leave as `server.errors` exceptions that carry their status code. The servicer translates.
+`classify` is a coroutine: a request waiting for its decode or its batch holds no thread.
 
     core = Core(load_models(...), Limits())
-    result = core.classify("lenet_bn", 0, [ImageData("encoded", png_bytes)], top_k=3)
-    result.classifications[0][0].label   # 'Ankle boot'
+    core.start()                                   # warm up the batchers, start their threads
+    result = await core.classify("lenet_bn", 0, [ImageData("encoded", png_bytes)], top_k=3)
+    result.classifications[0][0].label             # 'Ankle boot'
+
+Where the work happens: validation and raw images on the event loop; encoded images in a pool of
+decode threads (sized to the cores), under a server-wide budget of pixels being decoded; the model
+in each model version's batcher thread (server/batcher.py). Decoding and inference of different
+requests overlap; a caller that goes away (the task is cancelled) stops its decode between images
+and leaves the batch queue before it runs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import os
 import threading
 import time
-from dataclasses import dataclass
-from typing import Protocol, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
 from server import decode
+from server.batcher import Batcher, BatchPolicy
+from server.budget import PixelBudget
 from server.errors import (Cancelled, DeadlineExceeded, DecodeError, InvalidImage, InvalidRequest,
                            ModelNotFound, Overloaded, Unavailable)
 from server.store import LoadedModel
@@ -27,6 +40,7 @@ from server.store import LoadedModel
 log = logging.getLogger("server.core")
 
 MAX_TOP_K = 10
+_BUDGET_WAIT = 5.0  # seconds a decode without a deadline waits for pixel budget before refusing
 
 
 @dataclass(frozen=True)
@@ -35,8 +49,22 @@ class Limits:
 
     max_images_per_request: int = 64
     max_image_pixels: int = decode.DEFAULT_MAX_PIXELS
+    max_request_pixels: int = 4 * decode.DEFAULT_MAX_PIXELS  # all encoded images of one request
+    max_decoding_pixels: int = 2 * decode.DEFAULT_MAX_PIXELS  # being decoded at once, server-wide
     max_message_bytes: int = 16 * 1024 * 1024
-    max_in_flight: int = 32  # Classify requests being worked on at once; beyond: RESOURCE_EXHAUSTED
+    max_in_flight: int = 512  # Classify requests being worked on at once; beyond: RESOURCE_EXHAUSTED
+    decode_threads: int = 0  # 0: one per core
+
+
+@dataclass(frozen=True)
+class Batching:
+    """The batching policy of every model, with per-model overrides (--batching NAME=...)."""
+
+    default: BatchPolicy = BatchPolicy()
+    per_model: dict[str, BatchPolicy] = field(default_factory=dict)
+
+    def policy(self, name: str) -> BatchPolicy:
+        return self.per_model.get(name, self.default)
 
 
 @dataclass(frozen=True)
@@ -70,49 +98,47 @@ class ModelView:
     test_images: int
 
 
-class CallContext(Protocol):
-    """What the core needs to know about the caller (the servicer adapts grpc's context)."""
-
-    def time_remaining(self) -> float | None:
-        """Seconds until the caller's deadline, or None without a deadline."""
-        ...
-
-    def is_active(self) -> bool:
-        """False once the caller has cancelled or gone away."""
-        ...
-
-
-class _NoDeadline:
-    def time_remaining(self) -> float | None:
-        return None
-
-    def is_active(self) -> bool:
-        return True
-
-
 class Core:
-    """Holds the loaded models; `classify` and `list_models` are the whole API."""
+    """Holds the loaded models and their batchers; `classify` and `list_models` are the API."""
 
-    def __init__(self, models: Sequence[LoadedModel], limits: Limits = Limits()):
+    def __init__(self, models: Sequence[LoadedModel], limits: Limits = Limits(),
+                 batching: Batching = Batching()):
         self.limits = limits
         self._models: dict[str, dict[int, LoadedModel]] = {}
+        self._batchers: dict[tuple[str, int], Batcher] = {}
         for m in models:
             self._models.setdefault(m.spec.name, {})[m.spec.version] = m
-        self._run_seconds: dict[tuple[str, int], float] = {}  # moving average per model version
+            self._batchers[(m.spec.name, m.spec.version)] = Batcher(
+                m.runner, batching.policy(m.spec.name), f"{m.spec.name} v{m.spec.version}")
+        self._decoders = ThreadPoolExecutor(limits.decode_threads or os.cpu_count() or 1,
+                                            thread_name_prefix="decode")
+        self._pixels = PixelBudget(limits.max_decoding_pixels)
         self._in_flight = 0
         self._lock = threading.Lock()
         self._draining = False
 
     # --- the API ----------------------------------------------------------------------------
 
+    def start(self) -> None:
+        """Warm every batcher's batch shapes (before the server reports SERVING), start them."""
+        for batcher in self._batchers.values():
+            started = time.perf_counter()
+            batcher.start()
+            log.info("batcher %s: max_batch=%d max_delay=%.1fms queue=%d images, warmed %s in "
+                     "%.2fs", batcher.name, batcher.policy.max_batch,
+                     batcher.policy.max_delay * 1000, batcher.policy.max_queue_images,
+                     "padded buckets" if batcher.pad else "batch shapes",
+                     time.perf_counter() - started)
+
     def list_models(self) -> list[ModelView]:
         return [ModelView(m.spec.name, m.spec.version, m.spec.input_side, m.spec.labels,
                           m.spec.test_accuracy, m.provider, m.spec.test_images)
                 for versions in self._models.values() for m in versions.values()]
 
-    def classify(self, model: str, version: int, images: Sequence[ImageData], top_k: int = 1,
-                 inversion: str = "auto", call: CallContext | None = None) -> ClassifyResult:
-        call = call or _NoDeadline()
+    async def classify(self, model: str, version: int, images: Sequence[ImageData],
+                       top_k: int = 1, inversion: str = "auto",
+                       deadline: float | None = None) -> ClassifyResult:
+        """`deadline`: the caller's, in time.monotonic() seconds (None: no deadline)."""
         top_k = self._check_top_k(top_k)
         if inversion not in decode.INVERSIONS:
             raise InvalidRequest(f"inversion must be one of {', '.join(decode.INVERSIONS)}, "
@@ -120,10 +146,9 @@ class Core:
         loaded = self._find(model, version)
         self._check_count(len(images))
         with self._slot():
-            self._check_call(call, loaded, when="before decoding")
-            batch = self._decode_all(images, inversion, call)
-            self._check_call(call, loaded, when="before running the model")
-            probabilities = self._run(loaded, batch)
+            _check_deadline(deadline, "before decoding")
+            batch = await self._decode(images, inversion, deadline)
+            probabilities = await self._infer(loaded, batch, deadline)
         return ClassifyResult(loaded.spec.name, loaded.spec.version,
                               [self._top(loaded, row, top_k) for row in probabilities])
 
@@ -136,6 +161,9 @@ class Core:
             self._draining = True
 
     def close(self) -> None:
+        for batcher in self._batchers.values():
+            batcher.close()
+        self._decoders.shutdown(wait=True, cancel_futures=True)
         for versions in self._models.values():
             for m in versions.values():
                 m.runner.close()
@@ -143,6 +171,9 @@ class Core:
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+    def batcher(self, model: str, version: int) -> Batcher:
+        return self._batchers[(model, version)]
 
     # --- steps ------------------------------------------------------------------------------
 
@@ -186,7 +217,7 @@ class Core:
                 raise Unavailable("the server is shutting down; retry on another instance")
             if self._in_flight >= self.limits.max_in_flight:
                 raise Overloaded(f"the server is at its limit of {self.limits.max_in_flight} "
-                                 "requests in flight; retry later")
+                                 "requests in flight; retry later", retry_after=0.05)
             self._in_flight += 1
         try:
             yield
@@ -194,48 +225,77 @@ class Core:
             with self._lock:
                 self._in_flight -= 1
 
-    def _check_call(self, call: CallContext, loaded: LoadedModel, when: str) -> None:
-        if not call.is_active():
-            raise Cancelled(f"the caller cancelled the request {when}")
-        remaining = call.time_remaining()
-        if remaining is None:
-            return
-        needed = self._run_seconds.get((loaded.spec.name, loaded.spec.version), 0.0)
-        if remaining <= needed:
-            raise DeadlineExceeded(
-                f"the deadline leaves {max(remaining, 0.0) * 1000:.1f} ms {when}, and a run of "
-                f"{loaded.spec.name} v{loaded.spec.version} takes about {needed * 1000:.1f} ms")
+    async def _decode(self, images: Sequence[ImageData], inversion: str,
+                      deadline: float | None) -> np.ndarray:
+        """Raw images on the loop (a copy of 784 bytes); anything encoded in the decode pool."""
+        if all(image.kind == "raw" for image in images):
+            return decode_request(images, inversion, self.limits, self._pixels, deadline)
+        stop = threading.Event()
+        work = asyncio.get_running_loop().run_in_executor(
+            self._decoders, decode_request, images, inversion, self.limits, self._pixels,
+            deadline, stop)
+        try:
+            return await work
+        except asyncio.CancelledError:
+            stop.set()  # the decode stops before its next image
+            raise
 
-    def _decode_all(self, images: Sequence[ImageData], inversion: str,
-                    call: CallContext) -> np.ndarray:
-        batch = np.empty((len(images), 1, decode.SIDE, decode.SIDE), np.uint8)
-        for i, image in enumerate(images):
-            if i and not call.is_active():
-                raise Cancelled(f"the caller cancelled the request while image {i} was decoded")
-            try:
-                if image.kind == "raw":
-                    batch[i, 0] = decode.decode_raw(image.data)
-                elif image.kind == "encoded":
-                    batch[i, 0] = decode.decode_encoded(image.data, inversion,
-                                                        self.limits.max_image_pixels)
-                else:
-                    raise DecodeError("no image data: set `encoded` or `raw`")
-            except DecodeError as e:
-                raise InvalidImage(i, str(e)) from None
-        return batch
-
-    def _run(self, loaded: LoadedModel, batch: np.ndarray) -> np.ndarray:
-        started = time.perf_counter()
-        probabilities = loaded.runner.run(batch).probabilities
-        if probabilities.shape != (len(batch), len(loaded.spec.labels)):
+    async def _infer(self, loaded: LoadedModel, batch: np.ndarray,
+                     deadline: float | None) -> np.ndarray:
+        ticket = self._batchers[(loaded.spec.name, loaded.spec.version)].submit(batch, deadline)
+        try:
+            out = await asyncio.wrap_future(ticket.future)
+        except asyncio.CancelledError:
+            ticket.cancel()  # leaves the queue if it has not run yet
+            raise
+        if out.probabilities.shape != (len(batch), len(loaded.spec.labels)):
             raise RuntimeError(f"{loaded.spec.name} v{loaded.spec.version} returned probabilities "
-                               f"of shape {probabilities.shape} for {len(batch)} images")
-        key = (loaded.spec.name, loaded.spec.version)
-        seconds = time.perf_counter() - started
-        self._run_seconds[key] = 0.8 * self._run_seconds.get(key, seconds) + 0.2 * seconds
-        return probabilities
+                               f"of shape {out.probabilities.shape} for {len(batch)} images")
+        return out.probabilities
 
     @staticmethod
     def _top(loaded: LoadedModel, row: np.ndarray, k: int) -> list[Prediction]:
         order = np.argsort(-row, kind="stable")[:k]
         return [Prediction(int(c), loaded.spec.labels[c], float(row[c])) for c in order]
+
+
+def _check_deadline(deadline: float | None, when: str) -> None:
+    if deadline is not None and deadline <= time.monotonic():
+        raise DeadlineExceeded(f"the deadline passed {when}")
+
+
+def decode_request(images: Sequence[ImageData], inversion: str, limits: Limits,
+                   pixels: PixelBudget, deadline: float | None,
+                   stop: threading.Event | None = None) -> np.ndarray:
+    """Every image of one request -> uint8 [n, 1, 28, 28]; runs on a decode thread.
+
+    All headers are read first, so a request over its pixel budget is refused before a single
+    pixel is decoded; then each image decodes under the server-wide pixel budget."""
+    batch = np.empty((len(images), 1, decode.SIDE, decode.SIDE), np.uint8)
+    headers = []
+    for i, image in enumerate(images):
+        try:
+            if image.kind == "raw":
+                batch[i, 0] = decode.decode_raw(image.data)
+            elif image.kind == "encoded":
+                headers.append((i, decode.open_header(image.data, limits.max_image_pixels)))
+            else:
+                raise DecodeError("no image data: set `encoded` or `raw`")
+        except DecodeError as e:
+            raise InvalidImage(i, str(e)) from None
+    total = sum(h.size[0] * h.size[1] for _, h in headers)
+    if total > limits.max_request_pixels:
+        raise InvalidRequest(f"the request's images add up to {total:,} pixels, over the limit "
+                             f"of {limits.max_request_pixels:,} per request; send fewer or "
+                             "smaller images")
+    for i, header in headers:
+        if stop is not None and stop.is_set():
+            raise Cancelled(f"the caller cancelled the request while image {i} was decoded")
+        _check_deadline(deadline, f"while decoding image {i}")
+        wait = _BUDGET_WAIT if deadline is None else deadline - time.monotonic()
+        with pixels.reserve(header.size[0] * header.size[1], wait):
+            try:
+                batch[i, 0] = decode.decode_opened(header, inversion)
+            except DecodeError as e:
+                raise InvalidImage(i, str(e)) from None
+    return batch

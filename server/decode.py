@@ -5,9 +5,10 @@ dataset's own 784-byte form as it is. Both raise `DecodeError` with a reason a p
 
 What `decode_encoded` does, in order:
 
-1. Refuses a decompression bomb from the header alone: `Image.open` reads only the header, and an
-   image whose width x height exceeds `max_pixels` is refused before any pixel is decoded (PIL's
-   own `DecompressionBombError`, raised for far larger images, is caught too).
+1. Refuses a decompression bomb from the header alone (`open_header`): `Image.open` reads only the
+   header, and an image whose width x height exceeds `max_pixels` is refused before any pixel is
+   decoded (PIL's own `DecompressionBombError`, raised for far larger images, is caught too). The
+   server weighs the header's size against its pixel budgets before `decode_opened` decodes it.
 2. Takes the first frame (GIF/WebP animations) and makes it grayscale (ITU-R 601 luma):
    transparency (RGBA, LA, PA, palette with a transparent index) is composited over white, as a
    viewer shows it; 16-bit and 32-bit grayscale (I;16*, I) are scaled to 8 bits (divided by 257,
@@ -30,6 +31,7 @@ What `decode_encoded` does, in order:
 from __future__ import annotations
 
 import io
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageFile
@@ -42,6 +44,8 @@ FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 INVERSIONS = ("auto", "always", "never")
 DEFAULT_MAX_PIXELS = 4096 * 4096
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+WORK_SIDE = 512  # the gray image is box-reduced to at most this long side before any pixel math
+STRIP_PIXELS = 1 << 18  # pixels converted at a time (bounds the transient arrays)
 _OBJECT_THRESHOLD = 0.10  # of the range above the background: what counts as "object" for the crop
 
 assert ImageFile.LOAD_TRUNCATED_IMAGES is False  # a truncated file must fail, not decode half-grey
@@ -58,20 +62,14 @@ def decode_raw(data: bytes) -> np.ndarray:
 def decode_encoded(data: bytes, inversion: str = "auto",
                    max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Encoded image bytes -> uint8 [28, 28]; see the module docstring for every step."""
-    if inversion not in INVERSIONS:
-        raise ValueError(f"inversion must be one of {INVERSIONS}, got {inversion!r}")
+    return decode_opened(open_header(data, max_pixels), inversion)
+
+
+def open_header(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Read only the header: format and size, refused when over `max_pixels`. Cheap, so the caller
+    can weigh the image (width x height) against its budgets before paying for `decode_opened`."""
     if not data:
         raise DecodeError("empty image (0 bytes)")
-    gray = _grayscale(_open(data, max_pixels))
-    if inversion == "always" or (inversion == "auto" and _border_is_light(gray)):
-        gray = 255 - gray
-    if gray.shape == (SIDE, SIDE):
-        return gray
-    return _fit(_crop_to_object(_remove_background(gray)))
-
-
-def _open(data: bytes, max_pixels: int) -> Image.Image:
-    """Open, check the header's size against `max_pixels`, then decode the first frame."""
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.DecompressionBombError as e:
@@ -87,10 +85,26 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     if width * height > max_pixels:
         raise DecodeError(f"too many pixels: {width}x{height} = {width * height:,} is over the "
                           f"limit of {max_pixels:,}")
+    return image
+
+
+def decode_opened(image: Image.Image, inversion: str = "auto") -> np.ndarray:
+    """An image from `open_header` -> uint8 [28, 28]."""
+    if inversion not in INVERSIONS:
+        raise ValueError(f"inversion must be one of {INVERSIONS}, got {inversion!r}")
+    gray = _grayscale(_load(image))
+    if inversion == "always" or (inversion == "auto" and _border_is_light(gray)):
+        gray = 255 - gray
+    if gray.shape == (SIDE, SIDE):
+        return gray
+    return _fit(_crop_to_object(_remove_background(gray)))
+
+
+def _load(image: Image.Image) -> Image.Image:
+    """Decode the first frame's pixels (a big JPEG at 1/2..1/8 size, by DCT scaling)."""
     try:
         if image.format == "JPEG" and image.mode in ("RGB", "L", "YCbCr"):
-            # DCT scaling: decode a big JPEG at 1/2..1/8 size directly (still >= 224 px a side).
-            image.draft("L", (8 * SIDE, 8 * SIDE))
+            image.draft("L", (8 * SIDE, 8 * SIDE))  # still >= 224 px a side
         image.load()
     except Image.DecompressionBombError as e:
         raise DecodeError(f"too many pixels (PIL refused it as a decompression bomb: {e})") from None
@@ -103,43 +117,78 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
 
 
 def _grayscale(image: Image.Image) -> np.ndarray:
-    """Any PIL mode -> uint8 [H, W] luma; transparency composited over white."""
+    """Any PIL mode -> uint8 luma at most WORK_SIDE pixels a side; transparency over white.
+
+    Memory is bounded by the decoded image itself plus a constant: the conversion works on
+    horizontal strips of about STRIP_PIXELS, each reduced (box filter) as soon as it is gray, so
+    no full-size int64/float or RGBA copy is ever made (a 4096x4096 16-bit PNG used to cost
+    ~1 GB in transient arrays)."""
+    width, height = image.size
+    factor = max(1, -(-max(width, height) // WORK_SIDE))
+    rows = max(1, STRIP_PIXELS // (width * factor)) * factor
+    to_gray = _strip_converter(image, rows)
+    out = np.empty((-(-height // factor), -(-width // factor)), np.uint8)
+    for top in range(0, height, rows):
+        try:
+            gray = to_gray(image.crop((0, top, width, min(height, top + rows))))
+        except (ValueError, OSError) as e:
+            raise DecodeError(f"cannot convert mode {image.mode} to grayscale ({e})") from None
+        if factor > 1:
+            gray = np.asarray(Image.fromarray(gray).reduce(factor))
+        out[top // factor: top // factor + len(gray)] = gray
+    return out
+
+
+def _strip_converter(image: Image.Image, rows: int) -> Callable[[Image.Image], np.ndarray]:
+    """The function that turns one strip of `image` into uint8 luma (16/32-bit and float images
+    are scaled by the whole image's range, found in a first pass over the strips)."""
     mode = image.mode
-    try:
-        if mode in _ALPHA_MODES or (mode in ("P", "L", "RGB") and "transparency" in image.info):
-            rgba = image.convert("RGBA")
-            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return np.asarray(Image.alpha_composite(white, rgba).convert("L"))
-        if mode.startswith("I;16") or mode == "I":
-            return _scale_wide_ints(np.asarray(image))
-        if mode == "F":
-            return _scale_floats(np.asarray(image, dtype=np.float64))
-        if mode in ("L", "1", "P", "RGB"):
-            return np.asarray(image.convert("L"))
-        return np.asarray(image.convert("RGB").convert("L"))  # CMYK, YCbCr, LAB, HSV, ...
-    except (ValueError, OSError) as e:
-        raise DecodeError(f"cannot convert mode {mode} to grayscale ({e})") from None
+    if mode in _ALPHA_MODES or (mode in ("P", "L", "RGB") and "transparency" in image.info):
+        return _over_white
+    if mode.startswith("I;16") or mode == "I":
+        lo, hi = _value_range(image, rows)
+        if lo < 0 or hi > 65535:
+            return lambda strip: _stretch(np.asarray(strip).astype(np.float64), lo, hi)
+        return lambda strip: _sixteen_to_eight(np.asarray(strip))
+    if mode == "F":
+        lo, hi = _value_range(image, rows)
+        if lo >= 0.0 and hi <= 1.0:
+            return lambda strip: np.rint(_finite(strip) * 255.0).astype(np.uint8)
+        return lambda strip: _stretch(_finite(strip), lo, hi)
+    if mode in ("L", "1", "P", "RGB"):
+        return lambda strip: np.asarray(strip.convert("L"))
+    return lambda strip: np.asarray(strip.convert("RGB").convert("L"))  # CMYK, YCbCr, LAB, ...
 
 
-def _scale_wide_ints(a: np.ndarray) -> np.ndarray:
-    a = a.astype(np.int64)
-    if a.size and (a.min() < 0 or a.max() > 65535):
-        return _stretch(a.astype(np.float64))
-    return ((a * 255 + 32767) // 65535).astype(np.uint8)  # 16 -> 8 bits, rounded, never clipped
+def _over_white(strip: Image.Image) -> np.ndarray:
+    rgba = strip.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return np.asarray(Image.alpha_composite(white, rgba).convert("L"))
 
 
-def _scale_floats(a: np.ndarray) -> np.ndarray:
-    a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
-    if a.size and a.min() >= 0.0 and a.max() <= 1.0:
-        return np.rint(a * 255.0).astype(np.uint8)
-    return _stretch(a)
+def _finite(strip: Image.Image) -> np.ndarray:
+    return np.nan_to_num(np.asarray(strip, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def _stretch(a: np.ndarray) -> np.ndarray:
-    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+def _value_range(image: Image.Image, rows: int) -> tuple[float, float]:
+    """(min, max) over the whole image (NaN and infinities count as 0), strip by strip."""
+    width, height = image.size
+    lo, hi = np.inf, -np.inf
+    for top in range(0, height, rows):
+        strip = image.crop((0, top, width, min(height, top + rows)))
+        a = _finite(strip) if image.mode == "F" else np.asarray(strip).astype(np.int64)
+        lo, hi = min(lo, float(a.min())), max(hi, float(a.max()))
+    return lo, hi
+
+
+def _sixteen_to_eight(a: np.ndarray) -> np.ndarray:
+    return ((a.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8)  # rounded, not clipped
+
+
+def _stretch(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
     if hi <= lo:
         return np.zeros(a.shape, np.uint8)
-    return np.rint((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    return np.clip(np.rint((a - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
 
 
 def _border(gray: np.ndarray) -> np.ndarray:

@@ -34,7 +34,14 @@ class ModelNotFound(ServingError):
 
 
 class Overloaded(ServingError):
+    """Too much work queued or in flight. `retry_after` (seconds, or None) is the server's guess
+    of when a retry may succeed; the servicer sends it as grpc-retry-pushback-ms."""
+
     code = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Unavailable(ServingError):

@@ -1,72 +1,71 @@
-"""fmnist.v1.Classifier over gRPC: translate protobuf <-> core calls, and map errors in one place."""
+"""fmnist.v1.Classifier over gRPC (asyncio): translate protobuf <-> core calls, map errors in one place."""
 
 from __future__ import annotations
 
 import functools
 import logging
+import time
 
 import grpc
 from fmnist.v1 import classifier_pb2 as pb
-from fmnist.v1 import classifier_pb2_grpc as pb_grpc
 
 from server.core import ClassifyResult, Core, ImageData, Limits, ModelView
-from server.errors import Cancelled, ServingError
+from server.errors import Cancelled, Overloaded, ServingError
 
 log = logging.getLogger("server.servicer")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Classifier"].full_name  # "fmnist.v1.Classifier"
 _INVERSIONS = {pb.INVERSION_AUTO: "auto", pb.INVERSION_ALWAYS: "always", pb.INVERSION_NEVER: "never"}
 _NO_DEADLINE = 1e8  # seconds; grpc reports "no deadline" as None or as a huge number
+RETRY_PUSHBACK = "grpc-retry-pushback-ms"  # gRPC's retry trailer: clients with a retry policy obey it
 
 
 def map_errors(method):
-    """Domain errors -> their status code; anything else -> INTERNAL with the traceback logged."""
+    """Domain errors -> their status code (with a retry hint for RESOURCE_EXHAUSTED); anything
+    else -> INTERNAL with the traceback logged. A cancelled call (asyncio.CancelledError) passes."""
 
     @functools.wraps(method)
-    def wrapper(self, request, context):
+    async def wrapper(self, request, context):
         try:
-            return method(self, request, context)
+            return await method(self, request, context)
         except ServingError as e:
             (log.info if isinstance(e, Cancelled) else log.warning)(
                 "%s from %s -> %s: %s", method.__name__, context.peer(), e.code, e,
                 extra={"code": e.code})
-            context.abort(grpc.StatusCode[e.code], str(e))
+            if isinstance(e, Overloaded) and e.retry_after is not None:
+                context.set_trailing_metadata(((RETRY_PUSHBACK, str(int(e.retry_after * 1000) + 1)),))
+            await context.abort(grpc.StatusCode[e.code], str(e))
         except Exception:
             log.exception("%s from %s failed unexpectedly -> INTERNAL", method.__name__,
                           context.peer(), extra={"code": "INTERNAL"})
-            context.abort(grpc.StatusCode.INTERNAL,
-                          "internal server error (the server logged the details)")
+            await context.abort(grpc.StatusCode.INTERNAL,
+                                "internal server error (the server logged the details)")
 
     return wrapper
 
 
-class ClassifierServicer(pb_grpc.ClassifierServicer):
+class ClassifierServicer:
+    """The methods of fmnist.v1.Classifier; server/transport.py registers them."""
+
     def __init__(self, core: Core):
         self.core = core
 
     @map_errors
-    def Classify(self, request: pb.ClassifyRequest, context) -> pb.ClassifyResponse:
-        result = self.core.classify(request.model, request.version, images_from(request),
-                                    request.top_k, inversion_from(request), GrpcCall(context))
+    async def Classify(self, request: pb.ClassifyRequest, context) -> pb.ClassifyResponse:
+        result = await self.core.classify(request.model, request.version, images_from(request),
+                                          request.top_k, inversion_from(request),
+                                          deadline_of(context))
         return classify_response(result)
 
     @map_errors
-    def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
+    async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
         return list_models_response(self.core.list_models(), self.core.limits)
 
 
-class GrpcCall:
-    """Adapts grpc's ServicerContext to the core's CallContext."""
-
-    def __init__(self, context):
-        self._context = context
-
-    def time_remaining(self) -> float | None:
-        remaining = self._context.time_remaining()
-        return None if remaining is None or remaining > _NO_DEADLINE else remaining
-
-    def is_active(self) -> bool:
-        return self._context.is_active()
+def deadline_of(context) -> float | None:
+    """The caller's deadline in time.monotonic() seconds, or None."""
+    remaining = context.time_remaining()
+    return None if remaining is None or remaining > _NO_DEADLINE else time.monotonic() + remaining
 
 
 # --- converters ----------------------------------------------------------------------------------
@@ -98,4 +97,5 @@ def list_models_response(models: list[ModelView], limits: Limits) -> pb.ListMode
                              provider=m.provider, test_images=m.test_images) for m in models],
         limits=pb.Limits(max_images_per_request=limits.max_images_per_request,
                          max_image_pixels=limits.max_image_pixels,
-                         max_message_bytes=limits.max_message_bytes))
+                         max_message_bytes=limits.max_message_bytes,
+                         max_request_pixels=limits.max_request_pixels))

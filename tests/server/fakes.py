@@ -28,12 +28,15 @@ class FakeRunner:
     """Answers class (mean pixel value % 10) with probability 0.91, the rest 0.01 each."""
 
     def __init__(self, name: str = "fake", provider: str = "CPUExecutionProvider",
-                 delay: float = 0.0, error: Exception | None = None, accuracy: float = 0.5):
+                 delay: float = 0.0, error: Exception | None = None, accuracy: float = 0.5,
+                 delay_per_image: float = 0.0):
         self.provider = provider
         self.metadata = metadata(name, accuracy)
         self.delay = delay
+        self.delay_per_image = delay_per_image
         self.error = error
         self.runs = 0
+        self.sizes: list[int] = []  # batch size of every run (warm-ups excluded)
         self.warmups = 0
         self.started = threading.Event()  # set when a run begins (after warm-up)
         self.closed = False
@@ -41,8 +44,9 @@ class FakeRunner:
     def run(self, images: np.ndarray) -> RunOutput:
         assert images.dtype == np.uint8 and images.shape[1:] == (1, 28, 28)
         self.runs += 1
+        self.sizes.append(len(images))
         self.started.set()
-        time.sleep(self.delay)
+        time.sleep(self.delay + self.delay_per_image * len(images))
         if self.error is not None:
             raise self.error
         probabilities = np.full((len(images), 10), 0.01, np.float32)
@@ -50,8 +54,10 @@ class FakeRunner:
         probabilities[np.arange(len(images)), classes] = 0.91
         return RunOutput(probabilities=probabilities, logits=np.log(probabilities))
 
-    def warmup(self) -> None:
+    def warmup(self, batch_size: int = 1) -> None:
+        """Takes as long as a run (so the batcher's cost model learns it) but is not counted."""
         self.warmups += 1
+        time.sleep(self.delay + self.delay_per_image * batch_size)
 
     def close(self) -> None:
         self.closed = True

@@ -1,0 +1,313 @@
+"""Dynamic batching for one model version: requests' images queue up and run together.
+
+    batcher = Batcher(runner, BatchPolicy(max_batch=32, max_delay=0.002, max_queue_images=256))
+    batcher.start()                       # warms every batch size it will use, then serves
+    ticket = batcher.submit(images, deadline=time.monotonic() + 1.0)
+    out = ticket.future.result()          # RunOutput for exactly these images, in order
+    batcher.close()
+
+One thread per batcher takes queued images, up to `max_batch` of them, and runs them as one batch
+on the runner; a request larger than `max_batch` is cut into pieces that may ride in different
+batches, and its rows are put back together in order. The thread-safe queue and a
+concurrent.futures.Future per request keep this free of asyncio and grpc: the core awaits the
+future with `asyncio.wrap_future`, tests call `.result()`.
+
+When to run: at once when `max_batch` images are waiting; otherwise the batcher waits up to
+`max_delay` after the oldest waiting image arrived for more, but only while there is concurrency
+to exploit (the previous batch held more than one request). A lone caller never waits: its p50 is
+the model's batch-1 time plus the transport.
+
+Admission and deadlines (costs come from `CostModel`, learned from every run by batch size):
+- `submit` refuses (Overloaded, with a retry hint) when the queue would hold more than
+  `max_queue_images`, and (DeadlineExceeded) when even the most optimistic time to run the images
+  ahead plus its own exceeds the time left: it never refuses a request that would fit.
+- A request whose deadline passes, or that cannot finish before it, or whose future was cancelled
+  (the caller went away) leaves the queue when the batcher reaches it and never runs.
+
+On CUDA, batches are padded to fixed sizes (`buckets`: 1, 2, 4, ..., max_batch) so that cuDNN's
+algorithm search and onnxruntime's memory planning for every shape happen at warm-up, never on a
+user's request. On the CPU shapes are free and padding would only waste work, so batches run at
+their own size and warm-up covers batch 1 and `max_batch` (which also seeds the cost model).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+
+from server.cost_model import CostModel
+from server.errors import Cancelled, DeadlineExceeded, Overloaded, Unavailable
+from server.runner import RunOutput, Runner
+
+log = logging.getLogger("server.batcher")
+
+CUDA = "CUDAExecutionProvider"
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    max_batch: int = 32
+    max_delay: float = 0.002  # seconds
+    max_queue_images: int = 256
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1 or self.max_delay < 0 or self.max_queue_images < 1:
+            raise ValueError(f"invalid batching policy {self}")
+
+
+def buckets(max_batch: int) -> list[int]:
+    """1, 2, 4, ... up to and including max_batch: the fixed batch shapes used on CUDA."""
+    sizes = [1]
+    while sizes[-1] * 2 < max_batch:
+        sizes.append(sizes[-1] * 2)
+    if sizes[-1] != max_batch:
+        sizes.append(max_batch)
+    return sizes
+
+
+@dataclass
+class _Request:
+    images: np.ndarray  # uint8 [n, 1, 28, 28]
+    deadline: float | None  # time.monotonic() seconds
+    future: Future
+    enqueued: float
+    probabilities: np.ndarray | None = None
+    logits: np.ndarray | None = None
+    left: int = 0  # rows not yet computed
+    failed: bool = False
+    cancelled: bool = False
+
+
+@dataclass
+class _Piece:
+    request: _Request
+    start: int
+    stop: int
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+class Ticket:
+    """A queued request: `future` gets its RunOutput (or the error that stopped it)."""
+
+    def __init__(self, request: _Request):
+        self._request = request
+        self.future = request.future
+
+    def cancel(self) -> None:
+        """The caller went away: what has not run yet never will."""
+        self._request.cancelled = True
+        self.future.cancel()
+
+
+class Batcher:
+    def __init__(self, runner: Runner, policy: BatchPolicy = BatchPolicy(), name: str = "model"):
+        self.runner = runner
+        self.policy = policy
+        self.name = name
+        self.costs = CostModel()
+        self.pad = runner.provider == CUDA
+        self._shapes = buckets(policy.max_batch) if self.pad else sorted({1, policy.max_batch})
+        self._queue: collections.deque[_Piece] = collections.deque()
+        self._queued_images = 0
+        self._running_images = 0
+        self._last_batch_requests = 1
+        self._closed = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
+
+    # --- the API ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Warm up every batch shape this batcher will run (timed: seeds the cost model), then
+        start the batching thread."""
+        for size in self._shapes:
+            self.runner.warmup(size)  # first run of a shape: allocations, cuDNN algorithm search
+            started = time.perf_counter()
+            self.runner.warmup(size)
+            self.costs.observe(size, time.perf_counter() - started)
+        self._thread.start()
+
+    def submit(self, images: np.ndarray, deadline: float | None = None) -> Ticket:
+        """Queue `images` (uint8 [n, 1, 28, 28]); the ticket's future gets their RunOutput."""
+        n = len(images)
+        request = _Request(images, deadline, Future(), time.monotonic(), left=n)
+        with self._cond:
+            if self._closed:
+                raise Unavailable(f"{self.name} is shutting down; retry on another instance")
+            ahead = self._queued_images + self._running_images
+            if self._queued_images + n > self.policy.max_queue_images:
+                wait = self.costs.expected(ahead, self.policy.max_batch)
+                raise Overloaded(
+                    f"{self.name}'s queue is full ({self._queued_images} of "
+                    f"{self.policy.max_queue_images} images waiting); retry in about "
+                    f"{max(wait, 0.001) * 1000:.0f} ms", retry_after=wait)
+            if deadline is not None:
+                left = deadline - request.enqueued
+                needed = self.costs.optimistic(ahead + n, self.policy.max_batch)
+                if left <= needed:
+                    raise DeadlineExceeded(
+                        f"the deadline leaves {max(left, 0.0) * 1000:.1f} ms, and {self.name} "
+                        f"needs at least {needed * 1000:.1f} ms for these {n} image(s) and the "
+                        f"{ahead} ahead of them")
+            for start in range(0, n, self.policy.max_batch):
+                self._queue.append(_Piece(request, start, min(n, start + self.policy.max_batch)))
+            self._queued_images += n
+            self._cond.notify()
+        return Ticket(request)
+
+    @property
+    def queued_images(self) -> int:
+        return self._queued_images
+
+    def close(self) -> None:
+        """Refuse new work, fail what is still queued (UNAVAILABLE), stop the thread."""
+        with self._cond:
+            self._closed = True
+            pieces = list(self._queue)
+            self._queue.clear()
+            self._queued_images = 0
+            self._cond.notify_all()
+        for piece in pieces:
+            self._fail(piece.request, Unavailable(f"{self.name} shut down before this ran"))
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    # --- the batching thread ----------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            pieces = self._next_batch()
+            if pieces is None:
+                return
+            if pieces:
+                self._run(pieces)
+
+    def _next_batch(self) -> list[_Piece] | None:
+        """Wait for work, then take up to max_batch images of it; None once closed."""
+        max_batch = self.policy.max_batch
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return None
+            if self._last_batch_requests > 1 or len(self._queue) > 1:  # worth waiting for more
+                run_by = self._queue[0].request.enqueued + self.policy.max_delay
+                while self._queued_images < max_batch and not self._closed:
+                    left = run_by - time.monotonic()
+                    if left <= 0 or not self._cond.wait(left):
+                        break
+                if self._closed or not self._queue:
+                    return None if self._closed else []
+            pieces, taken = self._take(max_batch)
+            self._queued_images -= taken
+            self._running_images = taken
+        return pieces
+
+    def _take(self, max_batch: int) -> tuple[list[_Piece], int]:
+        """Pop pieces until the batch is full, cutting the last one if it does not fit; drop
+        requests that were cancelled or cannot finish before their deadline. Under the lock."""
+        pieces: list[_Piece] = []
+        taken = 0  # images leaving the queue (run or dropped)
+        size = 0
+        now = time.monotonic()
+        while self._queue and size < max_batch:
+            piece = self._queue[0]
+            request = piece.request
+            if request.failed or not self._still_wanted(request, now, max(size + piece.size, 1)):
+                self._queue.popleft()
+                taken += piece.size
+                continue
+            room = max_batch - size
+            if piece.size > room:  # cut: the rest stays at the head of the queue
+                pieces.append(_Piece(request, piece.start, piece.start + room))
+                piece.start += room
+                taken += room
+                size += room
+                break
+            self._queue.popleft()
+            pieces.append(piece)
+            taken += piece.size
+            size += piece.size
+        return pieces, taken
+
+    def _still_wanted(self, request: _Request, now: float, batch: int) -> bool:
+        """False (and the request failed) when it was cancelled or cannot make its deadline."""
+        future = request.future
+        if request.cancelled or future.cancelled() or (
+                not future.running() and not future.set_running_or_notify_cancel()):
+            self._fail(request, Cancelled(f"the caller cancelled while queued for {self.name}"))
+            return False
+        if request.deadline is not None:
+            left = request.deadline - now
+            needed = self.costs.optimistic(batch, self.policy.max_batch)
+            if left <= needed:
+                self._fail(request, DeadlineExceeded(
+                    f"the deadline passed while queued for {self.name} ({(now - request.enqueued) * 1000:.1f} "
+                    f"ms in the queue; a batch needs at least {needed * 1000:.1f} ms)"))
+                return False
+        return True
+
+    def _run(self, pieces: list[_Piece]) -> None:
+        images = np.concatenate([p.request.images[p.start:p.stop] for p in pieces])
+        n = len(images)
+        if self.pad:
+            size = next(s for s in self._shapes if s >= n)
+            if size > n:
+                images = np.concatenate([images, np.zeros((size - n, 1, 28, 28), np.uint8)])
+        started = time.perf_counter()
+        try:
+            out = self.runner.run(images)
+        except Exception as e:  # noqa: BLE001 - every request in the batch gets the error
+            for piece in pieces:
+                self._fail(piece.request, e)
+            return
+        finally:
+            with self._cond:
+                self._running_images = 0
+                self._last_batch_requests = len({id(p.request) for p in pieces})
+        self.costs.observe(len(images), time.perf_counter() - started)
+        if out.probabilities.shape[0] != len(images) or out.logits.shape[0] != len(images):
+            error = RuntimeError(f"{self.name} returned {out.probabilities.shape[0]} rows for "
+                                 f"{len(images)} images")
+            for piece in pieces:
+                self._fail(piece.request, error)
+            return
+        row = 0
+        for piece in pieces:
+            self._deliver(piece, out.probabilities[row:row + piece.size],
+                          out.logits[row:row + piece.size])
+            row += piece.size
+
+    def _deliver(self, piece: _Piece, probabilities: np.ndarray, logits: np.ndarray) -> None:
+        request = piece.request
+        if request.failed:
+            return
+        if request.probabilities is None:
+            n = len(request.images)
+            request.probabilities = np.empty((n, probabilities.shape[1]), probabilities.dtype)
+            request.logits = np.empty((n, logits.shape[1]), logits.dtype)
+        request.probabilities[piece.start:piece.stop] = probabilities
+        request.logits[piece.start:piece.stop] = logits
+        request.left -= piece.size
+        if request.left == 0:
+            request.future.set_result(RunOutput(probabilities=request.probabilities,
+                                                logits=request.logits))
+
+    @staticmethod
+    def _fail(request: _Request, error: BaseException) -> None:
+        if request.failed:
+            return
+        request.failed = True
+        future = request.future
+        if future.done() or not (future.running() or future.set_running_or_notify_cancel()):
+            return  # cancelled while pending: nobody waits for it
+        future.set_exception(error)
