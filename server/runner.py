@@ -1,7 +1,7 @@
 """The one place a model's requests run: a runner owns one onnxruntime session.
 
-The core talks to the `Runner` interface only, so a dynamic batcher can later wrap a runner (queue
-requests, run them as one batch, split the results back) without the core or the servicer changing.
+The core talks to the `Runner` interface only; server/batcher.py wraps each runner in a dynamic
+batcher (queue requests, run them as one batch, split the results back).
 
     runner = OnnxRunner(path, providers=["CPUExecutionProvider"])
     out = runner.run(np.zeros((4, 1, 28, 28), np.uint8))   # out.probabilities: float32 [4, 10]
@@ -40,8 +40,9 @@ class Runner(Protocol):
         """uint8 [N, 1, 28, 28] -> probabilities and logits, float32 [N, 10]. Thread-safe."""
         ...
 
-    def warmup(self) -> None:
-        """One run on a zero batch, so the first request does not pay for lazy initialisation."""
+    def warmup(self, batch_size: int = 1) -> None:
+        """One run on a zero batch of `batch_size`, so the first request of that shape does not
+        pay for lazy initialisation (allocations; on CUDA, cuDNN's algorithm search)."""
         ...
 
     def close(self) -> None:
@@ -51,9 +52,13 @@ class Runner(Protocol):
 class OnnxRunner:
     """Owns one `onnxruntime.InferenceSession` for one model file."""
 
-    def __init__(self, path: str | Path, providers: list[str], intra_op_threads: int = 0):
+    def __init__(self, path: str | Path, providers: list[str], intra_op_threads: int = 0,
+                 spinning: bool = False):
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads  # 0: onnxruntime's default (all cores)
+        # Spinning threads wait for the next run by burning a core; in a server the event loop
+        # and the decoders need that core between runs (bench.serve measures both settings).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         options.log_severity_level = 3  # errors only: onnxruntime's warnings are not ours to print
         try:
             self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
@@ -73,8 +78,8 @@ class OnnxRunner:
         logits, probabilities = session.run(list(OUTPUTS), {INPUT: images})
         return RunOutput(probabilities=probabilities, logits=logits)
 
-    def warmup(self) -> None:
-        self.run(np.zeros((1, 1, 28, 28), np.uint8))
+    def warmup(self, batch_size: int = 1) -> None:
+        self.run(np.zeros((batch_size, 1, 28, 28), np.uint8))
 
     def close(self) -> None:
         self._session = None
