@@ -143,6 +143,8 @@ def _checkpoint_dict(cfg: TrainConfig, net: nn.Module, optimizer, scheduler, sca
 
 
 def _restore(ckpt: dict, net: nn.Module, optimizer, scheduler, scaler) -> Progress:
+    """Continue from a checkpoint loaded to the CPU: load_state_dict copies model and optimizer
+    state to the parameters' device, and torch.set_rng_state accepts only a CPU tensor."""
     net.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
@@ -178,7 +180,7 @@ def resolve_resume(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
     if not last.exists():
         log.info("%s: --resume, but no %s yet: starting fresh", cfg.arch, last)
         return cfg, None
-    ckpt = checkpoint.load(last, map_location=cfg.device)
+    ckpt = checkpoint.load(last)  # to the CPU: the RNG state must stay there (see _restore)
     if ckpt["arch"] != cfg.arch:
         raise ValueError(f"{last} holds {ckpt['arch']!r}, not {cfg.arch!r}")
     recipe = Recipe(**{**ckpt["recipe"], "epochs": cfg.recipe.epochs})

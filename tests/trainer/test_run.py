@@ -9,7 +9,7 @@ import torch
 
 from trainer import checkpoint, data, models
 from trainer.augment import shift_and_flip
-from trainer.run import TrainConfig, lr_factor, train
+from trainer.run import TrainConfig, lr_factor, resolve_resume, train
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +109,16 @@ def test_augmentation_keeps_shape_and_only_moves_pixels():
     assert torch.equal(out.flatten(1).sum(1, dtype=torch.int64),
                        images.flatten(1).sum(1, dtype=torch.int64))
     assert not torch.equal(out, images)
+
+
+def test_resume_on_cuda_loads_last_pt_to_the_cpu(tmp_path, small_data):
+    """--resume with --device cuda: last.pt is loaded to the CPU, where torch.set_rng_state needs
+    its state; load_state_dict moves model and optimizer state to the parameters' device.
+    No GPU here: the config only names cuda. Mapping to it (the bug) fails on this machine, as
+    set_rng_state failed on a GPU one; loading to the CPU resumes."""
+    train(config(tmp_path, time_budget=0.0), small_data, progress_bar=False)
+    cfg, ckpt = resolve_resume(config(tmp_path, resume=True, device=torch.device("cuda")))
+    assert cfg.device.type == "cuda"
+    tensors = [ckpt["model"][k] for k in ckpt["model"]] + [ckpt["rng"]["torch"]]
+    assert {t.device.type for t in tensors} == {"cpu"}
+    torch.set_rng_state(ckpt["rng"]["torch"])
