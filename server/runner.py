@@ -16,11 +16,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import onnxruntime as ort
 
+from model_contract import INPUT, NUM_CLASSES, OUTPUTS
 from server.errors import ModelLoadError, Unavailable
-
-INPUT = "image"
-OUTPUTS = ("logits", "probabilities")
-NUM_CLASSES = 10
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,19 @@
 """The models folder: find `<models_dir>/<name>/<version>/model.onnx`, pick versions, load runners.
 
-- A version is a folder whose name is a positive integer; anything else (a temporary folder the
-  exporter is about to rename, a README) is ignored.
-- By default the newest version of each model is loaded; `--model-version NAME=VERSION` (repeatable)
-  loads exactly the versions named for that model instead, and naming a version that does not exist
-  is a start-up error.
-- Everything the server knows about a model comes from the file's metadata_props (fmnist.*). A file
-  that fails to load, has a missing or invalid key, or breaks the input/output contract is one log
-  line and is skipped; the server still serves the rest.
+- A version is a folder named by `model_contract.parse_version` ("3"; never "03" or "3\n", so no
+  two folders name one version); anything else (a temporary folder the exporter is about to
+  rename, a README) is ignored, and one log line lists the ignored folders and why.
+- Nothing that resolves outside the models folder (a symlinked model folder, version folder or
+  model.onnx) is served: the folder is what the operator vouches for.
+- By default the newest version of each model that loads is served: when it cannot be served, the
+  next older one is tried. `--model-version NAME=VERSION` (repeatable) loads exactly the versions
+  named for that model instead, with no fallback, and naming a version that does not exist is a
+  start-up error.
+- Everything the server knows about a model comes from the file's metadata_props (fmnist.*), each
+  value bounded so that nothing read from a file can break ListModels for everyone. A file that
+  fails to load, has a missing or invalid key, breaks the input/output contract, or answers its
+  probe differently from the exporter is one log line, a `Refusal`, and is skipped; the server
+  still serves the rest.
 """
 
 from __future__ import annotations
@@ -17,23 +23,24 @@ import logging
 import math
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
+import numpy as np
+
+import model_contract as mc
 from server.errors import ModelLoadError, StartupError
 from server.providers import ProviderPolicy
-from server.runner import NUM_CLASSES, OnnxRunner, Runner
+from server.runner import OnnxRunner, Runner
 
 log = logging.getLogger("server.store")
 
-MODEL_FILE = "model.onnx"
-REQUIRED_KEYS = ("fmnist.arch", "fmnist.labels", "fmnist.input_side", "fmnist.test_accuracy",
-                 "fmnist.bn_folded", "fmnist.bn_remaining", "fmnist.source_checkpoint_sha256",
-                 "fmnist.exported_at", "fmnist.torch_version")
-_VERSION = re.compile(r"^[0-9]+$")
-
 RunnerFactory = Callable[[Path, list], Runner]  # (model file, providers to ask for) -> runner
+
+INT32_MAX = 2**31 - 1  # ListModels sends input_side and test_images as int32
+_METADATA_INT = re.compile(r"[0-9]{1,10}")
+MAX_LABELS_CHARS = 2000  # ten class names; bounded before json.loads sees it
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,18 @@ class ModelSpec:
     test_accuracy: float
     test_images: int = 0  # what test_accuracy was measured on; 0: the file does not say
     metadata: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    # max |Δ probability| of the probe run on the serving provider against the exporter's run;
+    # None: the file has no probe (exported before probes), so it was served unverified
+    probe_max_abs_diff: float | None = None
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A model version that was found but not served, and why (for logs and ListModels)."""
+
+    name: str
+    version: int
+    reason: str
 
 
 @dataclass
@@ -60,49 +79,84 @@ class LoadedModel:
         return self.runner.provider
 
 
-def scan(models_dir: str | Path) -> dict[str, dict[int, Path]]:
-    """name -> {version: path of model.onnx}, for every integer version folder holding the file."""
+def scan(models_dir: str | Path,
+         refused: list[Refusal] | None = None) -> dict[str, dict[int, Path]]:
+    """name -> {version: path of model.onnx}, for every version folder holding the file inside the
+    models folder. Version folders refused here (no model file, outside) go to `refused`."""
     root = Path(models_dir)
     found: dict[str, dict[int, Path]] = {}
     if not root.is_dir():
         return found
+    real_root = root.resolve()
+    ignored: list[str] = []
     for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for version_dir in model_dir.iterdir():
-            if not (version_dir.is_dir() and _VERSION.match(version_dir.name)):
+        if where := _outside(model_dir, real_root):
+            ignored.append(f"{model_dir.name!r} ({where})")
+            continue
+        for version_dir in sorted(p for p in model_dir.iterdir() if p.is_dir()):
+            shown = repr(f"{model_dir.name}/{version_dir.name}")
+            version = mc.parse_version(version_dir.name)
+            if version is None:
+                if not version_dir.name.startswith("."):  # the exporter's folders before rename
+                    ignored.append(f"{shown} (not a version name)")
                 continue
-            version = int(version_dir.name)
-            if version <= 0:
+            path = version_dir / mc.MODEL_FILE
+            reason = (_outside(version_dir, real_root) or _outside(path, real_root)
+                      or (None if path.is_file() else f"no {mc.MODEL_FILE} inside"))
+            if reason:
+                ignored.append(f"{shown} ({reason})")
+                if refused is not None:
+                    refused.append(Refusal(model_dir.name, version, reason))
                 continue
-            if not (version_dir / MODEL_FILE).is_file():
-                log.warning("skipping %s: no %s inside", version_dir, MODEL_FILE)
-                continue
-            found.setdefault(model_dir.name, {})[version] = version_dir / MODEL_FILE
+            found.setdefault(model_dir.name, {})[version] = path
+    if ignored:
+        log.warning("ignored in %s: %s. Versions are folders named 1, 2, 3, ... (ASCII digits, no "
+                    "leading zero, at most 18 digits) inside the models folder",
+                    root, ", ".join(ignored))
     return found
+
+
+def _outside(path: Path, real_root: Path) -> str | None:
+    """Why `path` may not be served when it resolves outside `real_root` (a symlink out); None
+    when it stays inside."""
+    try:
+        real = path.resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop
+        return f"cannot resolve it: {e}"
+    if real.is_relative_to(real_root):
+        return None
+    return f"resolves to {str(real)!r}, outside the models folder {str(real_root)!r}"
 
 
 def parse_version_flags(flags: Iterable[str]) -> dict[str, set[int]]:
     """["resnet18=2", "resnet18=3", "lenet=1"] -> {"resnet18": {2, 3}, "lenet": {1}}."""
     wanted: dict[str, set[int]] = {}
     for flag in flags:
-        name, sep, version = flag.partition("=")
-        if not sep or not name or not _VERSION.match(version) or int(version) <= 0:
-            raise ValueError(f"--model-version takes NAME=VERSION with a positive integer "
-                             f"version, e.g. resnet18=2; got {flag!r}")
-        wanted.setdefault(name, set()).add(int(version))
+        name, sep, text = flag.partition("=")
+        version = mc.parse_version(text)
+        if not sep or not name or version is None:
+            raise ValueError(f"--model-version takes NAME=VERSION with a version as its folder is "
+                             f"named (1, 2, ...; no leading zero), e.g. resnet18=2; got {flag!r}")
+        wanted.setdefault(name, set()).add(version)
     return wanted
 
 
-def pick_versions(found: dict[str, dict[int, Path]],
-                  wanted: dict[str, set[int]] | None = None) -> list[tuple[str, int, Path]]:
-    """The (name, version, path) to load: the newest of each model, or the versions `wanted` names."""
+def pick_versions(found: dict[str, dict[int, Path]], wanted: dict[str, set[int]] | None = None
+                  ) -> list[tuple[str, list[tuple[int, Path]]]]:
+    """What to try to load, one entry per version to serve: (name, candidates), where the first
+    candidate that loads is served. Without `wanted`, each model's versions newest first (so a
+    broken newest version falls back to an older one); a version `wanted` names is alone."""
     wanted = wanted or {}
     picked = []
     for name, versions in sorted(found.items()):
-        for version in sorted(wanted.get(name, {max(versions)})):
+        if name not in wanted:
+            picked.append((name, sorted(versions.items(), reverse=True)))
+            continue
+        for version in sorted(wanted[name]):
             if version not in versions:
                 raise StartupError(f"--model-version {name}={version}: no such version in the "
                                    f"models folder (found {name} versions {sorted(versions)})")
-            picked.append((name, version, versions[version]))
+            picked.append((name, [(version, versions[version])]))
     missing = sorted(set(wanted) - set(found))
     if missing:
         raise StartupError(f"--model-version names {', '.join(missing)}, not in the models folder "
@@ -112,39 +166,85 @@ def pick_versions(found: dict[str, dict[int, Path]],
 
 def parse_metadata(name: str, version: int, path: Path, metadata: dict[str, str]) -> ModelSpec:
     """Validate the fmnist.* metadata_props and build the spec; ModelLoadError names what is wrong."""
-    missing = [k for k in REQUIRED_KEYS if k not in metadata]
+    missing = [k for k in mc.REQUIRED_KEYS if k not in metadata]
     if missing:
         raise ModelLoadError(f"missing metadata {', '.join(missing)}")
-    if metadata["fmnist.arch"] != name:
-        raise ModelLoadError(f"metadata fmnist.arch={metadata['fmnist.arch']!r} does not match "
+    if metadata[mc.ARCH] != name:
+        raise ModelLoadError(f"metadata {mc.ARCH}={metadata[mc.ARCH][:100]!r} does not match "
                              f"its folder name {name!r}")
     try:
-        labels = json.loads(metadata["fmnist.labels"])
-    except json.JSONDecodeError as e:
-        raise ModelLoadError(f"metadata fmnist.labels is not JSON ({e})") from None
-    if (not isinstance(labels, list) or len(labels) != NUM_CLASSES
-            or not all(isinstance(x, str) and x for x in labels)):
-        raise ModelLoadError(f"metadata fmnist.labels must be a JSON list of {NUM_CLASSES} "
-                             f"non-empty strings, got {metadata['fmnist.labels'][:200]!r}")
-    try:
-        input_side = int(metadata["fmnist.input_side"])
-        accuracy = float(metadata["fmnist.test_accuracy"])
-        test_images = int(metadata.get("fmnist.test_images", 0))
+        accuracy = float(metadata[mc.TEST_ACCURACY])
     except ValueError as e:
-        raise ModelLoadError(f"metadata fmnist.input_side / fmnist.test_accuracy / fmnist.test_images: {e}") from None
-    if input_side <= 0:
-        raise ModelLoadError(f"metadata fmnist.input_side must be positive, got {input_side}")
+        raise ModelLoadError(f"metadata {mc.TEST_ACCURACY}: {e}") from None
     if not (math.isfinite(accuracy) and 0.0 <= accuracy <= 1.0):
-        raise ModelLoadError(f"metadata fmnist.test_accuracy must be in [0, 1], got {accuracy}")
-    return ModelSpec(name=name, version=version, path=path, labels=tuple(labels),
-                     input_side=input_side, test_accuracy=accuracy, test_images=test_images,
-                     metadata=dict(metadata))
+        raise ModelLoadError(f"metadata {mc.TEST_ACCURACY} must be in [0, 1], got {accuracy}")
+    test_images = _metadata_int(metadata, mc.TEST_IMAGES) if mc.TEST_IMAGES in metadata else 0
+    return ModelSpec(name=name, version=version, path=path, labels=_labels(metadata[mc.LABELS]),
+                     input_side=_metadata_int(metadata, mc.INPUT_SIDE), test_accuracy=accuracy,
+                     test_images=test_images, metadata=dict(metadata))
+
+
+def _labels(text: str) -> tuple[str, ...]:
+    """The class names, bounded before parsing: json.loads of a deeply nested value raises
+    RecursionError, and a name protobuf cannot encode would break every ListModels."""
+    if len(text) > MAX_LABELS_CHARS:
+        raise ModelLoadError(f"metadata {mc.LABELS} has {len(text)} characters, more than the "
+                             f"{MAX_LABELS_CHARS} ten class names need")
+    try:
+        labels = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise ModelLoadError(f"metadata {mc.LABELS} is not JSON "
+                             f"({type(e).__name__}: {e})") from None
+    if (not isinstance(labels, list) or len(labels) != mc.NUM_CLASSES
+            or not all(isinstance(x, str) and x for x in labels)):
+        raise ModelLoadError(f"metadata {mc.LABELS} must be a JSON list of {mc.NUM_CLASSES} "
+                             f"non-empty strings, got {text[:200]!r}")
+    try:
+        for label in labels:
+            label.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ModelLoadError(f"metadata {mc.LABELS} has a name that is not valid UTF-8 "
+                             f"(a lone surrogate escape): {text[:200]!r}") from None
+    return tuple(labels)
+
+
+def _metadata_int(metadata: dict[str, str], key: str) -> int:
+    """An integer from 1 to 2^31-1 (what ListModels' int32 fields can carry), in ASCII digits."""
+    text = metadata[key]
+    value = int(text) if _METADATA_INT.fullmatch(text) else 0
+    if not 1 <= value <= INT32_MAX:
+        raise ModelLoadError(f"metadata {key} must be an integer from 1 to {INT32_MAX}, "
+                             f"got {text[:40]!r}")
+    return value
+
+
+def verify_probe(runner: Runner, metadata: dict[str, str]) -> float | None:
+    """Run the exporter's probe images on the provider this runner really uses and return the max
+    |Δ probability| against the exporter's; ModelLoadError when it is over PROBE_TOLERANCE (a
+    provider or a file that answers differently from what was exported). None: no probe."""
+    if mc.PROBE not in metadata:
+        return None
+    try:
+        probe = mc.decode_probe(metadata[mc.PROBE])
+    except ValueError as e:
+        raise ModelLoadError(f"malformed probe: {e}") from None
+    try:
+        served = np.asarray(runner.run(probe.images).probabilities, np.float32)
+        diff = float(np.max(np.abs(served - probe.probabilities)))
+    except Exception as e:  # noqa: BLE001 - a model that cannot run its probe is unusable
+        raise ModelLoadError(f"probe run failed: {type(e).__name__}: {e}") from None
+    if not diff <= mc.PROBE_TOLERANCE:  # also NaN
+        raise ModelLoadError(f"probe: on {runner.provider} its {len(probe.images)} images' "
+                             f"probabilities differ from the exporter's by max |Δ| {diff:.3g}, "
+                             f"over the tolerance {mc.PROBE_TOLERANCE:g}; re-export the model, or "
+                             f"serve it with another --device")
+    return diff
 
 
 def load_one(name: str, version: int, path: Path, policy: ProviderPolicy,
              runner_factory: RunnerFactory) -> LoadedModel:
-    """Create the session, check the provider and the metadata, warm it up. Raises
-    ModelLoadError (skip this model) or StartupError (--device cuda without CUDA: stop)."""
+    """Create the session, check the provider and the metadata, warm it up, run the probe. Raises
+    ModelLoadError (skip this version) or StartupError (--device cuda without CUDA: stop)."""
     runner = runner_factory(path, policy.requested())
     try:
         policy.check([runner.provider], f"{name} v{version}")
@@ -153,32 +253,63 @@ def load_one(name: str, version: int, path: Path, policy: ProviderPolicy,
             runner.warmup()
         except Exception as e:  # noqa: BLE001 - a model that cannot run one zero batch is unusable
             raise ModelLoadError(f"warm-up run failed: {type(e).__name__}: {e}") from None
+        spec = replace(spec, probe_max_abs_diff=verify_probe(runner, runner.metadata))
     except BaseException:
         runner.close()
         raise
     return LoadedModel(spec=spec, runner=runner)
 
 
-def load_models(models_dir: str | Path, policy: ProviderPolicy,
-                wanted: dict[str, set[int]] | None = None,
-                runner_factory: RunnerFactory | None = None) -> list[LoadedModel]:
-    """Load and warm up every picked model; skip (with one log line) those that cannot be served."""
-    runner_factory = runner_factory or (lambda path, providers: OnnxRunner(path, providers))
-    found = scan(models_dir)
-    if not found:
-        log.warning("no models found in %s (expected <name>/<version>/%s)", models_dir, MODEL_FILE)
-    loaded = []
-    for name, version, path in pick_versions(found, wanted):
+def load_newest(name: str, candidates: list[tuple[int, Path]], policy: ProviderPolicy,
+                runner_factory: RunnerFactory, refused: list[Refusal]) -> LoadedModel | None:
+    """The first of `candidates` (newest first) that loads; each one refused is logged and
+    appended to `refused`. None when none loads."""
+    for version, path in candidates:
         started = time.perf_counter()
         try:
             model = load_one(name, version, path, policy, runner_factory)
         except ModelLoadError as e:
             log.error("skipping model %s v%d (%s): %s", name, version, path, e)
+            refused.append(Refusal(name, version, str(e)))
             continue
-        loaded.append(model)
-        log.info("loaded model %s v%d provider=%s test_accuracy=%.4f input_side=%d file=%s "
-                 "(%.2fs with warm-up)", name, version, model.provider, model.spec.test_accuracy,
-                 model.spec.input_side, path, time.perf_counter() - started)
+        _log_loaded(model, time.perf_counter() - started)
+        if version != candidates[0][0]:
+            log.warning("serving %s v%d instead of v%d: the newer version(s) cannot be served "
+                        "(reasons above)", name, version, candidates[0][0])
+        return model
+    if len(candidates) > 1:
+        log.error("no version of %s could be served (tried %s)", name,
+                  ", ".join(str(v) for v, _ in candidates))
+    return None
+
+
+def _log_loaded(model: LoadedModel, seconds: float) -> None:
+    spec = model.spec
+    verified = ("not verified (no fmnist.probe: exported before probes)"
+                if spec.probe_max_abs_diff is None else
+                f"probe max|Δ|={spec.probe_max_abs_diff:.3g} (tolerance {mc.PROBE_TOLERANCE:g})")
+    log.info("loaded model %s v%d provider=%s test_accuracy=%.4f input_side=%d %s file=%s "
+             "(%.2fs with warm-up)", spec.name, spec.version, model.provider, spec.test_accuracy,
+             spec.input_side, verified, spec.path, seconds)
+
+
+def load_models(models_dir: str | Path, policy: ProviderPolicy,
+                wanted: dict[str, set[int]] | None = None,
+                runner_factory: RunnerFactory | None = None,
+                refused: list[Refusal] | None = None) -> list[LoadedModel]:
+    """Load, warm up and verify every picked model; skip (with one log line) those that cannot be
+    served, appending each version found but not served to `refused` when it is given."""
+    runner_factory = runner_factory or (lambda path, providers: OnnxRunner(path, providers))
+    refused = [] if refused is None else refused
+    found = scan(models_dir, refused)
+    if not found:
+        log.warning("no models found in %s (expected <name>/<version>/%s)", models_dir,
+                    mc.MODEL_FILE)
+    loaded = []
+    for name, candidates in pick_versions(found, wanted):
+        model = load_newest(name, candidates, policy, runner_factory, refused)
+        if model is not None:
+            loaded.append(model)
     if policy.device == "cuda" and not loaded:
         log.warning("--device cuda: no model was loaded, so no session could confirm that the CUDA "
                     "provider is active")

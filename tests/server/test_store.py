@@ -1,9 +1,11 @@
 """server/store.py and server/providers.py: scanning, version picking, metadata, skipping bad files,
-and the execution-provider policy (real onnxruntime on this CPU-only machine; CUDA-active paths
-with a fake runner, since no GPU is here)."""
+falling back to an older version, and the execution-provider policy (real onnxruntime; on a host
+without a usable GPU the CUDA-active paths use a fake runner, and the tests that need CUDA to be
+absent skip on a host where it is usable)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -12,11 +14,19 @@ import numpy as np
 import onnx
 import pytest
 
+import onnxruntime as ort
+
 from server.errors import ModelLoadError, StartupError, Unavailable
-from server.providers import CPU, CUDA, ProviderPolicy
+from server.providers import CPU, CUDA, ProviderPolicy, cuda_driver_present
 from server.runner import OnnxRunner
-from server.store import load_models, parse_metadata, parse_version_flags, pick_versions, scan
+from server.store import (Refusal, load_models, parse_metadata, parse_version_flags, pick_versions,
+                          scan)
 from tests.server.fakes import FakeRunner, metadata
+
+CUDA_USABLE = CUDA in ort.get_available_providers() and cuda_driver_present()
+needs_no_gpu = pytest.mark.skipif(CUDA_USABLE, reason="a CUDA provider and an NVIDIA driver are "
+                                  "here, so a real session comes up on CUDA: this test shows the "
+                                  "path without one")
 
 
 def make_tree(root: Path, layout: dict[str, list[str]]) -> Path:
@@ -27,28 +37,42 @@ def make_tree(root: Path, layout: dict[str, list[str]]) -> Path:
     return root
 
 
-def test_scan_takes_integer_version_folders_only(tmp_path, caplog):
-    make_tree(tmp_path, {"a": ["1", "2", "10", "tmp-11", "0", "x"], ".hidden": ["1"]})
+def test_scan_takes_canonical_version_folders_only_and_says_once_what_it_ignored(tmp_path, caplog):
+    """"03" would shadow "3" (whichever iterdir lists last), "4\n" would be version 4, and a 19-digit
+    name does not fit the int64 that ListModels sends: none of them is a version."""
+    too_big = "1" + "0" * 18
+    make_tree(tmp_path, {"a": ["1", "2", "3", "03", "4\n", "10", too_big, "tmp-11", "0", "x"],
+                         ".hidden": ["1"]})
+    (tmp_path / "a" / ".4.abc.tmp").mkdir()  # the exporter's folder before its rename: silent
     (tmp_path / "b" / "3").mkdir(parents=True)  # no model.onnx inside
     with caplog.at_level(logging.WARNING):
         found = scan(tmp_path)
-    assert {name: sorted(v) for name, v in found.items()} == {"a": [1, 2, 10]}
-    assert "no model.onnx inside" in caplog.text
+    assert {name: sorted(v) for name, v in found.items()} == {"a": [1, 2, 3, 10]}
+    assert found["a"][3].parent.name == "3"
+    [line] = [r.getMessage() for r in caplog.records]
+    for shown in ("a/03", "a/4\\n", f"a/{too_big}", "a/tmp-11", "a/0", "a/x", "b/3",
+                  "no model.onnx inside"):
+        assert shown in line, line
+    assert ".hidden" not in line and ".tmp" not in line
     assert scan(tmp_path / "missing") == {}
 
 
 def test_pick_newest_or_the_named_versions(tmp_path):
     found = scan(make_tree(tmp_path, {"a": ["1", "2", "10"], "b": ["4"]}))
-    assert [(n, v) for n, v, _ in pick_versions(found)] == [("a", 10), ("b", 4)]
+    def versions(picked):
+        return [(name, [v for v, _ in candidates]) for name, candidates in picked]
+
+    assert versions(pick_versions(found)) == [("a", [10, 2, 1]), ("b", [4])]  # newest first
     wanted = parse_version_flags(["a=2", "a=1"])
-    assert [(n, v) for n, v, _ in pick_versions(found, wanted)] == [("a", 1), ("a", 2), ("b", 4)]
+    assert versions(pick_versions(found, wanted)) == [("a", [1]), ("a", [2]), ("b", [4])]
     with pytest.raises(StartupError, match=r"a=3: no such version .* versions \[1, 2, 10\]"):
         pick_versions(found, {"a": {3}})
     with pytest.raises(StartupError, match="names zzz, not in the models folder"):
         pick_versions(found, {"zzz": {1}})
 
 
-@pytest.mark.parametrize("flag", ["a", "a=", "=2", "a=x", "a=0", "a=-1"])
+@pytest.mark.parametrize("flag", ["a", "a=", "=2", "a=x", "a=0", "a=-1", "a=03", "a=+3", "a=3\n",
+                                  "a=" + "9" * 19])
 def test_bad_version_flags(flag):
     with pytest.raises(ValueError, match="NAME=VERSION"):
         parse_version_flags([flag])
@@ -57,8 +81,17 @@ def test_bad_version_flags(flag):
 @pytest.mark.parametrize("key,value,reason", [
     ("fmnist.labels", "not json", "not JSON"),
     ("fmnist.labels", '["a", "b"]', "list of 10"),
+    ("fmnist.labels", "[" * 1500, "RecursionError"),  # within the length bound, too deep for json
+    ("fmnist.labels", "[" * 100_000, "characters"),
+    ("fmnist.labels", json.dumps(["x" * 1000] * 10), "characters"),
+    ("fmnist.labels", json.dumps(["\ud800"] * 10), "UTF-8"),  # protobuf cannot send it
     ("fmnist.input_side", "big", "input_side"),
-    ("fmnist.input_side", "0", "positive"),
+    ("fmnist.input_side", "0", "1 to 2147483647"),
+    ("fmnist.input_side", "2147483648", "1 to 2147483647"),  # past ListModels' int32
+    ("fmnist.input_side", "2_8", "input_side"),
+    ("fmnist.test_images", "2147483648", "1 to 2147483647"),
+    ("fmnist.test_images", "-5", "test_images"),
+    ("fmnist.test_images", "9" * 5000, "test_images"),  # past int()'s digit limit
     ("fmnist.test_accuracy", "1.5", r"in \[0, 1\]"),
     ("fmnist.test_accuracy", "nan", r"in \[0, 1\]"),
     ("fmnist.arch", "other", "does not match its folder name"),
@@ -123,6 +156,7 @@ def test_wrong_input_contract_is_refused(models_dir, tmp_path):
         OnnxRunner(path, [CPU])
 
 
+@needs_no_gpu
 @pytest.mark.parametrize("driver", ["probed", "claimed present"])
 def test_real_auto_falls_back_to_cpu_once_with_one_log_line(models_dir, caplog, driver):
     """Without a driver the policy never asks for CUDA; told a driver is there (it is not), it
@@ -140,9 +174,16 @@ def test_real_auto_falls_back_to_cpu_once_with_one_log_line(models_dir, caplog, 
                    for r in caplog.records)
 
 
+@needs_no_gpu
 def test_real_cuda_request_fails_at_start_up(models_dir):
     with pytest.raises(StartupError, match="--device cuda: .*CUDAExecutionProvider"):
         load_models(models_dir, ProviderPolicy("cuda"))
+
+
+@pytest.mark.skipif(not CUDA_USABLE, reason="needs onnxruntime's CUDA provider and an NVIDIA driver")
+def test_real_cuda_is_active_on_a_gpu_host(models_dir):
+    loaded = load_models(models_dir, ProviderPolicy("cuda"))
+    assert len(loaded) == 2 and {m.provider for m in loaded} == {CUDA}
 
 
 def test_cuda_active_is_reported_and_warmed_up_mock(models_dir):
@@ -179,3 +220,74 @@ def test_a_closed_runner_refuses_to_run(models_dir):
     runner.close()
     with pytest.raises(Unavailable, match="shutting down"):
         runner.run(np.zeros((1, 1, 28, 28), np.uint8))
+
+
+def fake_factory(path, providers):
+    return FakeRunner(path.parent.parent.name)
+
+
+def test_symlinks_out_of_the_models_folder_are_refused(tmp_path, caplog):
+    """A version folder, a model folder or a model.onnx that resolves outside the models folder is
+    not served; a link that stays inside it is."""
+    outside = make_tree(tmp_path / "elsewhere", {"x": ["1"]}) / "x"
+    root = make_tree(tmp_path / "models", {"inside": ["1"], "linkfile": ["1"]})
+    (root / "linkversion").mkdir()
+    (root / "linkversion" / "1").symlink_to(outside / "1")
+    (root / "linkmodel").symlink_to(outside)
+    (root / "linkfile" / "1" / "model.onnx").unlink()
+    (root / "linkfile" / "1" / "model.onnx").symlink_to(outside / "1" / "model.onnx")
+    (root / "inside" / "2").symlink_to(root / "inside" / "1")
+    refused: list[Refusal] = []
+    with caplog.at_level(logging.WARNING):
+        loaded = load_models(root, ProviderPolicy("cpu"), runner_factory=fake_factory,
+                             refused=refused)
+    assert [(m.spec.name, m.spec.version) for m in loaded] == [("inside", 2)]
+    assert sorted((r.name, r.version) for r in refused) == [("linkfile", 1), ("linkversion", 1)]
+    assert all("outside the models folder" in r.reason for r in refused)
+    for shown in ("linkmodel", "linkversion/1", "linkfile/1", "outside the models folder"):
+        assert shown in caplog.text
+
+
+def test_a_broken_newest_version_falls_back_to_the_next_older_one(models_dir, tmp_path, caplog):
+    root = tmp_path / "models"
+    copy_model(models_dir, root, "m", version=1)
+    copy_model(models_dir, root, "m", version=2, edit=drop_key("fmnist.labels"))
+    (root / "m" / "3").mkdir()
+    (root / "m" / "3" / "model.onnx").write_bytes(b"not onnx")
+    refused: list[Refusal] = []
+    with caplog.at_level(logging.INFO):
+        loaded = load_models(root, ProviderPolicy("cpu"), refused=refused)
+    assert [(m.spec.name, m.spec.version) for m in loaded] == [("m", 1)]
+    assert [(r.name, r.version) for r in refused] == [("m", 3), ("m", 2)]
+    assert "onnxruntime cannot load it" in refused[0].reason
+    assert "missing metadata fmnist.labels" in refused[1].reason
+    assert "skipping model m v3" in caplog.text and "skipping model m v2" in caplog.text
+    assert "serving m v1 instead of v3" in caplog.text
+
+
+def test_a_version_named_by_flag_that_fails_is_not_replaced(models_dir, tmp_path, caplog):
+    """--model-version asked for that version: serving another one would be a surprise."""
+    root = tmp_path / "models"
+    copy_model(models_dir, root, "m", version=1)
+    copy_model(models_dir, root, "m", version=2, edit=drop_key("fmnist.labels"))
+    refused: list[Refusal] = []
+    with caplog.at_level(logging.INFO):
+        assert load_models(root, ProviderPolicy("cpu"), {"m": {2}}, refused=refused) == []
+    assert [(r.name, r.version) for r in refused] == [("m", 2)]
+    assert "loaded model" not in caplog.text
+
+
+def test_every_version_failing_leaves_the_model_out_and_the_rest_served(tmp_path, caplog):
+    root = make_tree(tmp_path, {"a": ["1", "2"], "b": ["1"]})
+
+    def factory(path, providers):
+        if path.parent.parent.name == "a":
+            raise ModelLoadError("broken")
+        return fake_factory(path, providers)
+
+    refused: list[Refusal] = []
+    with caplog.at_level(logging.INFO):
+        loaded = load_models(root, ProviderPolicy("cpu"), runner_factory=factory, refused=refused)
+    assert [m.spec.name for m in loaded] == ["b"]
+    assert refused == [Refusal("a", 2, "broken"), Refusal("a", 1, "broken")]
+    assert "no version of a could be served" in caplog.text
