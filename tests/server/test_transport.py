@@ -1,0 +1,88 @@
+"""Idle and slow streams against a real server: they hold no worker and cannot starve real calls."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+import pytest
+from fmnist.v1 import classifier_pb2 as pb
+from fmnist.v1 import classifier_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server.app import create_server
+from server.transport import Transport
+from tests.server.fakes import fake_model
+
+CLASSIFY = "/fmnist.v1.Classifier/Classify"
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # a channel of its own, not a shared one
+
+
+def open_idle_streams(channel: grpc.Channel, n: int, release: threading.Event) -> list:
+    """`n` Classify calls that send their headers and then nothing (the request iterator blocks
+    until `release`), as a slow or malicious client does."""
+    call = channel.stream_unary(CLASSIFY, request_serializer=pb.ClassifyRequest.SerializeToString,
+                                response_deserializer=pb.ClassifyResponse.FromString)
+
+    def never():
+        release.wait()
+        return
+        yield  # a generator that ends without yielding once released
+
+    return [call.future(never(), timeout=60) for _ in range(n)]
+
+
+@pytest.fixture
+def server_with(request):
+    servers = []
+
+    def start(transport=Transport()):
+        srv, port = create_server(models=[fake_model("a")], port=0, transport=transport)
+        srv.start()
+        servers.append(srv)
+        return port
+
+    yield start
+    for srv in servers:
+        srv.stop(0)
+
+
+def test_200_idle_streams_do_not_starve_health_listmodels_or_classify(server_with):
+    port = server_with(Transport(request_read_timeout_seconds=60))
+    release = threading.Event()
+    attackers = [grpc.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION)
+                 for _ in range(4)]
+    idle = [f for ch in attackers for f in open_idle_streams(ch, 50, release)]
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION) as victim:
+            grpc.channel_ready_future(victim).result(timeout=10)
+            health = health_pb2_grpc.HealthStub(victim).Check(
+                health_pb2.HealthCheckRequest(), timeout=2)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            stub = pb_grpc.ClassifierStub(victim)
+            assert [m.name for m in stub.ListModels(pb.ListModelsRequest(), timeout=2).models] == ["a"]
+            for v in range(20):
+                response = stub.Classify(pb.ClassifyRequest(
+                    model="a", images=[pb.Image(raw=bytes([v]) * 784)]), timeout=2)
+                assert response.classifications[0].predictions[0].class_id == v % 10
+        assert not any(f.done() for f in idle)  # the attack was still going on throughout
+    finally:
+        release.set()
+        for f in idle:
+            f.cancel()
+        for ch in attackers:
+            ch.close()
+
+
+def test_a_stream_that_never_sends_its_request_is_closed_after_the_read_timeout(server_with):
+    port = server_with(Transport(request_read_timeout_seconds=0.5))
+    release = threading.Event()
+    with grpc.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION) as channel:
+        (idle,) = open_idle_streams(channel, 1, release)
+        try:
+            with pytest.raises(grpc.RpcError) as e:
+                idle.result(timeout=20)
+            assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "did not arrive within 0.5 s" in e.value.details()
+        finally:
+            release.set()
