@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image, ImageOps
 
 from client.predict import ClientError, ImageFile, batches, collect_files
 from tests.serving_fixtures import REPO, SAMPLES
@@ -63,10 +64,27 @@ def test_json_for_a_folder_is_sorted_batched_and_uses_the_most_accurate_model(ad
         assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1, abs=1e-4)
 
 
-@pytest.mark.parametrize("invert", ["auto", "always", "never"])
-def test_invert_choices(address, invert):
-    out = predict(str(SAMPLES / "coat.png"), "--invert", invert, "--json", "--server", address)
-    assert out.returncode == 0 and len(json.loads(out.stdout)["results"]) == 1
+def test_invert_reaches_the_server(address, tmp_path):
+    """coat.png is the dataset's light-on-dark; its negative is dark-on-light. Inverting the
+    negative gives back coat.png's exact pixels, so equal answers mean equal inputs: `auto` flips
+    only the negative, `always` both, `never` neither. A client that sent one inversion whatever
+    --invert said would break at least one of these equalities or differences."""
+    dark = SAMPLES / "coat.png"
+    light = tmp_path / "coat_negative.png"
+    ImageOps.invert(Image.open(dark).convert("L")).save(light)
+
+    def answers(invert: str) -> tuple[list, list]:
+        out = predict(str(dark), str(light), "--invert", invert, "--model", "lenet_bn",
+                      "--top-k", "10", "--json", "--server", address)
+        assert out.returncode == 0, out.stderr
+        by_file = {Path(r["file"]).name: r["predictions"] for r in json.loads(out.stdout)["results"]}
+        return by_file[dark.name], by_file[light.name]
+
+    auto, always, never = answers("auto"), answers("always"), answers("never")
+    original = never[0]
+    assert auto == (original, original)
+    assert always[1] == original and always[0] != original
+    assert never[1] != original
 
 
 def test_list(address):

@@ -19,6 +19,7 @@ from fmnist.v1 import classifier_pb2_grpc as pb_grpc
 from PIL import Image
 
 from tests.server.images import encode
+from tests.server.test_store import needs_no_gpu
 from tests.serving_fixtures import REPO
 
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
@@ -140,8 +141,9 @@ def test_sigint_on_an_idle_server_exits_0(tmp_path):
     assert "no models found" in server.log and "Traceback" not in server.log
 
 
+@needs_no_gpu
 def test_device_cuda_without_a_gpu_fails_at_start_up(models_dir):
-    """Real, no mock: this machine has no GPU, so the CUDA provider cannot be active."""
+    """Real, no mock: without a usable GPU the CUDA provider cannot be active."""
     server = ServerProcess("--models-dir", str(models_dir), "--port", "0", "--device", "cuda")
     assert server.wait(120) == 1
     assert "cannot start: --device cuda:" in server.log
