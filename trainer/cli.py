@@ -21,7 +21,7 @@ import torch
 
 from trainer import data as fmnist
 from trainer import models
-from trainer.device import (PRECISIONS, World, init_world, resolve_device, resolve_precision)
+from trainer.device import PRECISIONS, init_world, resolve_device, resolve_precision
 from trainer.metrics import format_table
 from trainer.run import TrainConfig, train
 
@@ -110,9 +110,6 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if world.is_main else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     precision = resolve_precision(args.precision, device)
-    if args.batch_size is not None and args.batch_size % world.size:
-        raise ValueError(f"--batch-size {args.batch_size} does not split over {world.size} "
-                         f"processes")
     ds = fmnist.load(args.data_dir)
     log.info("Fashion-MNIST from %s: %d train, %d test images; device %s, %s, %d process(es)",
              ds.source, len(ds.train_labels), len(ds.test_labels), device, precision, world.size)

@@ -88,19 +88,37 @@ def init_world(device: torch.device) -> World:
     return World(dist.get_rank(), dist.get_world_size())
 
 
+def group_device() -> torch.device:
+    """Where the process group's collectives run: nccl takes CUDA tensors only, gloo CPU ones."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def all_reduce_sum(world: World, *values: torch.Tensor) -> list[torch.Tensor]:
-    """Sum tensors over ranks (in one call); identity in a single process."""
+    """Sum tensors (on any devices) over ranks in one call, as float64 CPU values; identity in a
+    single process."""
     if not world.distributed:
         return list(values)
-    flat = torch.stack([v.detach().to(torch.float64) for v in values])
+    on = group_device()
+    flat = torch.stack([v.detach().to(on, torch.float64) for v in values])
     dist.all_reduce(flat)
-    return list(flat.unbind())
+    return list(flat.cpu().unbind())
 
 
-def broadcast_flag(world: World, flag: bool, device: torch.device) -> bool:
+def all_gather(world: World, obj):
+    """Every rank's `obj` (picklable), in rank order; [obj] in a single process."""
+    if not world.distributed:
+        return [obj]
+    out = [None] * world.size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_flag(world: World, flag: bool) -> bool:
     """Rank 0's decision for everyone, so all ranks stop at the same step."""
     if not world.distributed:
         return flag
-    t = torch.tensor([int(flag)], device=device)
+    t = torch.tensor([int(flag)], device=group_device())
     dist.broadcast(t, src=0)
     return bool(t.item())

@@ -24,7 +24,8 @@ from tqdm import tqdm
 from trainer import checkpoint, models
 from trainer.augment import shift_and_flip
 from trainer.data import FashionMNIST
-from trainer.device import World, all_reduce_sum, broadcast_flag
+from trainer.device import World, all_gather, all_reduce_sum, broadcast_flag
+from trainer.errors import UsageError
 from trainer.loop import batch_slice, epoch_permutation, evaluate, train_step, xavier_init
 from trainer.metrics import append_jsonl, plot_curves, runs_dir
 from trainer.models import Recipe
@@ -113,8 +114,14 @@ def lr_factor(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
+def rng_state(device: torch.device) -> dict:
+    """This process's random state: the CPU generator and, on a GPU, its device's generator."""
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
 def _checkpoint_dict(cfg: TrainConfig, net: nn.Module, optimizer, scheduler, scaler,
-                     progress: Progress, world: World) -> dict:
+                     progress: Progress, world: World, rng: list[dict]) -> dict:
     return {
         "format": checkpoint.FORMAT,
         "arch": cfg.arch,
@@ -133,8 +140,7 @@ def _checkpoint_dict(cfg: TrainConfig, net: nn.Module, optimizer, scheduler, sca
         "recipe_name": cfg.recipe_name,
         "recipe": cfg.recipe.as_dict(),
         "seed": cfg.seed,
-        "rng": {"torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if cfg.device.type == "cuda" else []},
+        "rng": rng,  # one rng_state() per rank, in rank order
         "config": {"limit_train": cfg.limit_train, "precision": cfg.precision,
                    "channels_last": cfg.channels_last, "world_size": world.size,
                    "device": cfg.device.type},
@@ -142,7 +148,8 @@ def _checkpoint_dict(cfg: TrainConfig, net: nn.Module, optimizer, scheduler, sca
     }
 
 
-def _restore(ckpt: dict, net: nn.Module, optimizer, scheduler, scaler) -> Progress:
+def _restore(ckpt: dict, net: nn.Module, optimizer, scheduler, scaler, world: World,
+             device: torch.device) -> Progress:
     """Continue from a checkpoint loaded to the CPU: load_state_dict copies model and optimizer
     state to the parameters' device, and torch.set_rng_state accepts only a CPU tensor."""
     net.load_state_dict(ckpt["model"])
@@ -150,10 +157,30 @@ def _restore(ckpt: dict, net: nn.Module, optimizer, scheduler, scaler) -> Progre
     scheduler.load_state_dict(ckpt["scheduler"])
     if scaler is not None and ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    if ckpt["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    _restore_rng(ckpt["rng"], world, device)
     return Progress(**ckpt["progress"], metrics=list(ckpt["metrics"]))
+
+
+def _restore_rng(states: list[dict], world: World, device: torch.device) -> None:
+    """Each rank continues its own random stream (dropout, augmentation). With another number of
+    processes than wrote last.pt the batches split differently anyway: the streams stay seeded
+    from (seed, rank) and the run goes on, not exactly as an uninterrupted one would."""
+    if len(states) != world.size:
+        log.warning("last.pt was written by %d process(es), this run has %d: it continues, but "
+                    "not exactly as an uninterrupted run would", len(states), world.size)
+        return
+    state = states[world.rank]
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _check_batch_split(cfg: TrainConfig, world: World) -> None:
+    """Each rank takes batch_size // world.size images of a global batch: a remainder would be
+    dropped at every step without a word."""
+    if cfg.recipe.batch_size % world.size:
+        raise UsageError(f"{cfg.arch}: global batch {cfg.recipe.batch_size} does not split over "
+                         f"{world.size} processes; give a --batch-size divisible by {world.size}")
 
 
 def _previous_best(path: Path) -> float:
@@ -193,6 +220,7 @@ def train(cfg: TrainConfig, data: FashionMNIST, world: World = World(),
           progress_bar: bool = True) -> dict:
     """Train `cfg.arch` on `data` (already on cfg.device); returns the run's summary row."""
     cfg, ckpt = resolve_resume(cfg)
+    _check_batch_split(cfg, world)
     recipe, device = cfg.recipe, cfg.device
     spec = models.get(cfg.arch)
     torch.manual_seed(cfg.seed)
@@ -212,7 +240,7 @@ def train(cfg: TrainConfig, data: FashionMNIST, world: World = World(),
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
     ckdir = checkpoint.checkpoint_dir(cfg.artifacts, cfg.arch)
     if ckpt is not None:
-        progress = _restore(ckpt, net, optimizer, scheduler, scaler)
+        progress = _restore(ckpt, net, optimizer, scheduler, scaler, world, device)
         log.info("%s: resuming at epoch %d, step %d", cfg.arch, progress.epoch, progress.step)
     else:
         progress = Progress(run_id=datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
@@ -223,9 +251,10 @@ def train(cfg: TrainConfig, data: FashionMNIST, world: World = World(),
 
     def save(evaluated: bool) -> None:
         nonlocal best_floor
+        rng = all_gather(world, rng_state(device))  # a collective: every rank takes part
         if not world.is_main:
             return
-        state = _checkpoint_dict(cfg, net, optimizer, scheduler, scaler, progress, world)
+        state = _checkpoint_dict(cfg, net, optimizer, scheduler, scaler, progress, world, rng)
         checkpoint.save_atomic(state, ckdir / "last.pt")
         if evaluated and progress.test_accuracy > best_floor:
             checkpoint.save_atomic(state, ckdir / "best.pt")
@@ -328,12 +357,12 @@ def _train_epoch(cfg, model, preprocess, optimizer, scheduler, scaler, data, n_t
         over_budget = (cfg.time_budget is not None
                        and time.perf_counter() - started >= cfg.time_budget)
         if world.distributed or stop.requested or over_budget:
-            halt = broadcast_flag(world, stop.requested or over_budget, device)
+            halt = broadcast_flag(world, stop.requested or over_budget)
             if halt:
                 reason = "interrupted" if stop.requested else "time budget"
                 break
     bar.close()
-    totals = all_reduce_sum(world, loss_sum.cpu(), correct.cpu(), torch.tensor(float(seen)))
+    totals = all_reduce_sum(world, loss_sum, correct, torch.tensor(float(seen)))
     seconds = time.perf_counter() - t0
     progress.epoch_loss += float(totals[0])
     progress.epoch_correct += float(totals[1])

@@ -1,15 +1,26 @@
 """Training runs on small real-format data: checkpoints, resume, time budget, best.pt policy."""
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.conftest import REPO
 from trainer import checkpoint, data, models
 from trainer.augment import shift_and_flip
+from trainer.device import World
+from trainer.errors import UsageError
 from trainer.run import TrainConfig, lr_factor, resolve_resume, train
+
+# Momentum, a schedule that changes every step and random augmentation: a resume that forgot the
+# optimizer's buffers, the schedule's position or the RNG state would train differently.
+RANDOM_RECIPE = replace(models.get("lenet_bn").recipes["d2l"], batch_size=64, epochs=2, lr=0.05,
+                        momentum=0.9, nesterov=True, schedule="cosine", augment=True)
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +130,37 @@ def test_resume_on_cuda_loads_last_pt_to_the_cpu(tmp_path, small_data):
     train(config(tmp_path, time_budget=0.0), small_data, progress_bar=False)
     cfg, ckpt = resolve_resume(config(tmp_path, resume=True, device=torch.device("cuda")))
     assert cfg.device.type == "cuda"
-    tensors = [ckpt["model"][k] for k in ckpt["model"]] + [ckpt["rng"]["torch"]]
+    tensors = [ckpt["model"][k] for k in ckpt["model"]] + [ckpt["rng"][0]["torch"]]
     assert {t.device.type for t in tensors} == {"cpu"}
-    torch.set_rng_state(ckpt["rng"]["torch"])
+    torch.set_rng_state(ckpt["rng"][0]["torch"])
+
+
+def _torchrun(fmnist_dir: Path, artifacts: Path, *flags: str) -> None:
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node=2",
+         str(REPO / "tests/trainer/ddp_worker.py"), str(fmnist_dir), str(artifacts), *flags],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+        timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_two_rank_resume_restores_each_ranks_random_stream(tmp_path, fmnist_dir):
+    """Two gloo ranks augment their halves of each batch with their own random streams; stopped
+    after one step and resumed, they end with the weights of a run never stopped. Restoring rank
+    0's stream on both ranks (the bug) makes rank 1 augment differently."""
+    _torchrun(fmnist_dir, tmp_path / "whole")
+    _torchrun(fmnist_dir, tmp_path / "parts", "--stop")
+    _torchrun(fmnist_dir, tmp_path / "parts", "--resume")
+    a = checkpoint.load(tmp_path / "whole/checkpoints/lenet_bn/last.pt")
+    b = checkpoint.load(tmp_path / "parts/checkpoints/lenet_bn/last.pt")
+    assert a["step"] == b["step"] == 16
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+
+
+def test_a_global_batch_that_does_not_split_over_the_ranks_is_refused(tmp_path, small_data):
+    """64 images over 3 ranks would silently drop one image per step. Refused before any
+    collective runs, so no process group is needed."""
+    with pytest.raises(UsageError, match="global batch 64 does not split over 3 processes"):
+        train(config(tmp_path), small_data, World(0, 3), progress_bar=False)
