@@ -5,15 +5,17 @@ with PIL `Resize` + `ToTensor` per image in a DataLoader, fp32, a host sync per 
 metrics. Ours: the uint8 dataset on the device, batches by indexing, preprocessing as one batched
 op, bf16 autocast where the CPU has it, channels-last per architecture. A middle column, ours in
 fp32 without channels-last, separates what the data path buys from what bf16 and the memory
-format buy.
+format buy. The figures are printed and written to <artifacts>/bench/train.json (bench/results.py),
+where `make report` finds them.
 
-    python -m bench.train [--models resnet18 alexnet] [--steps 6] [--workers 2]
+    python -m bench.train [--models resnet18 alexnet] [--steps 6] [--workers 2] [--artifacts DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import os
 import shutil
 import tempfile
 import time
@@ -22,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bench import results
 from trainer import data as fmnist
 from trainer import models
 from trainer.device import resolve_precision
@@ -41,6 +44,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2,
                    help="DataLoader workers for the seeds' loop (the seeds use 0 to 4; default 2)")
     p.add_argument("--data-dir", type=Path, help="Fashion-MNIST folder (default: as the trainer)")
+    p.add_argument("--artifacts", type=Path, default=Path(os.environ.get("ARTIFACTS", "artifacts")),
+                   help="the result goes to its bench/train.json (default: $ARTIFACTS or artifacts)")
     return p
 
 
@@ -136,13 +141,20 @@ def main(args: argparse.Namespace) -> None:
             ours32 = our_loop(arch, ds, args.steps, "fp32")
             print(f"{arch}: ours, {precision} ...", flush=True)
             ours = our_loop(arch, ds, args.steps, precision)
-            rows.append({"arch": arch, "batch": batch, "seeds": seeds, "ours32": ours32,
-                         "ours": ours, "ratio32": ours32 / seeds, "ratio": ours / seeds})
+            rows.append({"arch": arch, "batch": batch, "precision": precision,
+                         "seeds_examples_per_s": seeds, "ours_fp32_examples_per_s": ours32,
+                         "ours_examples_per_s": ours, "speedup_fp32": ours32 / seeds,
+                         "speedup": ours / seeds})
     print()
     print(format_table(rows, [("arch", "arch", ""), ("batch", "batch", "d"),
-                              ("seeds", "seeds ex/s", ".1f"), ("ours32", "ours fp32 NCHW ex/s", ".1f"),
-                              ("ours", f"ours {precision} ex/s", ".1f"),
-                              ("ratio32", "fp32 ratio", ".2f"), ("ratio", "ratio", ".2f")]))
+                              ("seeds_examples_per_s", "seeds ex/s", ".1f"),
+                              ("ours_fp32_examples_per_s", "ours fp32 NCHW ex/s", ".1f"),
+                              ("ours_examples_per_s", f"ours {precision} ex/s", ".1f"),
+                              ("speedup_fp32", "fp32 ratio", ".2f"), ("speedup", "ratio", ".2f")]))
+    path = results.write("train", {"steps": args.steps, "workers": args.workers,
+                                   "threads": torch.get_num_threads(), "data": ds.source,
+                                   "rows": rows}, args.artifacts)
+    print(f"written: {path}")
 
 
 if __name__ == "__main__":
