@@ -42,7 +42,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="d2l: the seeds' SGD at a constant rate (default); improved: Nesterov "
                         "momentum, cosine schedule, weight decay, label smoothing, shift/flip "
                         "augmentation")
-    p.add_argument("--epochs", type=int, help="epochs (default: the recipe's, 10)")
+    p.add_argument("--epochs", type=int,
+                   help="epochs (default: the recipe's, 10; with --resume, the resumed run's)")
     p.add_argument("--lr", type=float, help="learning rate (default: the recipe's, per arch)")
     p.add_argument("--batch-size", type=int,
                    help="global batch size, split over torchrun's processes (default: per arch)")
@@ -92,13 +93,13 @@ def _config(args, arch: str, device: torch.device, precision: str) -> TrainConfi
     spec = models.get(arch)
     recipe = spec.recipes[args.recipe]
     channels_last = spec.channels_last if args.channels_last is None else args.channels_last
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr),
-                                   ("batch_size", args.batch_size)) if v is not None}
+    overrides = {k: v for k, v in (("lr", args.lr), ("batch_size", args.batch_size))
+                 if v is not None}
     return TrainConfig(arch=arch, recipe_name=args.recipe, recipe=replace(recipe, **overrides),
                        device=device, precision=precision, channels_last=channels_last,
                        seed=args.seed, artifacts=args.artifacts, limit_train=args.limit_train,
                        time_budget=args.time_budget, resume=args.resume,
-                       eval_batch_size=args.eval_batch_size)
+                       eval_batch_size=args.eval_batch_size, epochs=args.epochs)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ import math
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -48,6 +48,7 @@ class TrainConfig:
     time_budget: float | None = None
     resume: bool = False
     eval_batch_size: int = 500
+    epochs: int | None = None  # --epochs; None keeps the recipe's or, on resume, last.pt's
 
 
 @dataclass
@@ -165,6 +166,8 @@ def _restore_rng(states: list[dict], world: World, device: torch.device) -> None
     """Each rank continues its own random stream (dropout, augmentation). With another number of
     processes than wrote last.pt the batches split differently anyway: the streams stay seeded
     from (seed, rank) and the run goes on, not exactly as an uninterrupted one would."""
+    if isinstance(states, dict):  # written before per-rank states: rank 0's alone, every GPU's
+        states = [{"torch": states["torch"], "cuda": (states["cuda"] or [None])[0]}]
     if len(states) != world.size:
         log.warning("last.pt was written by %d process(es), this run has %d: it continues, but "
                     "not exactly as an uninterrupted run would", len(states), world.size)
@@ -196,24 +199,35 @@ def _previous_best(path: Path) -> float:
 
 
 def resolve_resume(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
-    """With --resume, the run continues last.pt's recipe and data limit (only --epochs may
-    extend it); the checkpoint's values win so the batch order stays the same."""
+    """The config to train with, and last.pt when the run continues it. On resume, last.pt's
+    recipe (its epochs included), data limit and seed win, so the batch order and the LR
+    schedule stay those of the run being continued; only --epochs, when given, changes the
+    length (and with it the schedule's end)."""
+    ckpt = _checkpoint_to_resume(cfg)
+    if ckpt is not None:
+        cfg = replace(cfg, recipe=Recipe(**ckpt["recipe"]), recipe_name=ckpt["recipe_name"],
+                      limit_train=ckpt["config"]["limit_train"], seed=ckpt["seed"])
+    if cfg.epochs is not None:
+        cfg = replace(cfg, recipe=replace(cfg.recipe, epochs=cfg.epochs))
+    return cfg, ckpt
+
+
+def _checkpoint_to_resume(cfg: TrainConfig) -> dict | None:
+    """last.pt (loaded to the CPU: the RNG state must stay there, see _restore) with --resume;
+    None for a fresh run."""
     last = checkpoint.checkpoint_dir(cfg.artifacts, cfg.arch) / "last.pt"
     if not cfg.resume:
         if last.exists():
             log.info("%s: starting a fresh run; %s will be replaced (--resume continues it)",
                      cfg.arch, last)
-        return cfg, None
+        return None
     if not last.exists():
         log.info("%s: --resume, but no %s yet: starting fresh", cfg.arch, last)
-        return cfg, None
-    ckpt = checkpoint.load(last)  # to the CPU: the RNG state must stay there (see _restore)
+        return None
+    ckpt = checkpoint.load(last)
     if ckpt["arch"] != cfg.arch:
         raise ValueError(f"{last} holds {ckpt['arch']!r}, not {cfg.arch!r}")
-    recipe = Recipe(**{**ckpt["recipe"], "epochs": cfg.recipe.epochs})
-    cfg = TrainConfig(**{**cfg.__dict__, "recipe": recipe, "recipe_name": ckpt["recipe_name"],
-                         "limit_train": ckpt["config"]["limit_train"], "seed": ckpt["seed"]})
-    return cfg, ckpt
+    return ckpt
 
 
 def train(cfg: TrainConfig, data: FashionMNIST, world: World = World(),

@@ -11,6 +11,7 @@ import torch
 
 from tests.conftest import REPO
 from trainer import checkpoint, models
+from trainer.cli import get_args_parser, main
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
@@ -88,3 +89,20 @@ def test_ctrl_c_saves_last_pt_and_resume_continues(tmp_path, fmnist_dir):
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming at epoch {last['epoch']}, step {last['step']}" in resumed.stderr
     assert checkpoint.load(tmp_path / "checkpoints/lenet_bn/last.pt")["epoch"] == last["epoch"] + 1
+
+
+def test_resume_keeps_the_checkpoints_epochs_unless_epochs_is_given(tmp_path, fmnist_dir):
+    """A run asked for 2 epochs and stopped after one step; --resume without --epochs finishes
+    those 2 (not the recipe's 10, which would also stretch its LR schedule mid-run); --epochs 3
+    then extends it."""
+    base = ["--models", "lenet", "--limit-train", "512", "--data-dir", str(fmnist_dir),
+            "--artifacts", str(tmp_path), "--device", "cpu", "--no-progress"]
+    assert main(get_args_parser().parse_args([*base, "--epochs", "2", "--time-budget", "0"])) == 0
+    last = tmp_path / "checkpoints/lenet/last.pt"
+    assert checkpoint.load(last)["step"] == 1
+    assert main(get_args_parser().parse_args([*base, "--resume"])) == 0
+    ck = checkpoint.load(last)
+    assert (ck["recipe"]["epochs"], ck["epoch"], ck["step"]) == (2, 2, 4)
+    assert main(get_args_parser().parse_args([*base, "--resume", "--epochs", "3"])) == 0
+    ck = checkpoint.load(last)
+    assert (ck["recipe"]["epochs"], ck["epoch"], ck["step"]) == (3, 3, 6)

@@ -82,8 +82,7 @@ def test_resume_continues_exactly(tmp_path, small_data):
 def test_resume_can_extend_the_epochs(tmp_path, small_data):
     train(config(tmp_path, recipe=replace(config(tmp_path).recipe, epochs=1)), small_data,
           progress_bar=False)
-    row = train(config(tmp_path, resume=True, recipe=replace(config(tmp_path).recipe, epochs=2)),
-                small_data, progress_bar=False)
+    row = train(config(tmp_path, resume=True, epochs=2), small_data, progress_bar=False)
     assert row["epochs"] == 2
     assert checkpoint.load(tmp_path / "checkpoints/lenet_bn/last.pt")["step"] == 16
 
