@@ -172,21 +172,29 @@ def models_dict(listing: pb.ListModelsResponse) -> dict:
     return {"models": [{"name": m.name, "version": m.version, "input_side": m.input_side,
                         "test_accuracy": m.test_accuracy, "test_images": m.test_images,
                         "provider": m.provider,
+                        "probe_max_abs_diff": (m.probe_max_abs_diff
+                                               if m.HasField("probe_max_abs_diff") else None),
                         "labels": list(m.labels)} for m in listing.models],
+            "refused": [{"name": r.name, "version": r.version, "reason": r.reason}
+                        for r in listing.refused],
             "limits": {"max_images_per_request": listing.limits.max_images_per_request,
                        "max_image_pixels": listing.limits.max_image_pixels,
-                       "max_message_bytes": listing.limits.max_message_bytes}}
+                       "max_message_bytes": listing.limits.max_message_bytes,
+                       "max_request_pixels": listing.limits.max_request_pixels}}
 
 
 def format_models(listing: pb.ListModelsResponse) -> str:
+    refused = [f"not served: {r.name} v{r.version}: {r.reason}" for r in listing.refused]
     if not listing.models:
-        return "the server serves no models"
-    rows = [("model", "version", "accuracy", "on images", "input", "provider")] + [
+        return "\n".join(["the server serves no models", *refused])
+    rows = [("model", "version", "accuracy", "on images", "input", "provider", "probe |Δ|")] + [
         (m.name, str(m.version), f"{m.test_accuracy:.4f}", str(m.test_images or "?"),
-         str(m.input_side), m.provider)
+         str(m.input_side), m.provider,
+         f"{m.probe_max_abs_diff:.1e}" if m.HasField("probe_max_abs_diff") else "unverified")
         for m in listing.models]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    table = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(table + refused)
 
 
 # --- command line ----------------------------------------------------------------------------

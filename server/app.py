@@ -29,7 +29,7 @@ from server.core import Batching, Core, Limits
 from server.errors import StartupError
 from server.providers import ProviderPolicy
 from server.servicer import SERVICE_NAME, ClassifierServicer
-from server.store import LoadedModel, RunnerFactory, load_models
+from server.store import LoadedModel, Refusal, RunnerFactory, load_models
 from server.transport import Transport, grpc_options, service_handler
 
 log = logging.getLogger("server.app")
@@ -127,11 +127,12 @@ def create_server(models_dir: str | Path | None = None, *, host: str = "127.0.0.
     Raises StartupError when it cannot start as asked (--device cuda without CUDA, a missing
     --model-version, a port that cannot be bound).
     """
+    refused: list[Refusal] = []
     if models is None:
         if models_dir is None:
             raise ValueError("create_server needs models_dir or models")
-        models = load_models(models_dir, ProviderPolicy(device), versions, runner_factory)
-    core = Core(models, limits, batching)
+        models = load_models(models_dir, ProviderPolicy(device), versions, runner_factory, refused)
+    core = Core(models, limits, batching, refused)
     core.start()
     loop = _Loop()
     address = f"[{host}]" if ":" in host and not host.startswith("[") else host

@@ -158,8 +158,7 @@ class Batcher:
                         f"the deadline leaves {max(left, 0.0) * 1000:.1f} ms, and {self.name} "
                         f"needs at least {needed * 1000:.1f} ms for these {n} image(s) and the "
                         f"{ahead} ahead of them")
-            for start in range(0, n, self.policy.max_batch):
-                self._queue.append(_Piece(request, start, min(n, start + self.policy.max_batch)))
+            self._queue.append(_Piece(request, 0, n))  # _take cuts it at batch boundaries
             self._queued_images += n
             self._cond.notify()
         return Ticket(request)

@@ -35,7 +35,7 @@ from server.batcher import Batcher, BatchPolicy
 from server.budget import PixelBudget
 from server.errors import (Cancelled, DeadlineExceeded, DecodeError, InvalidImage, InvalidRequest,
                            ModelNotFound, Overloaded, Unavailable)
-from server.store import LoadedModel
+from server.store import LoadedModel, Refusal
 
 log = logging.getLogger("server.core")
 
@@ -96,14 +96,16 @@ class ModelView:
     test_accuracy: float
     provider: str
     test_images: int
+    probe_max_abs_diff: float | None  # None: the file has no probe (served unverified)
 
 
 class Core:
     """Holds the loaded models and their batchers; `classify` and `list_models` are the API."""
 
     def __init__(self, models: Sequence[LoadedModel], limits: Limits = Limits(),
-                 batching: Batching = Batching()):
+                 batching: Batching = Batching(), refused: Sequence[Refusal] = ()):
         self.limits = limits
+        self.refused = list(refused)  # found in the models folder but not served, and why
         self._models: dict[str, dict[int, LoadedModel]] = {}
         self._batchers: dict[tuple[str, int], Batcher] = {}
         for m in models:
@@ -132,7 +134,8 @@ class Core:
 
     def list_models(self) -> list[ModelView]:
         return [ModelView(m.spec.name, m.spec.version, m.spec.input_side, m.spec.labels,
-                          m.spec.test_accuracy, m.provider, m.spec.test_images)
+                          m.spec.test_accuracy, m.provider, m.spec.test_images,
+                          m.spec.probe_max_abs_diff)
                 for versions in self._models.values() for m in versions.values()]
 
     async def classify(self, model: str, version: int, images: Sequence[ImageData],

@@ -11,6 +11,7 @@ from fmnist.v1 import classifier_pb2 as pb
 
 from server.core import ClassifyResult, Core, ImageData, Limits, ModelView
 from server.errors import Cancelled, Overloaded, ServingError
+from server.store import Refusal
 
 log = logging.getLogger("server.servicer")
 
@@ -59,7 +60,7 @@ class ClassifierServicer:
 
     @map_errors
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
-        return list_models_response(self.core.list_models(), self.core.limits)
+        return list_models_response(self.core.list_models(), self.core.limits, self.core.refused)
 
 
 def deadline_of(context) -> float | None:
@@ -90,11 +91,15 @@ def classify_response(result: ClassifyResult) -> pb.ClassifyResponse:
             for p in predictions]) for predictions in result.classifications])
 
 
-def list_models_response(models: list[ModelView], limits: Limits) -> pb.ListModelsResponse:
+def list_models_response(models: list[ModelView], limits: Limits,
+                         refused: list[Refusal] = ()) -> pb.ListModelsResponse:
     return pb.ListModelsResponse(
         models=[pb.ModelInfo(name=m.name, version=m.version, input_side=m.input_side,
                              labels=list(m.labels), test_accuracy=m.test_accuracy,
-                             provider=m.provider, test_images=m.test_images) for m in models],
+                             provider=m.provider, test_images=m.test_images,
+                             probe_max_abs_diff=m.probe_max_abs_diff) for m in models],
+        refused=[pb.RefusedModel(name=r.name, version=r.version, reason=r.reason[:1000])
+                 for r in refused],
         limits=pb.Limits(max_images_per_request=limits.max_images_per_request,
                          max_image_pixels=limits.max_image_pixels,
                          max_message_bytes=limits.max_message_bytes,

@@ -91,14 +91,18 @@ def test_list(address):
     out = predict("--list", "--server", address)
     assert out.returncode == 0
     header, *rows = out.stdout.splitlines()
-    assert header.split() == ["model", "version", "accuracy", "on", "images", "input", "provider"]
+    assert header.split() == ["model", "version", "accuracy", "on", "images", "input", "provider",
+                              "probe", "|Δ|"]
     assert [row.split()[0] for row in rows] == ["lenet", "lenet_bn"]
     assert all(row.split()[3] == "256" for row in rows)  # the fixture's whole test set
-    assert all(row.split()[-1] == "CPUExecutionProvider" for row in rows)
+    assert all(row.split()[5] == "CPUExecutionProvider" for row in rows)
+    assert all(float(row.split()[6]) <= 1e-3 for row in rows)  # the exporter's probe, re-run here
     listing = json.loads(predict("--list", "--json", "--server", address).stdout)
     assert listing["limits"]["max_images_per_request"] == 4
     assert {m["test_images"] for m in listing["models"]} == {256}
     assert {m["name"] for m in listing["models"]} == {"lenet", "lenet_bn"}
+    assert all(0 <= m["probe_max_abs_diff"] <= 1e-3 for m in listing["models"])
+    assert listing["refused"] == []
 
 
 def test_server_down_is_one_line_and_exit_1():
