@@ -29,7 +29,7 @@ STUBS     := $(GEN)/.stamp
 model_flags = $(if $(MODELS),--models $(MODELS))
 
 .PHONY: help install install-serve dataset stubs demo test train export serve \
-        bench-train bench-export bench-serve clean
+        bench-train bench-export bench-serve report clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -89,6 +89,10 @@ bench-export: install  ## onnxruntime throughput: folded vs unfolded vs PyTorch 
 
 bench-serve: install  ## in-process onnxruntime against the gRPC server over loopback
 	$(PY) -m bench.serve $(model_flags)
+
+# TEST_IMAGES=N measures each model on the first N test images (default: all 10,000).
+report: install  ## static HTML report of $(ARTIFACTS) -> $(ARTIFACTS)/report/index.html
+	$(PY) -m reporting --artifacts $(ARTIFACTS) $(if $(TEST_IMAGES),--test-images $(TEST_IMAGES))
 
 clean:  ## remove generated stubs and caches (keeps the venv, data and artifacts)
 	rm -rf $(GEN) .pytest_cache

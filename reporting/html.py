@@ -17,14 +17,15 @@ from reporting.benchmarks import Bench
 from reporting.card import Card
 
 STYLE = """
-body { font: 14px/1.45 system-ui, sans-serif; color: #222; margin: 1.5em auto; max-width: 1180px;
+body { font: 14px/1.45 system-ui, sans-serif; color: #222; margin: 1.5em auto; max-width: 1240px;
        padding: 0 1em; }
 h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
 h3 { margin-bottom: 0.3em; }
 .meta, .note { color: #666; } .na { color: #a33; }
-table { border-collapse: collapse; margin: 0.6em 0; font-size: 13px; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 12.5px; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
-th { background: #f3f5f8; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f3f5f8; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr:nth-child(even) td { background: #fafbfc; }
 code { background: #f3f3f3; padding: 0 3px; border-radius: 3px; }
 img { max-width: 100%; border: 1px solid #eee; }
@@ -42,34 +43,38 @@ def page(title: str, body: str) -> str:
 
 def index(cards: list[Card], benches: list[Bench], plot: str | None, header: str,
           notes: list[str]) -> str:
-    summary = table(["arch", "input side", "parameters", "checkpoint acc (run log)",
-                     "ONNX acc (metadata)", "ONNX acc (this report)", "d2l floor",
-                     "BN folded / remaining", "max |Δ logits|", "top-1 agreement", "model size",
-                     "training time", "examples/s", "version"],
-                    [_summary_row(c) for c in cards])
+    floors = any(c.sources.floor is not None for c in cards)
+    headers = ["arch", "input side", "parameters", "checkpoint acc (run log)",
+               "ONNX acc (metadata)", "ONNX acc (this report)", *(["d2l floor"] if floors else []),
+               "BN folded / remaining", "max |Δ logits|", "top-1 agreement", "model size",
+               "training time", "examples/s", "version"]
+    floor_note = ("" if floors else " The d2l floor is not shown: trainer/models.py's registry "
+                  "does not record it (docs/DESIGN.md lists it by hand).")
     body = [f"<h1>fmnist-serve report</h1>\n<p class=meta>{header}</p>",
-            "<h2>Architectures</h2>", summary,
+            "<h2>Architectures</h2>", table(headers, [_summary_row(c, floors) for c in cards]),
             "<p class=note>Checkpoint accuracy: the best epoch's test accuracy in the run log of "
             "the run that wrote <code>best.pt</code>. ONNX accuracy (metadata): measured by the "
             "exporter on the number of test images shown. ONNX accuracy (this report): the served "
-            "<code>model.onnx</code> run with onnxruntime on this report's test images.</p>",
+            f"<code>model.onnx</code> run with onnxruntime on this report's test images.{floor_note}"
+            "</p>",
             "<h2>Benchmarks</h2>", benchmarks(benches, plot)]
     if notes:
         body += ["<h2>Notes</h2>", "<ul>" + "".join(f"<li>{text(n)}</li>" for n in notes) + "</ul>"]
     return page("fmnist-serve report", "\n".join(body))
 
 
-def _summary_row(card: Card) -> list[str]:
+def _summary_row(card: Card, floors: bool) -> list[str]:
     s, e, run, ev = card.sources, card.sources.export, card.sources.run, card.evaluation
     meta = e.metadata if e else {}
     folded, remaining = _bn(meta)
     parity = _parity(e)
+    floor = [num(acc(s.floor) if s.floor is not None else "—")] if floors else []
     return [f'<a href="{escape(card.arch)}.html">{escape(card.arch)}</a>',
-            num(_side(card)), num(_params(s.parameters)),
+            num(_side(card)), num(f"{s.parameters:,}" if s.parameters is not None else "—"),
             num(f"{acc(run.best['test_acc'])} (epoch {run.best['epoch']})" if run else "—"),
             num(_meta_accuracy(meta) if e else "—"),
             num(f"{acc(ev.accuracy)} on {ev.images:,}" if ev else "—"),
-            num(acc(s.floor) if s.floor is not None else "—"),
+            *floor,
             num(f"{len(folded)} / {len(remaining)}" if e else "—"),
             num(f"{parity['max_abs_diff']:.2g}" if parity else "—"),
             num(f"{parity['top1_agreement']:.2%}" if parity else "—"),
@@ -121,25 +126,35 @@ def card_page(card: Card, header: str) -> str:
 
 def _facts(card: Card) -> str:
     s, e, run = card.sources, card.sources.export, card.sources.run
-    rows = [["input side", num(_side(card))], ["parameters", num(_params(s.parameters))],
-            ["d2l floor", num(acc(s.floor)) if s.floor is not None else
+    rows = [["input side", _side(card)], ["parameters", _params(s.parameters)],
+            ["d2l floor", acc(s.floor) if s.floor is not None else
              "not in the registry (docs/DESIGN.md lists the d2l figures by hand)"]]
     if run:
         rows += [["run log", f"<code>{escape(str(run.path))}</code>"],
-                 ["epochs", num(f"{run.records[-1]['epoch_float']:g}")],
-                 ["training time", num(duration(run.train_seconds))],
-                 ["examples/s (whole run)", num(f"{run.examples_per_s:,.0f}")]]
+                 ["epochs", f"{run.records[-1]['epoch_float']:g}"],
+                 ["training time", duration(run.train_seconds)],
+                 ["examples/s (whole run)", f"{run.examples_per_s:,.0f}"]]
     else:
         rows.append(["run", na(s.run_note)])
     if e:
         rows += [["served model", f"<code>{escape(str(e.model))}</code> (version {e.version})"],
-                 ["model size", num(megabytes(e.model.stat().st_size))],
+                 ["model size", megabytes(e.model.stat().st_size)],
                  ["exported", escape(e.metadata.get(contract.EXPORTED_AT, "?"))],
                  ["source checkpoint sha256",
-                  f"<code>{escape(e.metadata.get(contract.SOURCE_SHA256, '?')[:16])}…</code>"]]
+                  f"<code>{escape(e.metadata.get(contract.SOURCE_SHA256, '?')[:16])}…</code>"
+                  + _stale(card)]]
     else:
         rows.append(["export", na(s.export_note)])
     return table(["", ""], rows, head=False)
+
+
+def _stale(card: Card) -> str:
+    """Say so when best.pt is no longer the checkpoint the served model came from."""
+    s, e = card.sources, card.sources.export
+    if s.best_sha256 is None or s.best_sha256 == e.metadata.get(contract.SOURCE_SHA256):
+        return ""
+    return warn(f"best.pt has changed since version {e.version} was exported: "
+                f"`make export MODELS={card.arch}` serves it")
 
 
 def _accuracies(card: Card) -> str:
@@ -149,10 +164,14 @@ def _accuracies(card: Card) -> str:
         best = run.best
         rows.append(["checkpoint (run log, best epoch)", num(acc(best["test_acc"])),
                      f"epoch {best['epoch']}, whole test set as the trainer ran it"])
+    exported = (e.report or {}).get("checkpoint", {}) if e else {}
+    if isinstance(exported.get("test_accuracy"), float):
+        rows.append(["exported checkpoint (report.json)", num(acc(exported["test_accuracy"])),
+                     f"epoch {escape(str(exported.get('epoch')))}, as the trainer measured it"])
     if e:
         rows.append([f"ONNX <code>{contract.MODEL_FILE}</code> (metadata)",
                      num(escape(e.metadata.get(contract.TEST_ACCURACY, "?"))),
-                     f"{escape(e.metadata.get(contract.TEST_IMAGES, '?'))} test images, exporter"])
+                     f"{_count(e.metadata.get(contract.TEST_IMAGES))} test images, exporter"])
     if ev:
         rows.append([f"ONNX <code>{contract.MODEL_FILE}</code> (this report)",
                      num(acc(ev.accuracy)), f"{ev.images:,} test images, onnxruntime CPU"])
@@ -271,8 +290,12 @@ def _meta_accuracy(meta: dict) -> str:
     value = meta.get(contract.TEST_ACCURACY)
     if value is None:
         return "—"
-    images = meta.get(contract.TEST_IMAGES)
-    return escape(f"{value} on {int(images):,}" if images and images.isdigit() else value)
+    return f"{escape(value)} on {_count(meta.get(contract.TEST_IMAGES))}"
+
+
+def _count(images: str | None) -> str:
+    """A metadata image count with thousands separators ("?" when the file does not say)."""
+    return f"{int(images):,}" if images and images.isascii() and images.isdigit() else "?"
 
 
 def _side(card: Card) -> str:
@@ -334,6 +357,10 @@ def _value(value) -> str:
 
 def na(note: str) -> str:
     return f"<p class=na>not available: {text(note)}</p>"
+
+
+def warn(note: str) -> str:
+    return f"<p class=na>{text(note)}</p>"
 
 
 def text(note: str) -> str:

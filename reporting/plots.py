@@ -37,6 +37,7 @@ def curves(records: list[dict], title: str, path: Path) -> None:
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
     _save(fig, path)
 
 
@@ -73,7 +74,7 @@ def pair_examples(images: np.ndarray, pairs: list[Pair], labels: Sequence[str],
             ax.set_title(f"#{index}", fontsize=7)
         row[0].text(-0.15, 0.5, f"{labels[pair.truth]}\n→ {labels[pair.predicted]}",
                     transform=row[0].transAxes, ha="right", va="center", fontsize=8)
-    fig.subplots_adjust(left=0.22, right=0.99, top=0.9, bottom=0.02, wspace=0.1, hspace=0.4)
+    fig.subplots_adjust(wspace=0.1, hspace=0.4)
     _save(fig, path)
 
 
@@ -95,7 +96,6 @@ def throughput_latency(points: list[dict], path: Path) -> None:
     ax.set_ylabel("images/s", fontsize=9)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
     _save(fig, path)
 
 
@@ -103,7 +103,7 @@ def _save(fig: plt.Figure, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     try:
-        fig.savefig(tmp)
+        fig.savefig(tmp, bbox_inches="tight", pad_inches=0.1)  # no empty margins around axes
     finally:
         plt.close(fig)
     os.replace(tmp, path)

@@ -11,6 +11,7 @@ raising, so one architecture's missing or broken file never stops the report.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,7 @@ class Sources:
     spec: models.Architecture | None  # None: a folder for an architecture the registry lacks
     parameters: int | None
     floor: float | None               # d2l's accuracy, when the registry records it
+    best_sha256: str | None           # of checkpoints/<arch>/best.pt, None when there is none
     run: Run | None
     run_note: str
     export: Export | None
@@ -89,9 +91,11 @@ def read(artifacts: Path, arch: str) -> Sources:
     # d2l's floor is in docs/DESIGN.md's table only; the report shows what the registry holds
     # (a `d2l_floor` field, once it has one) rather than a copy typed in here.
     floor = getattr(spec, "d2l_floor", None)
+    best = checkpoint.checkpoint_dir(artifacts, arch) / "best.pt"
+    best_sha256 = sha256_file(best) if best.is_file() else None
     run, run_note = read_run(artifacts, arch)
     export, export_note = read_export(artifacts, arch)
-    return Sources(arch, spec, parameters, floor, run, run_note, export, export_note)
+    return Sources(arch, spec, parameters, floor, best_sha256, run, run_note, export, export_note)
 
 
 def read_run(artifacts: Path, arch: str) -> tuple[Run | None, str]:
@@ -151,6 +155,14 @@ def read_export(artifacts: Path, arch: str) -> tuple[Export | None, str]:
 def read_metadata(path: Path) -> dict[str, str]:
     model = onnx.load(str(path), load_external_data=False)
     return {p.key: p.value for p in model.metadata_props}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _metadata_or_empty(path: Path) -> dict[str, str]:

@@ -52,7 +52,7 @@ class Page(HTMLParser):
         self._cells: list[str] | None = None
         self._text: list[str] = []
         self.feed(path.read_text(encoding="utf-8"))
-        self.text = " ".join(" ".join(self._text).split())
+        self.text = " ".join("".join(self._text).split())
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
