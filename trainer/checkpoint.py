@@ -18,6 +18,10 @@ import torch
 FORMAT = 1
 
 
+class CheckpointError(ValueError):
+    """The file is not a readable fmnist-serve checkpoint: truncated, empty, or another format."""
+
+
 def checkpoint_dir(artifacts: str | os.PathLike, arch: str) -> Path:
     return Path(artifacts) / "checkpoints" / arch
 
@@ -43,9 +47,20 @@ def save_atomic(obj: dict[str, Any], path: str | os.PathLike) -> None:
         os.close(dir_fd)
 
 
-def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+         mmap: bool = False) -> dict[str, Any]:
     """Load a checkpoint with weights_only=True: plain data and tensors, never pickled code."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception as err:  # by where the file breaks: OSError, EOFError, KeyError, Runtime...
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated, empty or another "
+                              f"format: {_first_sentence(err)})") from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "arch" not in ckpt:
-        raise ValueError(f"{path} is not an fmnist-serve checkpoint (format {FORMAT})")
+        raise CheckpointError(f"{path} is not an fmnist-serve checkpoint (format {FORMAT})")
     return ckpt
+
+
+def _first_sentence(err: Exception) -> str:
+    """torch's load errors run over many lines and sentences; the first names the problem."""
+    text = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

@@ -22,6 +22,7 @@ import torch
 from trainer import data as fmnist
 from trainer import models
 from trainer.device import PRECISIONS, init_world, resolve_device, resolve_precision
+from trainer.errors import UsageError
 from trainer.metrics import format_table
 from trainer.run import TrainConfig, train
 
@@ -129,9 +130,12 @@ def main(args: argparse.Namespace) -> int:
 
 
 def run() -> None:
+    """Exit 0 when done, 130 when interrupted, 2 with one line when the command cannot run as
+    given (a bad argument, no data set, a last.pt that cannot be resumed); any other exception
+    is a bug and keeps its traceback (exit 1)."""
     args = get_args_parser().parse_args()
     try:
         sys.exit(main(args))
-    except (fmnist.DataError, ValueError, KeyError) as err:
+    except (fmnist.DataError, UsageError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

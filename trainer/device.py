@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from trainer.errors import UsageError
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -34,19 +36,19 @@ def resolve_device(name: str) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("--device cuda, but torch sees no CUDA GPU "
+            raise UsageError("--device cuda, but torch sees no CUDA GPU "
                                f"(torch {torch.__version__}); use --device cpu or auto")
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         return torch.device("cuda", local_rank)
     if name != "cpu":
-        raise ValueError(f"unknown device {name!r}; choose auto, cpu or cuda")
+        raise UsageError(f"unknown device {name!r}; choose auto, cpu or cuda")
     return torch.device("cpu")
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
     if name != "auto":
         if name == "fp16" and device.type == "cpu":
-            raise ValueError("fp16 autocast is for CUDA; on the CPU use bf16 or fp32")
+            raise UsageError("fp16 autocast is for CUDA; on the CPU use bf16 or fp32")
         return name
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"

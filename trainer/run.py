@@ -187,14 +187,17 @@ def _check_batch_split(cfg: TrainConfig, world: World) -> None:
 
 
 def _previous_best(path: Path) -> float:
-    """Test accuracy of an existing best.pt (from this run or an earlier one), -1 if none."""
+    """Test accuracy of an existing best.pt (from this run or an earlier one), -1 if none.
+    An unreadable one may be the only trace of a long run: it is renamed aside, not overwritten."""
     if not path.exists():
         return -1.0
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return float(ckpt.get("test_accuracy") or -1.0)
-    except Exception as err:  # an unreadable best.pt is replaced by the next good one
-        log.warning("%s unreadable (%s); it will be replaced", path, err)
+        return float(checkpoint.load(path, mmap=True).get("test_accuracy") or -1.0)
+    except checkpoint.CheckpointError as err:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        aside = path.rename(path.with_name(f"{path.name}.corrupt-{stamp}"))
+        log.warning("%s; moved to %s, the next evaluated epoch writes a new best.pt", err,
+                    aside.name)
         return -1.0
 
 
@@ -224,9 +227,13 @@ def _checkpoint_to_resume(cfg: TrainConfig) -> dict | None:
     if not last.exists():
         log.info("%s: --resume, but no %s yet: starting fresh", cfg.arch, last)
         return None
-    ckpt = checkpoint.load(last)
+    try:
+        ckpt = checkpoint.load(last)
+    except checkpoint.CheckpointError as err:
+        raise UsageError(f"cannot resume {cfg.arch}: {err}; delete it, or run without --resume "
+                         f"to start afresh") from err
     if ckpt["arch"] != cfg.arch:
-        raise ValueError(f"{last} holds {ckpt['arch']!r}, not {cfg.arch!r}")
+        raise UsageError(f"cannot resume {cfg.arch}: {last} holds {ckpt['arch']!r}")
     return ckpt
 
 
@@ -247,7 +254,7 @@ def train(cfg: TrainConfig, data: FashionMNIST, world: World = World(),
     n_train = min(cfg.limit_train or len(data.train_labels), len(data.train_labels))
     steps_per_epoch = n_train // recipe.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"{cfg.arch}: {n_train} training images make no batch of "
+        raise UsageError(f"{cfg.arch}: {n_train} training images make no batch of "
                          f"{recipe.batch_size}; raise --limit-train or lower --batch-size")
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(recipe, s, steps_per_epoch))

@@ -25,7 +25,7 @@ def test_round_trip_with_weights_only(tmp_path):
 def test_not_a_checkpoint_is_refused(tmp_path):
     path = tmp_path / "x.pt"
     torch.save({"something": 1}, path)
-    with pytest.raises(ValueError, match="not an fmnist-serve checkpoint"):
+    with pytest.raises(checkpoint.CheckpointError, match="not an fmnist-serve checkpoint"):
         checkpoint.load(path)
 
 

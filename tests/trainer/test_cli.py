@@ -11,7 +11,7 @@ import torch
 
 from tests.conftest import REPO
 from trainer import checkpoint, models
-from trainer.cli import get_args_parser, main
+from trainer.cli import get_args_parser, main, run
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
@@ -106,3 +106,48 @@ def test_resume_keeps_the_checkpoints_epochs_unless_epochs_is_given(tmp_path, fm
     assert main(get_args_parser().parse_args([*base, "--resume", "--epochs", "3"])) == 0
     ck = checkpoint.load(last)
     assert (ck["recipe"]["epochs"], ck["epoch"], ck["step"]) == (3, 3, 6)
+
+
+def _broken_last_pt(kind: str, path: Path) -> None:
+    if kind == "truncated":
+        checkpoint.save_atomic({"format": checkpoint.FORMAT, "arch": "lenet",
+                                "model": {"w": torch.zeros(10_000)}}, path)
+        path.write_bytes(path.read_bytes()[:20_000])
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"" if kind == "empty" else b"not a checkpoint\n" * 20)
+
+
+@pytest.mark.parametrize("kind", ["truncated", "empty", "garbage"])
+def test_an_unreadable_last_pt_at_resume_is_one_error_line(tmp_path, fmnist_dir, kind):
+    """Exit 2 (the command cannot run as asked, like missing data), one line, no traceback."""
+    last = tmp_path / "checkpoints/lenet/last.pt"
+    _broken_last_pt(kind, last)
+    result = run_trainer("--models", "lenet", "--resume", "--data-dir", str(fmnist_dir),
+                         "--artifacts", str(tmp_path), "--device", "cpu", "--no-progress")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    [line] = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    assert line.startswith(f"error: cannot resume lenet: {last} is not a readable checkpoint")
+    assert "without --resume" in line
+
+
+@pytest.mark.parametrize("bug", [ValueError("a bug"), KeyError("a bug")])
+def test_an_internal_error_is_a_traceback_not_a_bad_argument(tmp_path, fmnist_dir, monkeypatch,
+                                                            bug):
+    """Only UsageError (argument validation, unusable inputs) is exit 2 with one line; a
+    ValueError or KeyError from inside a run propagates (Python prints it, exit 1)."""
+    def evaluate(*args, **kwargs):
+        raise bug
+
+    monkeypatch.setattr("trainer.run.evaluate", evaluate)
+    monkeypatch.setattr(sys, "argv", ["trainer", "--models", "lenet", "--epochs", "1",
+                                      "--limit-train", "256", "--data-dir", str(fmnist_dir),
+                                      "--artifacts", str(tmp_path), "--device", "cpu",
+                                      "--no-progress"])
+    with pytest.raises(type(bug), match="a bug"):
+        run()
+    monkeypatch.setattr(sys, "argv", [*sys.argv, "--limit-train", "10"])
+    with pytest.raises(SystemExit) as usage:  # while a bad argument is still exit 2
+        run()
+    assert usage.value.code == 2

@@ -97,7 +97,7 @@ def test_a_worse_run_keeps_the_better_best(tmp_path, small_data):
 
 
 def test_too_few_images_for_a_batch_is_a_clear_error(tmp_path, small_data):
-    with pytest.raises(ValueError, match="raise --limit-train"):
+    with pytest.raises(UsageError, match="raise --limit-train"):
         train(config(tmp_path, limit_train=10), small_data, progress_bar=False)
 
 
@@ -163,3 +163,17 @@ def test_a_global_batch_that_does_not_split_over_the_ranks_is_refused(tmp_path, 
     collective runs, so no process group is needed."""
     with pytest.raises(UsageError, match="global batch 64 does not split over 3 processes"):
         train(config(tmp_path), small_data, World(0, 3), progress_bar=False)
+
+
+def test_an_unreadable_best_pt_is_moved_aside_not_overwritten(tmp_path, small_data, caplog):
+    """A corrupt best.pt may be the only copy of a long run: it is renamed aside, said so in
+    the log, and the new run writes its own best.pt."""
+    best = tmp_path / "checkpoints/lenet_bn/best.pt"
+    best.parent.mkdir(parents=True)
+    best.write_bytes(b"not a checkpoint")
+    with caplog.at_level("WARNING", logger="trainer"):
+        train(config(tmp_path, time_budget=0.0), small_data, progress_bar=False)
+    [aside] = best.parent.glob("best.pt.corrupt-*")
+    assert aside.read_bytes() == b"not a checkpoint"
+    assert checkpoint.load(best)["step"] == 1
+    assert f"moved to {aside.name}" in caplog.text
