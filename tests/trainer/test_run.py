@@ -59,15 +59,18 @@ def test_run_writes_checkpoints_metrics_and_plot(tmp_path, small_data):
 
 def test_resume_continues_exactly(tmp_path, small_data):
     """Stopped after one step (a zero time budget), then resumed: the same weights and the
-    same epoch losses as a run that was never interrupted."""
+    same epoch losses as a run that was never interrupted. RANDOM_RECIPE makes each part of the
+    restore matter: without the optimizer's momentum buffers, the schedule's position or the
+    RNG state (augmentation) the weights differ (each deletion was checked to fail this)."""
     whole = tmp_path / "whole"
-    train(config(whole), small_data, progress_bar=False)
+    train(config(whole, recipe=RANDOM_RECIPE), small_data, progress_bar=False)
     parts = tmp_path / "parts"
-    first = train(config(parts, time_budget=0.0), small_data, progress_bar=False)
+    first = train(config(parts, recipe=RANDOM_RECIPE, time_budget=0.0), small_data,
+                  progress_bar=False)
     assert first["stopped"] == "time budget"
     stopped = checkpoint.load(parts / "checkpoints/lenet_bn/last.pt")
     assert (stopped["epoch"], stopped["epoch_step"], stopped["step"]) == (0, 1, 1)
-    train(config(parts, resume=True), small_data, progress_bar=False)
+    train(config(parts, recipe=RANDOM_RECIPE, resume=True), small_data, progress_bar=False)
     a = checkpoint.load(whole / "checkpoints/lenet_bn/last.pt")
     b = checkpoint.load(parts / "checkpoints/lenet_bn/last.pt")
     assert a["step"] == b["step"] == 16
