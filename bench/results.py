@@ -10,8 +10,8 @@ it: the folder holds each benchmark's latest result). Schema, version 1:
       "cpu": "Intel(R) Xeon(R) Platinum 8480+",  # the machine's CPU model ("unknown" if unreadable)
       "cpus": 2,                                 # logical CPUs this process may use
       "isa": ["amx_bf16", "avx2", "avx512f"],    # the CPU's vector/matrix ISA flags, sorted
-      "rows": [ {...}, ... ],                    # one flat dict per measurement: names -> str/number
-      ...                                        # anything else the benchmark adds (settings, notes)
+      "rows": [ {...}, ... ],                    # one flat dict per measurement: str/number values
+      ...                                        # what else the benchmark adds (settings, notes)
     }
 
 Figures are what make numbers comparable across machines, hence the CPU and its ISA (bf16 and AMX

@@ -45,7 +45,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="DataLoader workers for the seeds' loop (the seeds use 0 to 4; default 2)")
     p.add_argument("--data-dir", type=Path, help="Fashion-MNIST folder (default: as the trainer)")
     p.add_argument("--artifacts", type=Path, default=Path(os.environ.get("ARTIFACTS", "artifacts")),
-                   help="the result goes to its bench/train.json (default: $ARTIFACTS or artifacts)")
+                   help="writes the result to its bench/train.json (default: $ARTIFACTS or "
+                        "artifacts)")
     return p
 
 

@@ -19,7 +19,8 @@ from reporting.card import Card
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; color: #222; margin: 1.5em auto; max-width: 1240px;
        padding: 0 1em; }
-h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; }
+h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
 h3 { margin-bottom: 0.3em; }
 .meta, .note { color: #666; } .na { color: #a33; }
 table { border-collapse: collapse; margin: 0.6em 0; font-size: 12.5px; }
@@ -55,8 +56,8 @@ def index(cards: list[Card], benches: list[Bench], plot: str | None, header: str
             "<p class=note>Checkpoint accuracy: the best epoch's test accuracy in the run log of "
             "the run that wrote <code>best.pt</code>. ONNX accuracy (metadata): measured by the "
             "exporter on the number of test images shown. ONNX accuracy (this report): the served "
-            f"<code>model.onnx</code> run with onnxruntime on this report's test images.{floor_note}"
-            "</p>",
+            "<code>model.onnx</code> run with onnxruntime on this report's test images."
+            f"{floor_note}</p>",
             "<h2>Benchmarks</h2>", benchmarks(benches, plot)]
     if notes:
         body += ["<h2>Notes</h2>", "<ul>" + "".join(f"<li>{text(n)}</li>" for n in notes) + "</ul>"]
@@ -249,10 +250,11 @@ def _parity_table(card: Card) -> str:
              + _limit(parity, "limit_max_abs_diff", "{:g}")],
             ["top-1 agreement", num(f"{parity['top1_agreement']:.4%}")
              + _limit(parity, "limit_top1_agreement", "{:.2%}")]]
-    for key, label in (("disagreements", "images where they differ"),
-                       ("torch_accuracy", "PyTorch accuracy"), ("onnx_accuracy", "ONNX accuracy")):
+    if "disagreements" in parity:
+        rows.append(["images where they differ", num(f"{parity['disagreements']:,}")])
+    for key, label in (("torch_accuracy", "PyTorch accuracy"), ("onnx_accuracy", "ONNX accuracy")):
         if key in parity:
-            rows.append([label, num(_value(parity[key]))])
+            rows.append([label, num(acc(parity[key]))])
     return table(["", ""], rows, head=False)
 
 

@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from reporting.stats import Pair  # noqa: E402
 
@@ -33,6 +34,7 @@ def curves(records: list[dict], title: str, path: Path) -> None:
     acc_ax.set_ylim(0, 1)
     acc_ax.legend(fontsize=8, loc="lower right")
     for ax in (loss_ax, acc_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "epoch 2.5" ticks
         ax.set_xlabel("epoch", fontsize=8)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
