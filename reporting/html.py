@@ -197,7 +197,7 @@ def _variant_meta(export, name: str) -> str:
     if contract.TEST_ACCURACY not in meta:
         return ""
     return (f"; its metadata says {escape(meta[contract.TEST_ACCURACY])} on "
-            f"{escape(meta.get(contract.TEST_IMAGES, '?'))}")
+            f"{_count(meta.get(contract.TEST_IMAGES))}")
 
 
 def _confusion(card: Card) -> str:

@@ -1,6 +1,7 @@
 """Reporting tests: a report built by `python -m reporting`, as a user runs it, from real
 artifacts (tests/serving_fixtures.py: lenet_bn and lenet trained for a few steps with the trainer's
-CLI and exported with the exporter's) plus a benchmark result written through bench/results.py."""
+CLI and exported with the exporter's), a benchmark result written through bench/results.py, and a
+model variant file."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from bench import results
 from tests.serving_fixtures import models_dir, run_cli  # noqa: F401 - fixture
 
+VARIANT = "copy"  # a model.<variant>.onnx beside lenet_bn's model.onnx: the same file, renamed
 BENCH_ROWS = [
     {"model": "lenet_bn", "mode": "in-process", "batch": 1, "images_per_s": 25000.0,
      "p50_ms": 0.04, "p99_ms": 0.09},
@@ -28,6 +30,8 @@ def artifacts(models_dir, tmp_path_factory) -> Path:  # noqa: F811
     root = tmp_path_factory.mktemp("report-artifacts") / "artifacts"
     shutil.copytree(models_dir.parent, root)
     results.write("serve", {"rows": BENCH_ROWS, "seconds": 1.0}, root)
+    version = root / "models" / "lenet_bn" / "1"
+    shutil.copy(version / "model.onnx", version / f"model.{VARIANT}.onnx")
     return root
 
 

@@ -38,6 +38,7 @@ def test_a_changed_best_checkpoint_is_pointed_out(tmp_path, artifacts, fmnist_di
         f.write(b"\0")  # another checkpoint than the one version 1 was exported from
     build(copy, tmp_path / "out", fmnist_dir, 16, progress=False)
     text = Page(tmp_path / "out" / "lenet_bn.html").text
+    assert "16 test images, onnxruntime CPU" in text  # the --test-images cap
     assert "best.pt has changed since version 1 was exported: make export MODELS=lenet_bn" in text
     assert "has changed" not in Page(tmp_path / "out" / "lenet.html").text
 

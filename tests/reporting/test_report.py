@@ -8,7 +8,7 @@ import json
 import onnx
 
 import model_contract as contract
-from tests.reporting.conftest import BENCH_ROWS, Page
+from tests.reporting.conftest import VARIANT, Page
 from trainer import models
 
 ARCH = "lenet_bn"
@@ -56,6 +56,9 @@ def test_report_measures_what_the_exporter_measured(report, artifacts, fmnist_di
     images = int(meta[contract.TEST_IMAGES])
     assert f"{meta[contract.TEST_ACCURACY]} | {images:,} test images, onnxruntime CPU" in card.row(
         "ONNX model.onnx (this report)")
+    assert (f"variant model.{VARIANT}.onnx | {meta[contract.TEST_ACCURACY]} | {images:,} test "
+            f"images, onnxruntime CPU; its metadata says {meta[contract.TEST_ACCURACY]} on "
+            f"{images:,}") in card.rows
     labels = json.loads(meta[contract.LABELS])
     per_class = [r for r in card.rows if r.count(" | ") == 2 and r.split(" | ")[0] in labels]
     assert len(per_class) == len(labels)
