@@ -12,10 +12,12 @@ batches, and its rows are put back together in order. The thread-safe queue and 
 concurrent.futures.Future per request keep this free of asyncio and grpc: the core awaits the
 future with `asyncio.wrap_future`, tests call `.result()`.
 
-When to run: at once when `max_batch` images are waiting; otherwise the batcher waits up to
-`max_delay` after the oldest waiting image arrived for more, but only while there is concurrency
-to exploit (the previous batch held more than one request). A lone caller never waits: its p50 is
-the model's batch-1 time plus the transport.
+When to run: the batcher expects as many images as its previous batch held (capped at
+`max_batch`): it runs as soon as that many are waiting, and otherwise waits for them at most
+`max_delay` after the oldest waiting image arrived. So a lone caller never waits (its previous
+batch was its own request: its p50 is the model's batch-1 time plus the transport), two callers
+do not wait for a third that never comes, and under a steady load the batches follow it up and
+down within a batch or two.
 
 Admission and deadlines (costs come from `CostModel`, learned from every run by batch size):
 - `submit` refuses (Overloaded, with a retry hint) when the queue would hold more than
@@ -119,7 +121,7 @@ class Batcher:
         self._queue: collections.deque[_Piece] = collections.deque()
         self._queued_images = 0
         self._running_images = 0
-        self._last_batch_requests = 1
+        self._last_batch_images = 1
         self._closed = False
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
@@ -198,9 +200,10 @@ class Batcher:
                 self._cond.wait()
             if self._closed:
                 return None
-            if self._last_batch_requests > 1 or len(self._queue) > 1:  # worth waiting for more
+            expected = min(max_batch, self._last_batch_images)
+            if self._queued_images < expected:  # the rest of a batch like the last is on its way
                 run_by = self._queue[0].request.enqueued + self.policy.max_delay
-                while self._queued_images < max_batch and not self._closed:
+                while self._queued_images < expected and not self._closed:
                     left = run_by - time.monotonic()
                     if left <= 0 or not self._cond.wait(left):
                         break
@@ -272,7 +275,7 @@ class Batcher:
         finally:
             with self._cond:
                 self._running_images = 0
-                self._last_batch_requests = len({id(p.request) for p in pieces})
+                self._last_batch_images = sum(p.size for p in pieces)
         self.costs.observe(len(images), time.perf_counter() - started)
         if out.probabilities.shape[0] != len(images) or out.logits.shape[0] != len(images):
             error = RuntimeError(f"{self.name} returned {out.probabilities.shape[0]} rows for "
