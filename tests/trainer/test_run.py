@@ -139,7 +139,7 @@ def test_resume_on_cuda_loads_last_pt_to_the_cpu(tmp_path, small_data):
 
 def _torchrun(fmnist_dir: Path, artifacts: Path, *flags: str) -> None:
     result = subprocess.run(
-        [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node=2",
+        [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node=2",
          str(REPO / "tests/trainer/ddp_worker.py"), str(fmnist_dir), str(artifacts), *flags],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
         timeout=300)
