@@ -1,8 +1,8 @@
 """One rank of a two-process gloo run, launched by torchrun from test_run.py: lenet_bn with
 test_run's random-augmentation recipe, so each rank's random stream shapes the weights.
 
-Usage: torchrun --nproc_per_node=2 tests/trainer/ddp_worker.py DATA_DIR ARTIFACTS [--stop] [--resume]
-(--stop: a zero time budget, one step then last.pt).
+Usage: torchrun --standalone --nproc_per_node=2 tests/trainer/ddp_worker.py DATA_DIR ARTIFACTS
+[--stop] [--resume]  (--stop: a zero time budget, so one step, then last.pt)
 """
 
 import sys
