@@ -35,7 +35,8 @@ from server.batcher import Batcher, BatchPolicy
 from server.budget import PixelBudget
 from server.errors import (Cancelled, DeadlineExceeded, DecodeError, InvalidImage, InvalidRequest,
                            ModelNotFound, Overloaded, Unavailable)
-from server.store import LoadedModel, Refusal
+from server.runner import RunOutput
+from server.store import LoadedModel, ModelSpec, Refusal
 
 log = logging.getLogger("server.core")
 
@@ -143,17 +144,31 @@ class Core:
                        deadline: float | None = None) -> ClassifyResult:
         """`deadline`: the caller's, in time.monotonic() seconds (None: no deadline)."""
         top_k = self._check_top_k(top_k)
+        spec, out = await self.infer(model, version, images, inversion, deadline)
+        return ClassifyResult(spec.name, spec.version,
+                              [self._top(spec.labels, row, top_k) for row in out.probabilities])
+
+    async def infer(self, model: str, version: int, images: Sequence[ImageData] | np.ndarray,
+                    inversion: str = "auto",
+                    deadline: float | None = None) -> tuple[ModelSpec, RunOutput]:
+        """Both outputs for `images`: encoded/raw images (decoded as `classify` does) or the
+        model's own tensor, uint8 [n, 1, 28, 28] (the KServe v2 path). Returns the spec of the
+        version that answered with its RunOutput."""
         if inversion not in decode.INVERSIONS:
             raise InvalidRequest(f"inversion must be one of {', '.join(decode.INVERSIONS)}, "
                                  f"got {inversion!r}")
-        loaded = self._find(model, version)
+        if isinstance(images, np.ndarray) and (
+                images.dtype != np.uint8 or images.shape[1:] != (1, decode.SIDE, decode.SIDE)):
+            raise InvalidRequest(f"the image tensor must be uint8 [n, 1, {decode.SIDE}, "
+                                 f"{decode.SIDE}], got {images.dtype} {list(images.shape)}")
+        loaded = self.find(model, version)
         self._check_count(len(images))
         with self._slot():
             _check_deadline(deadline, "before decoding")
-            batch = await self._decode(images, inversion, deadline)
-            probabilities = await self._infer(loaded, batch, deadline)
-        return ClassifyResult(loaded.spec.name, loaded.spec.version,
-                              [self._top(loaded, row, top_k) for row in probabilities])
+            batch = (np.ascontiguousarray(images) if isinstance(images, np.ndarray)
+                     else await self._decode(images, inversion, deadline))
+            out = await self._infer(loaded, batch, deadline)
+        return loaded.spec, out
 
     def drain(self) -> None:
         """From now on, new Classify requests get UNAVAILABLE; requests in flight go on.
@@ -186,7 +201,8 @@ class Core:
         return ", ".join(f"{name} (versions {', '.join(map(str, sorted(v)))})"
                          for name, v in sorted(self._models.items()))
 
-    def _find(self, model: str, version: int) -> LoadedModel:
+    def find(self, model: str, version: int) -> LoadedModel:
+        """The loaded model `model` at `version` (0: its newest); ModelNotFound names what is."""
         if not model:
             raise InvalidRequest(f"model is required; served models: {self.served()}")
         versions = self._models.get(model)
@@ -244,7 +260,7 @@ class Core:
             raise
 
     async def _infer(self, loaded: LoadedModel, batch: np.ndarray,
-                     deadline: float | None) -> np.ndarray:
+                     deadline: float | None) -> RunOutput:
         ticket = self._batchers[(loaded.spec.name, loaded.spec.version)].submit(batch, deadline)
         try:
             out = await asyncio.wrap_future(ticket.future)
@@ -254,12 +270,12 @@ class Core:
         if out.probabilities.shape != (len(batch), len(loaded.spec.labels)):
             raise RuntimeError(f"{loaded.spec.name} v{loaded.spec.version} returned probabilities "
                                f"of shape {out.probabilities.shape} for {len(batch)} images")
-        return out.probabilities
+        return out
 
     @staticmethod
-    def _top(loaded: LoadedModel, row: np.ndarray, k: int) -> list[Prediction]:
+    def _top(labels: Sequence[str], row: np.ndarray, k: int) -> list[Prediction]:
         order = np.argsort(-row, kind="stable")[:k]
-        return [Prediction(int(c), loaded.spec.labels[c], float(row[c])) for c in order]
+        return [Prediction(int(c), labels[c], float(row[c])) for c in order]
 
 
 def _check_deadline(deadline: float | None, when: str) -> None:
