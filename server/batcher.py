@@ -39,7 +39,8 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -71,6 +72,40 @@ def buckets(max_batch: int) -> list[int]:
     if sizes[-1] != max_batch:
         sizes.append(max_batch)
     return sizes
+
+
+@dataclass(frozen=True)
+class BatchEvent:
+    """One batch that ran (or failed): what statistics and metrics are made of."""
+
+    size: int  # images run, padding excluded
+    queue_waits: tuple[float, ...]  # per request piece: seconds from arrival to this batch's start
+    seconds: float  # the run itself
+    ok: bool
+
+
+@dataclass
+class BatchStats:
+    """Cumulative figures of one batcher (v2 ModelStatistics reads them)."""
+
+    batches: int = 0
+    failed_batches: int = 0
+    images: int = 0
+    queue_seconds: float = 0.0
+    compute_seconds: float = 0.0
+    by_size: dict[int, list] = field(default_factory=dict)  # size -> [batches, compute seconds]
+    last_batch_at: float = 0.0  # time.time() of the newest batch; 0: none yet
+
+    def add(self, event: BatchEvent) -> None:
+        self.batches += 1
+        self.failed_batches += not event.ok
+        self.images += event.size
+        self.queue_seconds += sum(event.queue_waits)
+        self.compute_seconds += event.seconds
+        entry = self.by_size.setdefault(event.size, [0, 0.0])
+        entry[0] += 1
+        entry[1] += event.seconds
+        self.last_batch_at = time.time()
 
 
 @dataclass
@@ -116,6 +151,8 @@ class Batcher:
         self.policy = policy
         self.name = name
         self.costs = CostModel()
+        self.stats = BatchStats()
+        self.listeners: list[Callable[[BatchEvent], None]] = []  # called on the batcher thread
         self.pad = runner.provider == CUDA
         self._shapes = buckets(policy.max_batch) if self.pad else sorted({1, policy.max_batch})
         self._queue: collections.deque[_Piece] = collections.deque()
@@ -265,18 +302,23 @@ class Batcher:
             size = next(s for s in self._shapes if s >= n)
             if size > n:
                 images = np.concatenate([images, np.zeros((size - n, 1, 28, 28), np.uint8)])
+        now = time.monotonic()
+        waits = tuple(now - p.request.enqueued for p in pieces)
         started = time.perf_counter()
         try:
             out = self.runner.run(images)
         except Exception as e:  # noqa: BLE001 - every request in the batch gets the error
+            self._record(BatchEvent(n, waits, time.perf_counter() - started, ok=False))
             for piece in pieces:
                 self._fail(piece.request, e)
             return
         finally:
             with self._cond:
                 self._running_images = 0
-                self._last_batch_images = sum(p.size for p in pieces)
-        self.costs.observe(len(images), time.perf_counter() - started)
+                self._last_batch_images = n
+        seconds = time.perf_counter() - started
+        self.costs.observe(len(images), seconds)
+        self._record(BatchEvent(n, waits, seconds, ok=True))
         if out.probabilities.shape[0] != len(images) or out.logits.shape[0] != len(images):
             error = RuntimeError(f"{self.name} returned {out.probabilities.shape[0]} rows for "
                                  f"{len(images)} images")
@@ -288,6 +330,14 @@ class Batcher:
             self._deliver(piece, out.probabilities[row:row + piece.size],
                           out.logits[row:row + piece.size])
             row += piece.size
+
+    def _record(self, event: BatchEvent) -> None:
+        self.stats.add(event)
+        for listener in self.listeners:
+            try:
+                listener(event)
+            except Exception:  # noqa: BLE001 - a broken listener must not stop the batcher
+                log.exception("batch listener failed for %s", self.name)
 
     def _deliver(self, piece: _Piece, probabilities: np.ndarray, logits: np.ndarray) -> None:
         request = piece.request

@@ -292,3 +292,19 @@ def test_decoding_runs_off_the_event_loop(core):
     finally:
         decode_module.decode_opened = real
     assert threads and threads[0].startswith("decode")
+
+
+def test_batch_statistics_and_listeners_see_every_batch():
+    model = fake_model("a")
+    core = make_core(model, limits=Limits(max_images_per_request=64), max_batch=8)
+    events = []
+    batcher = core.batcher("a", 1)
+    batcher.listeners.append(events.append)
+    classify(core, "a", 0, [raw(v) for v in range(20)])
+    classify(core, "a", 0, [raw(1)])
+    assert [e.size for e in events] == [8, 8, 4, 1] and all(e.ok for e in events)
+    stats = batcher.stats
+    assert (stats.batches, stats.images, stats.failed_batches) == (4, 21, 0)
+    assert {size: entry[0] for size, entry in stats.by_size.items()} == {8: 2, 4: 1, 1: 1}
+    assert stats.queue_seconds >= 0 and stats.compute_seconds >= 0 and stats.last_batch_at > 0
+    core.close()
