@@ -117,6 +117,7 @@ class Core:
                                             thread_name_prefix="decode")
         self._pixels = PixelBudget(limits.max_decoding_pixels)
         self._in_flight = 0
+        self._using: dict[tuple[str, int], int] = {}  # requests in flight per model version
         self._lock = threading.Lock()
         self._draining = False
 
@@ -161,9 +162,8 @@ class Core:
                 images.dtype != np.uint8 or images.shape[1:] != (1, decode.SIDE, decode.SIDE)):
             raise InvalidRequest(f"the image tensor must be uint8 [n, 1, {decode.SIDE}, "
                                  f"{decode.SIDE}], got {images.dtype} {list(images.shape)}")
-        loaded = self.find(model, version)
         self._check_count(len(images))
-        with self._slot():
+        with self._slot(model, version) as loaded:
             _check_deadline(deadline, "before decoding")
             batch = (np.ascontiguousarray(images) if isinstance(images, np.ndarray)
                      else await self._decode(images, inversion, deadline))
@@ -229,20 +229,26 @@ class Core:
                                  f"{self.limits.max_images_per_request} per request; split them")
 
     @contextlib.contextmanager
-    def _slot(self):
-        """Count this request as in flight, or refuse it when draining or at the limit."""
+    def _slot(self, model: str, version: int):
+        """Count this request as in flight on the version it resolves to, or refuse it when
+        draining or at the limit. Resolving and counting under one lock is what lets `remove`
+        wait for exactly the requests that chose the version it takes away."""
         with self._lock:
             if self._draining:
                 raise Unavailable("the server is shutting down; retry on another instance")
             if self._in_flight >= self.limits.max_in_flight:
                 raise Overloaded(f"the server is at its limit of {self.limits.max_in_flight} "
                                  "requests in flight; retry later", retry_after=0.05)
+            loaded = self.find(model, version)
+            key = (loaded.spec.name, loaded.spec.version)
             self._in_flight += 1
+            self._using[key] = self._using.get(key, 0) + 1
         try:
-            yield
+            yield loaded
         finally:
             with self._lock:
                 self._in_flight -= 1
+                self._using[key] -= 1
 
     async def _decode(self, images: Sequence[ImageData], inversion: str,
                       deadline: float | None) -> np.ndarray:
