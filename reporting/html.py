@@ -176,11 +176,7 @@ def _accuracies(card: Card) -> str:
     if ev:
         rows.append([f"ONNX <code>{contract.MODEL_FILE}</code> (this report)",
                      num(acc(ev.accuracy)), f"{ev.images:,} test images, onnxruntime CPU"])
-        for name, value in ev.variants.items():
-            meta_note = _variant_meta(e, name)
-            rows.append([f"variant <code>model.{escape(name)}.onnx</code>",
-                         num(acc(value)) if isinstance(value, float) else na(value),
-                         f"{ev.images:,} test images, onnxruntime CPU{meta_note}"])
+    rows += [_variant_row(e, ev, name) for name in (e.variants if e else ())]
     if s.floor is not None:
         rows.append(["d2l floor", num(acc(s.floor)), "trainer/models.py"])
     if not rows:
@@ -191,13 +187,20 @@ def _accuracies(card: Card) -> str:
     return table(["what", "accuracy", "measured on"], rows) + extra
 
 
-def _variant_meta(export, name: str) -> str:
-    """A variant's own metadata accuracy, when its file carries one."""
+def _variant_row(export, evaluation, name: str) -> list[str]:
+    """A model.<variant>.onnx: as this report measured it (beside its own metadata's figure), or
+    only its metadata's figure when there was no test set to measure on."""
     meta = export.variant_metadata.get(name, {})
-    if contract.TEST_ACCURACY not in meta:
-        return ""
-    return (f"; its metadata says {escape(meta[contract.TEST_ACCURACY])} on "
-            f"{_count(meta.get(contract.TEST_IMAGES))}")
+    claimed = meta.get(contract.TEST_ACCURACY)
+    on = f"{_count(meta.get(contract.TEST_IMAGES))}"
+    label = f"variant <code>model.{escape(name)}.onnx</code>"
+    if evaluation is None:
+        return [label, num(escape(claimed or "—")),
+                f"{on} test images, its metadata" if claimed else "no accuracy in its metadata"]
+    value = evaluation.variants[name]
+    note = f"; its metadata says {escape(claimed)} on {on}" if claimed else ""
+    return [label, num(acc(value)) if isinstance(value, float) else na(value),
+            f"{evaluation.images:,} test images, onnxruntime CPU{note}"]
 
 
 def _confusion(card: Card) -> str:

@@ -29,6 +29,7 @@ def test_without_the_data_set_the_report_says_so_and_shows_the_rest(tmp_path, ar
     assert card.images == ["img/lenet_bn-curves.png"]  # curves need no data; confusion does
     assert "not available" in card.text and "pass --data-dir" in card.text
     assert "ONNX model.onnx (metadata)" in card.text
+    assert "variant model.copy.onnx" in card.text and "test images, its metadata" in card.text
 
 
 def test_a_changed_best_checkpoint_is_pointed_out(tmp_path, artifacts, fmnist_dir):
