@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,12 +104,48 @@ def batches(images: list[ImageFile], max_images: int, max_bytes: int) -> Iterato
 
 # --- RPCs ------------------------------------------------------------------------------------
 
-def connect(server: str):
-    """A Classifier stub on an insecure channel (the channel is `stub.channel`)."""
-    channel = grpc.insecure_channel(server)
+def connect(server: str, *, tls_ca: Path | None = None, tls_cert: Path | None = None,
+            tls_key: Path | None = None, token: str | None = None):
+    """A Classifier stub (the channel is `stub.channel`): TLS when `tls_ca` is given (with a
+    client certificate for mutual TLS), plaintext otherwise; `token` goes with every call as
+    `authorization: Bearer <token>`."""
+    if tls_ca is None and (tls_cert or tls_key):
+        raise ClientError("--tls-cert/--tls-key need --tls-ca (the CA of the server)", exit_code=2)
+    if (tls_cert is None) != (tls_key is None):
+        raise ClientError("--tls-cert and --tls-key go together", exit_code=2)
+    if tls_ca is None:
+        channel = grpc.insecure_channel(server)
+    else:
+        pems = [_read_pem(p, what) for p, what in ((tls_ca, "--tls-ca"), (tls_key, "--tls-key"),
+                                                   (tls_cert, "--tls-cert"))]
+        channel = grpc.secure_channel(server, grpc.ssl_channel_credentials(*pems))
+    if token:
+        channel = grpc.intercept_channel(channel, _BearerToken(token))
     stub = pb_grpc.ClassifierStub(channel)
     stub.channel = channel
     return stub
+
+
+def _read_pem(path: Path | None, flag: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ClientError(f"{flag} {path}: cannot read it ({e.strerror or e})",
+                          exit_code=2) from None
+
+
+if _IMPORT_ERROR is None:
+    class _BearerToken(grpc.UnaryUnaryClientInterceptor):
+        """Adds `authorization: Bearer <token>` to every call's metadata."""
+
+        def __init__(self, token: str):
+            self._entry = ("authorization", f"Bearer {token}")
+
+        def intercept_unary_unary(self, continuation, details, request):
+            metadata = [*(details.metadata or ()), self._entry]
+            return continuation(details._replace(metadata=metadata), request)
 
 
 def list_models(stub, timeout: float) -> pb.ListModelsResponse:
@@ -145,13 +182,42 @@ def classify(stub, images: list[ImageFile], *, model: str | None = None, version
     return {"model": answered[0], "version": answered[1], "results": results}
 
 
-def describe_rpc_error(error: grpc.RpcError, server: str, timeout: float) -> str:
+def describe_rpc_error(error: grpc.RpcError, server: str, timeout: float,
+                       tls: bool = False) -> str:
     code, details = error.code(), error.details() or ""
+    failure = _tls_failure(details, tls)
+    if code == grpc.StatusCode.UNAVAILABLE and failure:
+        return f"TLS with {server} failed: {failure}"
+    if code == grpc.StatusCode.UNAVAILABLE and not tls and "socket closed" in details.lower():
+        return (f"{server} closed the connection ({details}); if it serves TLS, give --tls-ca "
+                "(and --tls-cert/--tls-key for mutual TLS)")
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return (f"{server} refused the call (UNAUTHENTICATED: {details}); give a token with "
+                "--token or the FMNIST_TOKEN environment variable")
     if code == grpc.StatusCode.UNAVAILABLE:
         return f"cannot reach the fmnist server at {server} ({details}); is it running (make serve)?"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"no answer from {server} within --timeout {timeout:g}s"
     return f"{code.name}: {details}"
+
+
+def _tls_failure(details: str, tls: bool) -> str | None:
+    """A one-line reason for a failed TLS handshake in gRPC's (long) connection error, or None.
+    With TLS 1.3 a server that refuses the client's certificate (or its absence) just closes the
+    connection: on a TLS channel, "Socket closed" while connecting means that."""
+    text = details.lower()
+    if tls and "failed to connect" in text and "socket closed" in text:
+        return ("the server closed the connection during the handshake: it requires a client "
+                "certificate (--tls-cert/--tls-key) from a CA it trusts")
+    if "certificate_verify_failed" in text:
+        return ("the server's certificate is not signed by the --tls-ca given (or its name does "
+                "not match the address)")
+    if "certificate_required" in text or "peer did not return a certificate" in text:
+        return "the server requires a client certificate: give --tls-cert and --tls-key"
+    if any(word in text for word in ("ssl", "tls", "handshake", "tsi_")):
+        return ("the TLS handshake failed (a plaintext server, a client certificate it does not "
+                "accept, or a protocol mismatch)")
+    return None
 
 
 # --- output ----------------------------------------------------------------------------------
@@ -221,6 +287,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--invert", choices=INVERSIONS, default="auto",
                    help="auto: invert images whose background is light")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--tls-ca", type=Path, metavar="PEM",
+                   help="connect with TLS, trusting this CA (default: plaintext)")
+    p.add_argument("--tls-cert", type=Path, metavar="PEM",
+                   help="mutual TLS: this client certificate (with --tls-key and --tls-ca)")
+    p.add_argument("--tls-key", type=Path, metavar="PEM", help="the private key of --tls-cert")
+    p.add_argument("--token", help="bearer token sent with every call (default: the FMNIST_TOKEN "
+                                   "environment variable)")
     p.add_argument("--list", action="store_true", help="list the served models and exit")
     return p
 
@@ -233,7 +306,12 @@ def main(args: argparse.Namespace) -> int:
     if not args.list and not args.images:
         print("error: give image files or folders, or --list", file=sys.stderr)
         return 2
-    stub = connect(args.server)
+    try:
+        stub = connect(args.server, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
+                       tls_key=args.tls_key, token=args.token or os.environ.get("FMNIST_TOKEN"))
+    except ClientError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
     try:
         if args.list:
             listing = list_models(stub, args.timeout)
@@ -249,7 +327,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except grpc.RpcError as e:
-        print(f"error: {describe_rpc_error(e, args.server, args.timeout)}", file=sys.stderr)
+        print(f"error: {describe_rpc_error(e, args.server, args.timeout, args.tls_ca is not None)}",
+              file=sys.stderr)
         return 1
     finally:
         stub.channel.close()

@@ -28,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from server.core import Batching, Core, Limits
 from server.errors import StartupError
 from server.providers import ProviderPolicy
+from server.security import Security
 from server.servicer import SERVICE_NAME, ClassifierServicer
 from server.store import LoadedModel, Refusal, RunnerFactory, load_models
 from server.transport import Transport, grpc_options, service_handler
@@ -120,7 +121,8 @@ def create_server(models_dir: str | Path | None = None, *, host: str = "127.0.0.
                   device: str = "auto", versions: dict[str, set[int]] | None = None,
                   limits: Limits = Limits(), batching: Batching = Batching(),
                   transport: Transport = Transport(), models: list[LoadedModel] | None = None,
-                  runner_factory: RunnerFactory | None = None) -> tuple[Server, int]:
+                  runner_factory: RunnerFactory | None = None,
+                  security: Security = Security()) -> tuple[Server, int]:
     """Load the models (or take `models`, already loaded), warm their batchers, build and bind.
 
     Returns (server, bound_port); the server is not started yet. `port=0` binds a free port.
@@ -138,7 +140,7 @@ def create_server(models_dir: str | Path | None = None, *, host: str = "127.0.0.
     address = f"[{host}]" if ":" in host and not host.startswith("[") else host
     try:
         grpc_server, health_servicer, bound = loop.call(
-            _build(core, transport, f"{address}:{port}"))
+            _build(core, transport, f"{address}:{port}", security))
     except BaseException:
         core.close()
         loop.close()
@@ -146,9 +148,11 @@ def create_server(models_dir: str | Path | None = None, *, host: str = "127.0.0.
     return Server(loop, grpc_server, core, health_servicer, f"{address}:{bound}", bound), bound
 
 
-async def _build(core: Core, transport: Transport, address: str):
+async def _build(core: Core, transport: Transport, address: str,
+                 security: Security = Security()):
     """On the loop: the aio server with the Classifier, health and reflection, bound to `address`."""
-    grpc_server = grpc.aio.server(options=grpc_options(transport, core.limits.max_message_bytes))
+    grpc_server = grpc.aio.server(options=grpc_options(transport, core.limits.max_message_bytes),
+                                  interceptors=security.interceptors())
     grpc_server.add_generic_rpc_handlers((service_handler(
         SERVICE_NAME, ClassifierServicer(core), pb, transport.request_read_timeout_seconds),))
     health_servicer = health.aio.HealthServicer()
@@ -156,7 +160,7 @@ async def _build(core: Core, transport: Transport, address: str):
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server)
     try:
-        bound = grpc_server.add_insecure_port(address)
+        bound = security.add_port(grpc_server, address)  # TLS when configured
     except RuntimeError as e:
         raise StartupError(f"cannot listen on {address}: {e}") from None
     if bound == 0:

@@ -17,7 +17,7 @@ import signal
 import threading
 from pathlib import Path
 
-from server import logs
+from server import logs, security
 from server.batcher import BatchPolicy
 from server.core import Batching, Limits
 from server.errors import StartupError
@@ -139,6 +139,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    default=_TRANSPORT.max_connection_age_seconds,
                    help="close connections this old (clients reconnect; spreads load behind a "
                         "balancer); 0: never")
+    security.add_args(p)
     p.add_argument("--grace", type=float, default=10.0,
                    help="seconds requests in flight get to finish after SIGTERM/SIGINT")
     p.add_argument("--log-format", choices=logs.FORMATS, default="text",
@@ -178,7 +179,7 @@ def main(args: argparse.Namespace) -> int:
         server, port = create_server(
             args.models_dir, host=args.host, port=args.port, device=args.device,
             versions=parse_version_flags(args.model_version), limits=limits, batching=batching,
-            transport=transport,
+            transport=transport, security=security.from_args(args),
             runner_factory=lambda path, providers: OnnxRunner(path, providers,
                                                               args.intra_op_threads, args.spinning))
     except StartupError as e:
@@ -186,7 +187,7 @@ def main(args: argparse.Namespace) -> int:
         return 1
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda signum, frame: _on_signal(signum, stop))
+        signal.signal(signum, lambda signum, frame: _on_signal(signum, stop, server, args.grace))
     server.start()
     models = server.core.list_models()
     log.info("listening on %s (health SERVING) with %d model(s): %s", server.address, len(models),
@@ -217,6 +218,21 @@ def _batching(args: argparse.Namespace) -> Batching:
                     {name: policy(b, d) for name, b, d in args.batching})
 
 
-def _on_signal(signum: int, stop: threading.Event) -> None:
-    log.info("%s received: draining", signal.Signals(signum).name)
+def _on_signal(signum: int, stop: threading.Event, server, grace: float) -> None:
+    """The first signal drains (at most `grace` seconds, then a watchdog exits 1 s later whatever
+    is still stuck); a second one exits at once. Both say how many requests they cut off."""
+    name = signal.Signals(signum).name
+    if stop.is_set():
+        _exit_now(f"{name} received again", server)
+    log.info("%s received: draining", name)
     stop.set()
+    watchdog = threading.Timer(grace + 0.9, _exit_now,
+                               (f"not stopped {grace:g} s (--grace) + 0.9 s after {name}", server))
+    watchdog.daemon = True
+    watchdog.start()
+
+
+def _exit_now(why: str, server) -> None:
+    log.warning("%s: exiting now, cutting off %d request(s) in flight", why, server.core.in_flight)
+    logging.shutdown()
+    os._exit(1)

@@ -72,3 +72,15 @@ class StartupError(Exception):
 class ModelLoadError(Exception):
     """One model file cannot be served (fails to load, bad metadata, wrong inputs/outputs). The
     store logs one line and skips that model; the rest are still served."""
+
+
+def shorten(text, limit: int = 64) -> str:
+    """`text` (a client's string: a model name, a method, ...) as a repr of about `limit`
+    characters, so a request can never put megabytes or control characters into a log line or
+    an error message. Bytes are shown escaped; what was cut is counted."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "backslashreplace")
+    text = str(text)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
