@@ -1,48 +1,16 @@
-"""fmnist.v1.Classifier over gRPC (asyncio): translate protobuf <-> core calls, map errors in one place."""
+"""fmnist.v1.Classifier over gRPC (asyncio): translate protobuf <-> core calls; errors are mapped
+by server/rpc.py, as for every API."""
 
 from __future__ import annotations
 
-import functools
-import logging
-import time
-
-import grpc
 from fmnist.v1 import classifier_pb2 as pb
 
 from server.core import ClassifyResult, Core, ImageData, Limits, ModelView
-from server.errors import Cancelled, Overloaded, ServingError
+from server.rpc import deadline_of, map_errors
 from server.store import Refusal
-
-log = logging.getLogger("server.servicer")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Classifier"].full_name  # "fmnist.v1.Classifier"
 _INVERSIONS = {pb.INVERSION_AUTO: "auto", pb.INVERSION_ALWAYS: "always", pb.INVERSION_NEVER: "never"}
-_NO_DEADLINE = 1e8  # seconds; grpc reports "no deadline" as None or as a huge number
-RETRY_PUSHBACK = "grpc-retry-pushback-ms"  # gRPC's retry trailer: clients with a retry policy obey it
-
-
-def map_errors(method):
-    """Domain errors -> their status code (with a retry hint for RESOURCE_EXHAUSTED); anything
-    else -> INTERNAL with the traceback logged. A cancelled call (asyncio.CancelledError) passes."""
-
-    @functools.wraps(method)
-    async def wrapper(self, request, context):
-        try:
-            return await method(self, request, context)
-        except ServingError as e:
-            (log.info if isinstance(e, Cancelled) else log.warning)(
-                "%s from %s -> %s: %s", method.__name__, context.peer(), e.code, e,
-                extra={"code": e.code})
-            if isinstance(e, Overloaded) and e.retry_after is not None:
-                context.set_trailing_metadata(((RETRY_PUSHBACK, str(int(e.retry_after * 1000) + 1)),))
-            await context.abort(grpc.StatusCode[e.code], str(e))
-        except Exception:
-            log.exception("%s from %s failed unexpectedly -> INTERNAL", method.__name__,
-                          context.peer(), extra={"code": "INTERNAL"})
-            await context.abort(grpc.StatusCode.INTERNAL,
-                                "internal server error (the server logged the details)")
-
-    return wrapper
 
 
 class ClassifierServicer:
@@ -61,12 +29,6 @@ class ClassifierServicer:
     @map_errors
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
         return list_models_response(self.core.list_models(), self.core.limits, self.core.refused)
-
-
-def deadline_of(context) -> float | None:
-    """The caller's deadline in time.monotonic() seconds, or None."""
-    remaining = context.time_remaining()
-    return None if remaining is None or remaining > _NO_DEADLINE else time.monotonic() + remaining
 
 
 # --- converters ----------------------------------------------------------------------------------

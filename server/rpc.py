@@ -1,0 +1,50 @@
+"""What every servicer shares at the gRPC boundary: domain errors -> status codes, deadlines.
+
+Both fmnist.v1 (server/servicer.py) and KServe v2 (server/v2.py) wrap each method in
+`map_errors`, so one ServingError travels as the same status code and message whichever API the
+request came in by. Its log lines go to the logger of the servicer's module.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+
+import grpc
+
+from server.errors import Cancelled, Overloaded, ServingError
+
+_NO_DEADLINE = 1e8  # seconds; grpc reports "no deadline" as None or as a huge number
+RETRY_PUSHBACK = "grpc-retry-pushback-ms"  # gRPC's retry trailer: clients with a retry policy obey it
+
+
+def map_errors(method):
+    """Domain errors -> their status code (with a retry hint for RESOURCE_EXHAUSTED); anything
+    else -> INTERNAL with the traceback logged. A cancelled call (asyncio.CancelledError) passes."""
+    log = logging.getLogger(method.__module__)
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context):
+        try:
+            return await method(self, request, context)
+        except ServingError as e:
+            (log.info if isinstance(e, Cancelled) else log.warning)(
+                "%s from %s -> %s: %s", method.__name__, context.peer(), e.code, e,
+                extra={"code": e.code})
+            if isinstance(e, Overloaded) and e.retry_after is not None:
+                context.set_trailing_metadata(((RETRY_PUSHBACK, str(int(e.retry_after * 1000) + 1)),))
+            await context.abort(grpc.StatusCode[e.code], str(e))
+        except Exception:
+            log.exception("%s from %s failed unexpectedly -> INTERNAL", method.__name__,
+                          context.peer(), extra={"code": "INTERNAL"})
+            await context.abort(grpc.StatusCode.INTERNAL,
+                                "internal server error (the server logged the details)")
+
+    return wrapper
+
+
+def deadline_of(context) -> float | None:
+    """The caller's deadline in time.monotonic() seconds, or None."""
+    remaining = context.time_remaining()
+    return None if remaining is None or remaining > _NO_DEADLINE else time.monotonic() + remaining
