@@ -34,13 +34,14 @@ from server import decode
 from server.batcher import Batcher, BatchPolicy
 from server.budget import PixelBudget
 from server.errors import (Cancelled, DeadlineExceeded, DecodeError, InvalidImage, InvalidRequest,
-                           ModelNotFound, Overloaded, Unavailable)
+                           ModelNotFound, Overloaded, Unavailable, shorten)
 from server.runner import RunOutput
 from server.store import LoadedModel, ModelSpec, Refusal
 
 log = logging.getLogger("server.core")
 
 MAX_TOP_K = 10
+MAX_MODEL_NAME_BYTES = 128  # longer names are INVALID_ARGUMENT, and never echoed whole
 _BUDGET_WAIT = 5.0  # seconds a decode without a deadline waits for pixel budget before refusing
 
 
@@ -205,14 +206,18 @@ class Core:
         """The loaded model `model` at `version` (0: its newest); ModelNotFound names what is."""
         if not model:
             raise InvalidRequest(f"model is required; served models: {self.served()}")
+        if len(model.encode("utf-8", "surrogatepass")) > MAX_MODEL_NAME_BYTES:
+            raise InvalidRequest(f"model name {shorten(model)} is over {MAX_MODEL_NAME_BYTES} "
+                                 "bytes")
         versions = self._models.get(model)
         if versions is None:
-            raise ModelNotFound(f"model {model!r} is not served; served models: {self.served()}")
+            raise ModelNotFound(f"model {shorten(model)} is not served; served models: "
+                                f"{self.served()}")
         if version == 0:
             return versions[max(versions)]
         if version not in versions:
-            raise ModelNotFound(f"model {model!r} version {version} is not served; served models: "
-                                f"{self.served()}")
+            raise ModelNotFound(f"model {shorten(model)} version {version} is not served; served "
+                                f"models: {self.served()}")
         return versions[version]
 
     @staticmethod
