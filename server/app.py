@@ -27,10 +27,13 @@ from grpc_reflection.v1alpha import reflection
 
 from server.core import Batching, Core, Limits
 from server.errors import StartupError
+from server.metrics import Metrics
 from server.providers import ProviderPolicy
 from server.security import Security
 from server.servicer import SERVICE_NAME, ClassifierServicer
-from server.store import LoadedModel, Refusal, RunnerFactory, load_models
+from server.repository import Repository
+from server.runner import OnnxRunner
+from server.store import LoadedModel, RunnerFactory
 from server.transport import Transport, grpc_options, service_handler
 
 log = logging.getLogger("server.app")
@@ -49,15 +52,15 @@ class _Loop:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="grpc-loop", daemon=True)
-        self._thread.start()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="grpc-loop", daemon=True)
+        self.thread.start()
 
     def call(self, coroutine, timeout: float | None = None):
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join()
+        self.thread.join()
         self.loop.close()
 
 
@@ -65,23 +68,31 @@ class Server:
     """The gRPC server with its core and health servicer; grpc.Server's start/stop/wait shape."""
 
     def __init__(self, loop: _Loop, grpc_server: grpc.aio.Server, core: Core,
-                 health_servicer, address: str, port: int):
+                 health_servicer, address: str, port: int, repository: Repository | None = None,
+                 poll_seconds: float = 0.0):
         self._loop = loop
         self.grpc_server = grpc_server
         self.core = core
         self.health = health_servicer
         self.address = address
         self.port = port
+        self.repository = repository
+        self._poll_seconds = poll_seconds
         self._stopped = False
-        self._services = ["", SERVICE_NAME] + sorted(
-            {model_service_name(m.name) for m in core.list_models()})
-        self._set_health(_NOT_SERVING)
+        self.metrics: Metrics | None = None  # create_server sets it when metrics are on
+        self._serving = False
+        self._services = self._current_services()
+        self._set_health(self._services, _NOT_SERVING)
+        core.on_change.append(self._models_changed)
 
     def start(self) -> None:
         """Start serving. The batchers were warmed up in create_server, so health goes straight
-        to SERVING."""
+        to SERVING; then the models folder is watched (when polling is on)."""
         self._loop.call(self.grpc_server.start())
-        self._set_health(_SERVING)
+        self._serving = True
+        self._set_health(self._services, _SERVING)
+        if self.repository is not None:
+            self.repository.start(self._poll_seconds)
 
     def stop(self, grace: float | None = 10.0) -> bool:
         """Health NOT_SERVING, refuse new requests, let those in flight finish (at most `grace`
@@ -94,6 +105,9 @@ class Server:
         if self._stopped:
             return True
         self._stopped = True
+        self._serving = False
+        if self.repository is not None:
+            self.repository.stop()
         self._loop.call(self.health.enter_graceful_shutdown())
         self.core.drain()
         log.info("stopping: %d request(s) in flight, grace period %ss", self.core.in_flight, grace)
@@ -108,44 +122,81 @@ class Server:
                         self.core.in_flight)
         self.core.close()
         self._loop.close()
+        if self.metrics is not None:
+            self.metrics.stop()
         return finished
 
-    def _set_health(self, status: int) -> None:
+    def _current_services(self) -> list[str]:
+        return ["", SERVICE_NAME] + sorted(
+            {model_service_name(m.name) for m in self.core.list_models()})
+
+    def _models_changed(self) -> None:
+        """Health names follow the models: new ones SERVING, gone ones NOT_SERVING."""
+        services = self._current_services()
+        gone = sorted(set(self._services) - set(services))
+        self._services = services
+        if self._serving:
+            self._set_health(services, _SERVING)
+            self._set_health(gone, _NOT_SERVING)
+
+    def _set_health(self, services: list[str], status: int) -> None:
         async def set_all():
-            for service in self._services:
+            for service in services:
                 await self.health.set(service, status)
-        self._loop.call(set_all())
+        future = asyncio.run_coroutine_threadsafe(set_all(), self._loop.loop)
+        if threading.current_thread() is not self._loop.thread:
+            future.result()  # from the loop itself (a v2 repository call) it runs right after
 
 
 def create_server(models_dir: str | Path | None = None, *, host: str = "127.0.0.1", port: int = 0,
                   device: str = "auto", versions: dict[str, set[int]] | None = None,
                   limits: Limits = Limits(), batching: Batching = Batching(),
                   transport: Transport = Transport(), models: list[LoadedModel] | None = None,
-                  runner_factory: RunnerFactory | None = None,
-                  security: Security = Security()) -> tuple[Server, int]:
+                  runner_factory: RunnerFactory | None = None, poll_seconds: float = 0.0,
+                  keep_versions: int = 1, security: Security = Security(),
+                  metrics_port: int | None = None) -> tuple[Server, int]:
     """Load the models (or take `models`, already loaded), warm their batchers, build and bind.
 
     Returns (server, bound_port); the server is not started yet. `port=0` binds a free port.
-    Raises StartupError when it cannot start as asked (--device cuda without CUDA, a missing
-    --model-version, a port that cannot be bound).
+    With a models folder, `poll_seconds` > 0 makes the served versions follow it (see
+    server/repository.py). `metrics_port` serves Prometheus /metrics on `host` (0: a free port,
+    None: no metrics; server/metrics.py). Raises StartupError when it cannot start as asked
+    (--device cuda without CUDA, a missing --model-version, a port that cannot be bound).
     """
-    refused: list[Refusal] = []
+    repository = None
     if models is None:
         if models_dir is None:
             raise ValueError("create_server needs models_dir or models")
-        models = load_models(models_dir, ProviderPolicy(device), versions, runner_factory, refused)
-    core = Core(models, limits, batching, refused)
+        repository = Repository(
+            models_dir, ProviderPolicy(device),
+            runner_factory or (lambda path, providers: OnnxRunner(path, providers)),
+            versions, keep_versions)
+        models = repository.load_all()
+    metrics = Metrics() if metrics_port is not None else None
+    core = Core(models, limits, batching, repository.refused() if repository else (),
+                observer=metrics.observe_request if metrics else None)
+    if metrics is not None:
+        metrics.watch(core)
+    if repository is not None:
+        repository.attach(core)
     core.start()
     loop = _Loop()
     address = f"[{host}]" if ":" in host and not host.startswith("[") else host
     try:
+        if metrics is not None:
+            metrics.start(host, metrics_port)
         grpc_server, health_servicer, bound = loop.call(
             _build(core, transport, f"{address}:{port}", security))
     except BaseException:
+        if metrics is not None:
+            metrics.stop()
         core.close()
         loop.close()
         raise
-    return Server(loop, grpc_server, core, health_servicer, f"{address}:{bound}", bound), bound
+    server = Server(loop, grpc_server, core, health_servicer, f"{address}:{bound}", bound,
+                    repository, poll_seconds)
+    server.metrics = metrics
+    return server, bound
 
 
 async def _build(core: Core, transport: Transport, address: str,

@@ -87,6 +87,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=50051, help="port to listen on; 0 picks a free one")
+    p.add_argument("--metrics-port", type=int, default=8002,
+                   help="serve Prometheus /metrics on --host at this port; 0: no metrics")
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="auto: CUDA when it comes up, else CPU (logged); cuda: fail without CUDA")
     p.add_argument("--model-version", action="append", default=[], type=_version_flag,
@@ -121,6 +123,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     b.add_argument("--batching", action="append", default=[], type=parse_batching_flag,
                    metavar="NAME=MAX_BATCH:DELAY_MS",
                    help="per-model override of --max-batch and --max-queue-delay-ms (repeatable)")
+    p.add_argument("--poll-seconds", type=_seconds, default=5.0,
+                   help="check the models folder this often: new versions are loaded, verified "
+                        "and served, removed ones unloaded (0: never)")
+    p.add_argument("--keep-versions", type=_positive_int, default=1,
+                   help="versions of each model kept loaded as new ones arrive (older ones are "
+                        "drained and unloaded)")
     p.add_argument("--intra-op-threads", type=int, default=0,
                    help="onnxruntime threads per run; 0: onnxruntime's default (every core)")
     p.add_argument("--spinning", action="store_true",
@@ -180,6 +188,7 @@ def main(args: argparse.Namespace) -> int:
             args.models_dir, host=args.host, port=args.port, device=args.device,
             versions=parse_version_flags(args.model_version), limits=limits, batching=batching,
             transport=transport, security=security.from_args(args),
+            metrics_port=args.metrics_port or None,
             runner_factory=lambda path, providers: OnnxRunner(path, providers,
                                                               args.intra_op_threads, args.spinning))
     except StartupError as e:

@@ -26,7 +26,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -34,7 +34,7 @@ from server import decode
 from server.batcher import Batcher, BatchPolicy
 from server.budget import PixelBudget
 from server.errors import (Cancelled, DeadlineExceeded, DecodeError, InvalidImage, InvalidRequest,
-                           ModelNotFound, Overloaded, Unavailable, shorten)
+                           ModelNotFound, Overloaded, ServingError, Unavailable, shorten)
 from server.runner import RunOutput
 from server.store import LoadedModel, ModelSpec, Refusal
 
@@ -101,19 +101,38 @@ class ModelView:
     probe_max_abs_diff: float | None  # None: the file has no probe (served unverified)
 
 
+@dataclass
+class RequestEvent:
+    """One request through the core, filled in as it goes and handed to `Core.observer` when it
+    ends, however it ends (server/metrics.py counts and times them)."""
+
+    protocol: str  # "fmnist.v1", "v2"
+    images: int
+    model: str = ""  # the version that answered; "" and 0 when it failed before one was chosen
+    version: int = 0
+    code: str = "OK"  # the status code name (ServingError.code, or CANCELLED, INTERNAL)
+    seconds: float = 0.0  # from entering the core to the answer or the error
+    decode_seconds: float | None = None  # None: nothing was decoded
+
+
 class Core:
     """Holds the loaded models and their batchers; `classify` and `list_models` are the API."""
 
     def __init__(self, models: Sequence[LoadedModel], limits: Limits = Limits(),
-                 batching: Batching = Batching(), refused: Sequence[Refusal] = ()):
+                 batching: Batching = Batching(), refused: Sequence[Refusal] = (),
+                 observer: Callable[[RequestEvent], None] | None = None):
         self.limits = limits
         self.refused = list(refused)  # found in the models folder but not served, and why
+        self.observer = observer  # gets every request's RequestEvent (on the event loop)
+        self.batching = batching
+        self.on_change: list[Callable[[], None]] = []  # called after a version comes or goes
+        self.on_batcher: list[Callable[[Batcher], None]] = []  # called for every new batcher
+        # Replaced whole (copy on write) when versions come and go: readers need no lock.
         self._models: dict[str, dict[int, LoadedModel]] = {}
         self._batchers: dict[tuple[str, int], Batcher] = {}
         for m in models:
             self._models.setdefault(m.spec.name, {})[m.spec.version] = m
-            self._batchers[(m.spec.name, m.spec.version)] = Batcher(
-                m.runner, batching.policy(m.spec.name), f"{m.spec.name} v{m.spec.version}")
+            self._batchers[(m.spec.name, m.spec.version)] = self._new_batcher(m)
         self._decoders = ThreadPoolExecutor(limits.decode_threads or os.cpu_count() or 1,
                                             thread_name_prefix="decode")
         self._pixels = PixelBudget(limits.max_decoding_pixels)
@@ -135,6 +154,49 @@ class Core:
                      "padded buckets" if batcher.pad else "batch shapes",
                      time.perf_counter() - started)
 
+    def add(self, loaded: LoadedModel) -> None:
+        """Serve one more version (loaded and verified by the caller): its batcher warms up
+        first, then requests are routed to it (as the newest when it is)."""
+        batcher = self._new_batcher(loaded)
+        batcher.start()
+        for hook in self.on_batcher:
+            hook(batcher)
+        key = (loaded.spec.name, loaded.spec.version)
+        with self._lock:
+            models = {name: dict(versions) for name, versions in self._models.items()}
+            models.setdefault(key[0], {})[key[1]] = loaded
+            self._batchers = {**self._batchers, key: batcher}
+            self._models = models
+        self._changed()
+
+    def remove(self, model: str, version: int, timeout: float = 60.0) -> None:
+        """Stop routing to a version, let the requests that chose it finish (at most `timeout`
+        seconds), then close its batcher and session."""
+        key = (model, version)
+        with self._lock:
+            models = {name: dict(versions) for name, versions in self._models.items()}
+            loaded = models.get(model, {}).pop(version, None)
+            if loaded is None:
+                return
+            if not models[model]:
+                del models[model]
+            self._models = models
+        self._changed()
+        give_up = time.monotonic() + timeout
+        while self._using.get(key, 0) and time.monotonic() < give_up:
+            time.sleep(0.01)
+        with self._lock:
+            batchers = dict(self._batchers)
+            batcher = batchers.pop(key)
+            self._batchers = batchers
+            self._using.pop(key, None)
+        batcher.close()
+        loaded.runner.close()
+
+    def versions(self, model: str) -> list[int]:
+        """The versions of `model` being served, oldest first."""
+        return sorted(self._models.get(model, {}))
+
     def list_models(self) -> list[ModelView]:
         return [ModelView(m.spec.name, m.spec.version, m.spec.input_side, m.spec.labels,
                           m.spec.test_accuracy, m.provider, m.spec.test_images,
@@ -143,19 +205,29 @@ class Core:
 
     async def classify(self, model: str, version: int, images: Sequence[ImageData],
                        top_k: int = 1, inversion: str = "auto",
-                       deadline: float | None = None) -> ClassifyResult:
-        """`deadline`: the caller's, in time.monotonic() seconds (None: no deadline)."""
-        top_k = self._check_top_k(top_k)
-        spec, out = await self.infer(model, version, images, inversion, deadline)
-        return ClassifyResult(spec.name, spec.version,
-                              [self._top(spec.labels, row, top_k) for row in out.probabilities])
+                       deadline: float | None = None,
+                       protocol: str = "fmnist.v1") -> ClassifyResult:
+        """`deadline`: the caller's, in time.monotonic() seconds (None: no deadline).
+        `protocol` names the API the request came in by, for the observer."""
+        with self._observed(protocol, images) as event:
+            top_k = self._check_top_k(top_k)
+            spec, out = await self._answer(event, model, version, images, inversion, deadline)
+            return ClassifyResult(spec.name, spec.version,
+                                  [self._top(spec.labels, row, top_k) for row in out.probabilities])
 
     async def infer(self, model: str, version: int, images: Sequence[ImageData] | np.ndarray,
-                    inversion: str = "auto",
-                    deadline: float | None = None) -> tuple[ModelSpec, RunOutput]:
+                    inversion: str = "auto", deadline: float | None = None,
+                    protocol: str = "fmnist.v1") -> tuple[ModelSpec, RunOutput]:
         """Both outputs for `images`: encoded/raw images (decoded as `classify` does) or the
         model's own tensor, uint8 [n, 1, 28, 28] (the KServe v2 path). Returns the spec of the
         version that answered with its RunOutput."""
+        with self._observed(protocol, images) as event:
+            return await self._answer(event, model, version, images, inversion, deadline)
+
+    async def _answer(self, event: RequestEvent, model: str, version: int,
+                      images: Sequence[ImageData] | np.ndarray, inversion: str,
+                      deadline: float | None) -> tuple[ModelSpec, RunOutput]:
+        """`infer` without the observing; notes in `event` the version and the decode time."""
         if inversion not in decode.INVERSIONS:
             raise InvalidRequest(f"inversion must be one of {', '.join(decode.INVERSIONS)}, "
                                  f"got {inversion!r}")
@@ -165,9 +237,16 @@ class Core:
                                  f"{decode.SIDE}], got {images.dtype} {list(images.shape)}")
         self._check_count(len(images))
         with self._slot(model, version) as loaded:
+            event.model, event.version = loaded.spec.name, loaded.spec.version
             _check_deadline(deadline, "before decoding")
-            batch = (np.ascontiguousarray(images) if isinstance(images, np.ndarray)
-                     else await self._decode(images, inversion, deadline))
+            if isinstance(images, np.ndarray):
+                batch = np.ascontiguousarray(images)
+            else:
+                started = time.perf_counter()
+                try:
+                    batch = await self._decode(images, inversion, deadline)
+                finally:
+                    event.decode_seconds = time.perf_counter() - started
             out = await self._infer(loaded, batch, deadline)
         return loaded.spec, out
 
@@ -193,6 +272,21 @@ class Core:
 
     def batcher(self, model: str, version: int) -> Batcher:
         return self._batchers[(model, version)]
+
+    def batchers(self) -> list[Batcher]:
+        return list(self._batchers.values())
+
+    def _new_batcher(self, loaded: LoadedModel) -> Batcher:
+        spec = loaded.spec
+        return Batcher(loaded.runner, self.batching.policy(spec.name),
+                       f"{spec.name} v{spec.version}")
+
+    def _changed(self) -> None:
+        for hook in self.on_change:
+            try:
+                hook()
+            except Exception:  # noqa: BLE001 - a broken hook must not stop a model swap
+                log.exception("model change hook failed")
 
     # --- steps ------------------------------------------------------------------------------
 
@@ -232,6 +326,32 @@ class Core:
         if n > self.limits.max_images_per_request:
             raise InvalidRequest(f"{n} images is over the limit of "
                                  f"{self.limits.max_images_per_request} per request; split them")
+
+    @contextlib.contextmanager
+    def _observed(self, protocol: str, images: Sequence[ImageData] | np.ndarray):
+        """Time one request and hand its RequestEvent to `observer` as it ends: with "OK", its
+        ServingError's code, CANCELLED (the caller went away) or INTERNAL (a bug)."""
+        scalar = isinstance(images, np.ndarray) and images.ndim == 0  # refused later, 0 images
+        event = RequestEvent(protocol, 0 if scalar else len(images))
+        started = time.perf_counter()
+        try:
+            yield event
+        except ServingError as e:
+            event.code = e.code
+            raise
+        except asyncio.CancelledError:
+            event.code = "CANCELLED"
+            raise
+        except Exception:
+            event.code = "INTERNAL"
+            raise
+        finally:
+            event.seconds = time.perf_counter() - started
+            if self.observer is not None:
+                try:
+                    self.observer(event)
+                except Exception:  # noqa: BLE001 - a broken observer must not fail requests
+                    log.exception("request observer failed")
 
     @contextlib.contextmanager
     def _slot(self, model: str, version: int):

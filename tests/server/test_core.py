@@ -308,3 +308,25 @@ def test_batch_statistics_and_listeners_see_every_batch():
     assert {size: entry[0] for size, entry in stats.by_size.items()} == {8: 2, 4: 1, 1: 1}
     assert stats.queue_seconds >= 0 and stats.compute_seconds >= 0 and stats.last_batch_at > 0
     core.close()
+
+
+def test_removing_a_version_lets_the_requests_that_chose_it_finish():
+    model = fake_model("slow", delay=0.3)
+    core = make_core(model)
+
+    async def scenario():
+        running = asyncio.create_task(core.classify("slow", 0, [raw(1)]))
+        await wait_until(model.runner.started.is_set)
+        queued = asyncio.create_task(core.classify("slow", 0, [raw(2)]))
+        await wait_until(lambda: core.batcher("slow", 1).queued_images == 1)
+        removing = asyncio.create_task(asyncio.to_thread(core.remove, "slow", 1))
+        await wait_until(lambda: core.versions("slow") == [])  # no longer routed ...
+        with pytest.raises(ModelNotFound):
+            await core.classify("slow", 0, [raw(3)])
+        results = await asyncio.gather(running, queued)  # ... but what chose it finishes
+        await removing
+        return [r.classifications[0][0].class_id for r in results]
+
+    assert asyncio.run(scenario()) == [1, 2]
+    assert model.runner.closed
+    core.close()
