@@ -140,7 +140,7 @@ class ServerProcess:
                 shutil.copytree(version_dir, target)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "server", "--models-dir", self._tmp.name, "--port", "0",
-             "--device", device, "--log-format", "json", *extra],
+             "--metrics-port", "0", "--device", device, "--log-format", "json", *extra],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.port: int | None = None
         self.log: collections.deque[str] = collections.deque(maxlen=200)

@@ -26,10 +26,12 @@ LISTENING = re.compile(r"listening on (\S+):(\d+)")
 
 
 class ServerProcess:
-    """`python -m server ...` with its stderr collected line by line (so the pipe never fills)."""
+    """`python -m server ...` with its stderr collected line by line (so the pipe never fills).
+    Metrics are off (--metrics-port 0) unless asked for: the default port is one per machine."""
 
     def __init__(self, *args: str):
-        self.proc = subprocess.Popen([sys.executable, "-m", "server", *args], cwd=REPO,
+        metrics = () if "--metrics-port" in args else ("--metrics-port", "0")
+        self.proc = subprocess.Popen([sys.executable, "-m", "server", *args, *metrics], cwd=REPO,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)

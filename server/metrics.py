@@ -1,0 +1,151 @@
+"""Prometheus metrics: what the core and its batchers did, served as text on /metrics.
+
+    metrics = Metrics()
+    core = Core(models, observer=metrics.observe_request)
+    metrics.watch(core)                      # batch events, queue depths, in-flight, model state
+    port = metrics.start("127.0.0.1", 8002)  # 0 binds a free port; returns the bound one
+    ...
+    metrics.stop()
+
+Each server owns its CollectorRegistry (never prometheus_client's global one), so two servers in
+one process, as in the tests, keep their figures apart. The names are a contract (docs/DESIGN.md):
+
+- fmnist_requests_total, fmnist_images_total {model, version, protocol, code}: every request that
+  reached the core, by status code name ("OK", "NOT_FOUND", ...). `model` and `version` are the
+  served version the core chose, or "" when the request failed before one was chosen (NOT_FOUND,
+  a malformed request): a name a client makes up never becomes a label value, so clients cannot
+  grow the metrics without bound.
+- fmnist_request_duration_seconds {model, version, protocol, code}: the core's time for a request.
+- fmnist_decode_duration_seconds {model, version, protocol}: decoding one request's images.
+- fmnist_queue_wait_seconds {model, version}: a request's wait in the batch queue (per piece,
+  when a request is split over batches).
+- fmnist_inference_duration_seconds, fmnist_batch_size {model, version}: one batch's run, and
+  the images in it (padding excluded).
+- fmnist_requests_in_flight, fmnist_queue_images {model, version}: read when scraped.
+- fmnist_model_ready {model, version, provider}: 1 for each served version (with the execution
+  provider in use), 0 for a version found but refused.
+- process_* and python_info: the process (ProcessCollector, PlatformCollector).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from prometheus_client import (CollectorRegistry, Counter, Histogram, PlatformCollector,
+                               ProcessCollector, start_http_server)
+from prometheus_client.core import GaugeMetricFamily
+
+from server.batcher import BatchEvent
+from server.core import Core, RequestEvent
+from server.errors import StartupError
+
+log = logging.getLogger("server.metrics")
+
+# 0.5 ms (a small model's batch) .. 10 s (a large batch of a large model on a CPU).
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                   5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+_REQUEST = ("model", "version", "protocol", "code")
+_MODEL = ("model", "version")
+
+
+class Metrics:
+    """The registry, its metrics and the HTTP server that exposes them."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        r = self.registry
+        self.requests = Counter("fmnist_requests", "Requests that reached the core, by status",
+                                _REQUEST, registry=r)
+        self.images = Counter("fmnist_images", "Images in those requests, by status", _REQUEST,
+                              registry=r)
+        self.request_seconds = Histogram(
+            "fmnist_request_duration_seconds", "The core's time for one request", _REQUEST,
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.decode_seconds = Histogram(
+            "fmnist_decode_duration_seconds", "Decoding one request's images",
+            ("model", "version", "protocol"), buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_seconds = Histogram(
+            "fmnist_queue_wait_seconds", "A request's wait in its model's batch queue", _MODEL,
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.inference_seconds = Histogram(
+            "fmnist_inference_duration_seconds", "One batch's run of the model", _MODEL,
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("fmnist_batch_size", "Images in one batch (padding excluded)",
+                                    _MODEL, buckets=BATCH_BUCKETS, registry=r)
+        self._http = None
+        self.port = 0
+
+    def watch(self, core: Core) -> None:
+        """Follow `core`: its batchers' events, and its gauges read at each scrape."""
+        for m in core.list_models():
+            core.batcher(m.name, m.version).listeners.append(
+                functools.partial(self._on_batch, m.name, str(m.version)))
+        self.registry.register(_CoreCollector(core))
+
+    def observe_request(self, event: RequestEvent) -> None:
+        """Core's observer: called once per request as it ends, on the event loop."""
+        model, version = event.model, str(event.version) if event.version else ""
+        labels = (model, version, event.protocol, event.code)
+        self.requests.labels(*labels).inc()
+        self.images.labels(*labels).inc(event.images)
+        self.request_seconds.labels(*labels).observe(event.seconds)
+        if event.decode_seconds is not None:
+            self.decode_seconds.labels(model, version, event.protocol).observe(event.decode_seconds)
+
+    def start(self, host: str, port: int) -> int:
+        """Serve /metrics on host:port (0: a free port); returns the bound port."""
+        try:
+            self._http = start_http_server(port, host, self.registry)
+        except (OSError, OverflowError) as e:  # in use, not an address here, not a port
+            raise StartupError(f"cannot serve metrics on {host}:{port}: {e}") from None
+        self.port = self._http[0].server_port
+        log.info("metrics on http://%s:%d/metrics", host, self.port,
+                 extra={"metrics_port": self.port})
+        return self.port
+
+    def stop(self) -> None:
+        if self._http is None:
+            return
+        server, thread = self._http
+        server.shutdown()
+        server.server_close()
+        thread.join()
+        self._http = None
+
+    def _on_batch(self, model: str, version: str, event: BatchEvent) -> None:
+        for wait in event.queue_waits:
+            self.queue_seconds.labels(model, version).observe(wait)
+        self.inference_seconds.labels(model, version).observe(event.seconds)
+        self.batch_size.labels(model, version).observe(event.size)
+
+
+class _CoreCollector:
+    """Gauges read from the core when scraped, so they are never stale."""
+
+    def __init__(self, core: Core):
+        self.core = core
+
+    def collect(self):
+        in_flight = GaugeMetricFamily("fmnist_requests_in_flight",
+                                      "Requests being worked on by the core")
+        in_flight.add_metric((), self.core.in_flight)
+        queued = GaugeMetricFamily("fmnist_queue_images", "Images waiting in a batch queue",
+                                   labels=_MODEL)
+        ready = GaugeMetricFamily("fmnist_model_ready",
+                                  "1: this version is served on this provider; 0: refused",
+                                  labels=("model", "version", "provider"))
+        for m in self.core.list_models():
+            try:
+                batcher = self.core.batcher(m.name, m.version)
+            except KeyError:  # removed since list_models
+                continue
+            queued.add_metric((m.name, str(m.version)), batcher.queued_images)
+            ready.add_metric((m.name, str(m.version), m.provider), 1)
+        for r in self.core.refused:
+            ready.add_metric((r.name, str(r.version), ""), 0)
+        return [in_flight, queued, ready]
