@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import weakref
 
 from prometheus_client import (CollectorRegistry, Counter, Histogram, PlatformCollector,
                                ProcessCollector, start_http_server)
 from prometheus_client.core import GaugeMetricFamily
 
-from server.batcher import BatchEvent
+from server.batcher import BatchEvent, Batcher
 from server.core import Core, RequestEvent
 from server.errors import StartupError
 
@@ -77,14 +78,15 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("fmnist_batch_size", "Images in one batch (padding excluded)",
                                     _MODEL, buckets=BATCH_BUCKETS, registry=r)
+        self._followed: weakref.WeakSet[Batcher] = weakref.WeakSet()
         self._http = None
         self.port = 0
 
     def watch(self, core: Core) -> None:
-        """Follow `core`: its batchers' events, and its gauges read at each scrape."""
-        for m in core.list_models():
-            core.batcher(m.name, m.version).listeners.append(
-                functools.partial(self._on_batch, m.name, str(m.version)))
+        """Follow `core`: its batchers' events (also of versions that come later), and its
+        gauges read at each scrape."""
+        self._follow(core)
+        core.on_change.append(functools.partial(self._follow, core))
         self.registry.register(_CoreCollector(core))
 
     def observe_request(self, event: RequestEvent) -> None:
@@ -116,6 +118,18 @@ class Metrics:
         server.server_close()
         thread.join()
         self._http = None
+
+    def _follow(self, core: Core) -> None:
+        """Listen to the batcher of every version served now that is not listened to yet."""
+        for m in core.list_models():
+            try:
+                batcher = core.batcher(m.name, m.version)
+            except KeyError:  # removed since list_models
+                continue
+            if batcher not in self._followed:
+                self._followed.add(batcher)
+                batcher.listeners.append(functools.partial(self._on_batch, m.name,
+                                                           str(m.version)))
 
     def _on_batch(self, model: str, version: str, event: BatchEvent) -> None:
         for wait in event.queue_waits:

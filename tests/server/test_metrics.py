@@ -121,6 +121,24 @@ def test_refused_versions_are_not_ready():
         core.close()
 
 
+def test_versions_that_come_and_go_are_followed():
+    metrics = Metrics()
+    core = Core([fake_model("fake", 1)], observer=metrics.observe_request)
+    metrics.watch(core)
+    core.start()
+    try:
+        core.add(fake_model("fake", 2))
+        core.remove("fake", 1)
+        asyncio.run(core.classify("fake", 0, [ImageData("raw", RAW)] * 3))
+        samples = scrape(metrics.start("127.0.0.1", 0))
+    finally:
+        metrics.stop()
+        core.close()
+    assert by_labels(samples, "fmnist_batch_size_sum", "model", "version") == {("fake", "2"): 3}
+    assert by_labels(samples, "fmnist_model_ready", "model", "version") == {("fake", "2"): 1}
+    assert by_labels(samples, "fmnist_requests_total", "version", "code") == {("2", "OK"): 1}
+
+
 def test_observer_sees_bugs_as_internal_and_cancelled_calls_as_cancelled():
     events = []
     models = [fake_model("broken", 1, error=RuntimeError("a bug")),
