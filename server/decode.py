@@ -9,7 +9,8 @@ What `decode_encoded` does, in order:
    header, and an image whose width x height exceeds `max_pixels` is refused before any pixel is
    decoded (PIL's own `DecompressionBombError`, raised for far larger images, is caught too). The
    server weighs the header's size against its pixel budgets before `decode_opened` decodes it.
-2. Takes the first frame (GIF/WebP animations) and makes it grayscale (ITU-R 601 luma):
+2. Takes the first frame (GIF/WebP animations) and makes it grayscale (ITU-R 601 luma), turned
+   upright by its EXIF orientation tag (a phone photo taken sideways is stored sideways):
    transparency (RGBA, LA, PA, palette with a transparent index) is composited over white, as a
    viewer shows it; 16-bit and 32-bit grayscale (I;16*, I) are scaled to 8 bits (divided by 257,
    not clipped; a 32-bit image outside 0..65535 is stretched from its min..max); float (F) images
@@ -46,6 +47,7 @@ DEFAULT_MAX_PIXELS = 4096 * 4096
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 WORK_SIDE = 512  # the gray image is box-reduced to at most this long side before any pixel math
 STRIP_PIXELS = 1 << 18  # pixels converted at a time (bounds the transient arrays)
+_EXIF_ORIENTATION = 0x0112  # phones store a sideways photo as it was shot, plus this tag
 _OBJECT_THRESHOLD = 0.10  # of the range above the background: what counts as "object" for the crop
 
 assert ImageFile.LOAD_TRUNCATED_IMAGES is False  # a truncated file must fail, not decode half-grey
@@ -92,7 +94,8 @@ def decode_opened(image: Image.Image, inversion: str = "auto") -> np.ndarray:
     """An image from `open_header` -> uint8 [28, 28]."""
     if inversion not in INVERSIONS:
         raise ValueError(f"inversion must be one of {INVERSIONS}, got {inversion!r}")
-    gray = _grayscale(_load(image))
+    image = _load(image)
+    gray = _orient(_grayscale(image), _orientation(image))
     if inversion == "always" or (inversion == "auto" and _border_is_light(gray)):
         gray = 255 - gray
     if gray.shape == (SIDE, SIDE):
@@ -114,6 +117,25 @@ def _load(image: Image.Image) -> Image.Image:
         raise DecodeError(f"truncated or corrupt {image.format} data "
                           f"({type(e).__name__}: {e})") from None
     return image
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag (1..8; 1 when absent, malformed or out of range). Read after
+    `_load`, because a PNG may carry its eXIf chunk after the pixels."""
+    try:
+        value = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not fail an otherwise good image
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _orient(gray: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn the (already reduced) gray array upright as EXIF `orientation` says, the same
+    transposition as `ImageOps.exif_transpose`, but on the <= WORK_SIDE array rather than on a
+    second full-size copy of the decoded image."""
+    turned = {1: gray, 2: gray[:, ::-1], 3: gray[::-1, ::-1], 4: gray[::-1], 5: gray.T,
+              6: np.rot90(gray, -1), 7: gray.T[::-1, ::-1], 8: np.rot90(gray)}[orientation]
+    return np.ascontiguousarray(turned)
 
 
 def _grayscale(image: Image.Image) -> np.ndarray:
