@@ -4,7 +4,9 @@ Layers, outermost first (as MLServer splits them):
 
 - ``cli`` / ``__main__``: flags, logging, signals (``python -m server --help``);
 - ``app``: ``create_server(...)`` wires the gRPC server, health and reflection; returns the port;
-- ``servicer``: translates protobuf <-> core calls; one place maps domain errors to status codes;
+- ``servicer``: fmnist.v1, translates protobuf <-> core calls;
+- ``v2``, ``v2_tensors``: KServe v2 / Triton's GRPCInferenceService over the same core;
+- ``rpc``: what both share: the one place that maps domain errors to status codes;
 - ``core``: the transport-free work (validate, decode, run, top-k); never imports grpc;
 - ``store``: scans the models folder, reads ONNX metadata, picks versions, loads runners;
 - ``runner``: owns one onnxruntime session (the seam where a dynamic batcher goes);
@@ -15,3 +17,5 @@ Layers, outermost first (as MLServer splits them):
 
 Nothing here imports torch, trainer or exporter: the ONNX file's metadata says all the server needs.
 """
+
+__version__ = "0.1.0"  # v2 ServerMetadata reports it

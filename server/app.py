@@ -24,6 +24,7 @@ import grpc
 from fmnist.v1 import classifier_pb2 as pb
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from inference import grpc_service_pb2 as v2_pb
 
 from server.core import Batching, Core, Limits
 from server.errors import StartupError
@@ -35,6 +36,7 @@ from server.repository import Repository
 from server.runner import OnnxRunner
 from server.store import LoadedModel, RunnerFactory
 from server.transport import Transport, grpc_options, service_handler
+from server.v2 import SERVICE_NAME as V2_SERVICE_NAME, V2Servicer
 
 log = logging.getLogger("server.app")
 
@@ -206,10 +208,12 @@ async def _build(core: Core, transport: Transport, address: str,
                                   interceptors=security.interceptors())
     grpc_server.add_generic_rpc_handlers((service_handler(
         SERVICE_NAME, ClassifierServicer(core), pb, transport.request_read_timeout_seconds),))
+    grpc_server.add_generic_rpc_handlers((service_handler(  # KServe v2, same port: server/v2.py
+        V2_SERVICE_NAME, V2Servicer(core), v2_pb, transport.request_read_timeout_seconds),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server)
+        (SERVICE_NAME, V2_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server)
     try:
         bound = security.add_port(grpc_server, address)  # TLS when configured
     except RuntimeError as e:

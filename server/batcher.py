@@ -91,6 +91,7 @@ class BatchStats:
     batches: int = 0
     failed_batches: int = 0
     images: int = 0
+    pieces: int = 0  # request pieces run (what queue_seconds sums over)
     queue_seconds: float = 0.0
     compute_seconds: float = 0.0
     by_size: dict[int, list] = field(default_factory=dict)  # size -> [batches, compute seconds]
@@ -100,6 +101,7 @@ class BatchStats:
         self.batches += 1
         self.failed_batches += not event.ok
         self.images += event.size
+        self.pieces += len(event.queue_waits)
         self.queue_seconds += sum(event.queue_waits)
         self.compute_seconds += event.seconds
         entry = self.by_size.setdefault(event.size, [0, 0.0])

@@ -270,6 +270,11 @@ class Core:
     def in_flight(self) -> int:
         return self._in_flight
 
+    @property
+    def draining(self) -> bool:
+        """True once `drain` was called: the server is shutting down (v2 ServerReady says so)."""
+        return self._draining
+
     def batcher(self, model: str, version: int) -> Batcher:
         return self._batchers[(model, version)]
 

@@ -1,6 +1,6 @@
 """Typed domain errors. Each carries the name of the gRPC status code it travels as.
 
-The core raises these and never imports grpc; `servicer.map_errors` is the one place that turns
+The core raises these and never imports grpc; `rpc.map_errors` is the one place that turns
 `ServingError.code` into a `grpc.StatusCode` (by name). Anything that is not a `ServingError` is a
 bug and becomes INTERNAL there, with its traceback logged.
 """
@@ -48,6 +48,13 @@ class Unavailable(ServingError):
     """Not ready yet, or shutting down."""
 
     code = "UNAVAILABLE"
+
+
+class Unimplemented(ServingError):
+    """A method this server does not offer as it runs (v2 repository loads without a models
+    folder to load from)."""
+
+    code = "UNIMPLEMENTED"
 
 
 class DeadlineExceeded(ServingError):
