@@ -29,7 +29,7 @@ STUBS     := $(GEN)/.stamp
 model_flags = $(if $(MODELS),--models $(MODELS))
 
 .PHONY: help install install-serve dataset stubs demo test train export serve \
-        bench-train bench-export bench-serve report clean
+        bench-train bench-export bench-serve bench-peer report clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -89,6 +89,15 @@ bench-export: install  ## onnxruntime throughput: folded vs unfolded vs PyTorch 
 
 bench-serve: install  ## in-process onnxruntime against the gRPC server over loopback
 	$(PY) -m bench.serve $(model_flags)
+
+PEER_VENV ?= .venv-peer
+$(PEER_VENV)/.deps: requirements/peer.txt
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install -q -r requirements/peer.txt
+	touch $@
+
+bench-peer: install $(PEER_VENV)/.deps  ## fmnist-serve against MLServer over KServe v2 (MODELS=resnet18)
+	$(PY) -m bench.peer $(model_flags) --peer-python $(PEER_VENV)/bin/python
 
 # TEST_IMAGES=N measures each model on the first N test images (default: all 10,000).
 report: install  ## static HTML report of $(ARTIFACTS) -> $(ARTIFACTS)/report/index.html
