@@ -4,6 +4,9 @@ Each export folds BatchNorm into the layers before it, puts the preprocessing an
 the graph, checks the graph, compares the ONNX model (onnxruntime, CPU) with the unfolded PyTorch
 model on the whole test set, and only then writes artifacts/models/<arch>/<version>/model.onnx and
 report.json, atomically, as the next version. An unchanged checkpoint is not exported twice.
+Temporary folders left by an exporter that was killed mid-write are removed first. A failure
+(refused export, full disk, permissions) is one error line for that architecture and the others
+still run; the exit status is then 1.
 
 Examples:
     python -m exporter                          # every architecture that has a best.pt
@@ -18,8 +21,9 @@ import functools
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
-from exporter import pipeline, to_onnx
+from exporter import pipeline, to_onnx, versions
 from exporter.errors import ExportError
 from exporter.parity import MAX_ABS_DIFF, MIN_AGREEMENT
 from exporter.report import ExportReport, Skipped, summary
@@ -90,12 +94,12 @@ def main(args: argparse.Namespace) -> int:
     rows, failed = [], 0
     for arch in archs:
         try:
-            result = pipeline.export_arch(arch, args.artifacts, data, options)
+            result = _export(arch, args.artifacts, data, options)
         except fmnist.DataError as err:  # every export needs the test set: stop here
             print(f"error: {err}", file=sys.stderr)
             return 1
-        except ExportError as err:
-            print(f"error: {err}", file=sys.stderr)
+        except (ExportError, OSError) as err:
+            print(f"error: {_one_line(arch, err)}", file=sys.stderr)
             rows.append({"arch": arch, "status": "FAILED"})
             failed += 1
             continue
@@ -108,6 +112,24 @@ def main(args: argparse.Namespace) -> int:
                                   ("agreement", "agree", ".2%"),
                                   ("mb", "MB", ".1f"), ("seconds", "s", ".1f")]))
     return 1 if failed else 0
+
+
+def _export(arch: str, artifacts: Path, data: Callable[[], fmnist.FashionMNIST],
+            options: pipeline.Options) -> ExportReport | Skipped:
+    """Remove what a killed exporter left of `arch`'s versions, then export it."""
+    stale = versions.remove_stale(pipeline.model_dir(artifacts, arch))
+    if stale:
+        print(f"{arch}: removed {len(stale)} temporary folder(s) left by an exporter that did not "
+              f"finish: {', '.join(stale)}", flush=True)
+    return pipeline.export_arch(arch, artifacts, data, options)
+
+
+def _one_line(arch: str, err: Exception) -> str:
+    """ExportError messages already name the architecture and what to do; an OSError (full disk,
+    no permission, a path taken by something else) gets the architecture it stopped."""
+    if isinstance(err, ExportError):
+        return str(err)
+    return f"{arch}: not exported: {err}"
 
 
 def _load_data(data_dir: Path | None) -> fmnist.FashionMNIST:

@@ -1,15 +1,12 @@
-"""The graph check and the versioned writer, on small hand-made inputs."""
+"""The graph check, on small hand-made graphs."""
 
 from __future__ import annotations
-
-import os
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from exporter import versions
 from exporter.checks import check_graph, unfolded_batchnorms
 from exporter.errors import ExportError
 
@@ -62,37 +59,3 @@ def test_check_graph_runs_the_onnx_checker():
     model.graph.node[0].input[0] = "nowhere"
     with pytest.raises(ExportError, match="onnx.checker rejects"):
         check_graph(model, "broken")
-
-
-def test_versions_count_only_integer_folders(tmp_path):
-    assert versions.versions(tmp_path / "absent") == [] and versions.next_version(tmp_path) == 1
-    for name in ("1", "3", ".2.x.tmp", "latest"):
-        (tmp_path / name).mkdir()
-    (tmp_path / "7").write_text("a file, not a version")
-    assert versions.versions(tmp_path) == [1, 3]
-    assert versions.next_version(tmp_path) == 4
-
-
-def test_publish_writes_all_files_under_the_version(tmp_path):
-    path = versions.publish(tmp_path / "lenet", 1, {"model.onnx": b"m", "report.json": b"{}"})
-    assert path == tmp_path / "lenet" / "1"
-    assert sorted(os.listdir(path)) == ["model.onnx", "report.json"]
-    assert os.listdir(tmp_path / "lenet") == ["1"]
-
-
-def test_failed_publish_leaves_nothing_behind(tmp_path, monkeypatch):
-    def broken_rename(src, dst):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(versions.os, "rename", broken_rename)
-    with pytest.raises(OSError, match="disk full"):
-        versions.publish(tmp_path, 1, {"model.onnx": b"m"})
-    assert os.listdir(tmp_path) == []
-
-
-def test_publish_never_overwrites_a_version(tmp_path):
-    versions.publish(tmp_path, 1, {"model.onnx": b"first"})
-    with pytest.raises(ExportError, match="appeared while exporting"):
-        versions.publish(tmp_path, 1, {"model.onnx": b"second"})
-    assert os.listdir(tmp_path) == ["1"]
-    assert (tmp_path / "1" / "model.onnx").read_bytes() == b"first"

@@ -1,0 +1,116 @@
+"""The versioned writer: numbers, atomic writes, concurrent exporters, leftovers, permissions."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from exporter import versions
+from tests.conftest import REPO
+
+
+def _files(data: bytes):
+    return lambda version: {"model.onnx": data, "report.json": b'{"version": %d}' % version}
+
+
+def test_versions_count_only_version_folders(tmp_path):
+    assert versions.versions(tmp_path / "absent") == [] and versions.next_version(tmp_path) == 1
+    for name in ("1", "3", "03", ".2.x.tmp", "latest"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "7").write_text("a file, not a version")
+    assert versions.versions(tmp_path) == [1, 3]
+    assert versions.next_version(tmp_path) == 8  # a number whose name is taken is never reused
+
+
+def test_publish_writes_all_files_under_the_next_version(tmp_path):
+    arch_dir = tmp_path / "lenet"
+    assert versions.publish(arch_dir, _files(b"m")) == (1, arch_dir / "1")
+    assert sorted(os.listdir(arch_dir / "1")) == ["model.onnx", "report.json"]
+    assert (arch_dir / "1" / "report.json").read_bytes() == b'{"version": 1}'
+    assert versions.publish(arch_dir, _files(b"m")) == (2, arch_dir / "2")
+    assert sorted(p for p in os.listdir(arch_dir) if p != versions.LOCK_FILE) == ["1", "2"]
+
+
+def test_failed_publish_leaves_nothing_behind(tmp_path, monkeypatch):
+    def broken_rename(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(versions.os, "rename", broken_rename)
+    with pytest.raises(OSError, match="disk full"):
+        versions.publish(tmp_path, _files(b"m"))
+    assert os.listdir(tmp_path) == [versions.LOCK_FILE]
+
+
+_EXPORTER = """
+import pathlib, sys, time
+from exporter import versions
+arch_dir, me = pathlib.Path(sys.argv[1]), sys.argv[2]
+(arch_dir.parent / f"ready-{me}").touch()
+while not (arch_dir.parent / "go").exists():
+    time.sleep(0.01)
+def files(version):
+    time.sleep(0.5)  # the model being serialized: both choose a number inside this window
+    return {"model.onnx": me.encode()}
+print(versions.publish(arch_dir, files)[0])
+"""
+
+
+def test_two_concurrent_exporters_get_different_versions(tmp_path):
+    arch_dir = tmp_path / "models" / "lenet"
+    arch_dir.parent.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", _EXPORTER, str(arch_dir), me], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for me in ("a", "b")]
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / "models" / f"ready-{me}").exists() for me in "ab"):
+        assert time.monotonic() < deadline, "the exporters did not start"
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        time.sleep(0.01)
+    (tmp_path / "models" / "go").touch()
+    results = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in results]
+    assert sorted(int(out) for out, _ in results) == [1, 2]
+    written = {(arch_dir / out.strip() / "model.onnx").read_text() for out, _ in results}
+    assert written == {"a", "b"}
+
+
+def test_stale_temporary_folders_are_removed(tmp_path):
+    for name in (".3.k2j4.tmp", ".4.1234.tmp", "3", ".notes", ".5.tmp"):
+        (tmp_path / name).mkdir()
+    (tmp_path / ".3.k2j4.tmp" / "model.onnx").write_bytes(b"half a model")
+    assert versions.remove_stale(tmp_path) == [".3.k2j4.tmp", ".4.1234.tmp"]
+    assert sorted(os.listdir(tmp_path)) == sorted([".5.tmp", ".notes", versions.LOCK_FILE, "3"])
+    assert versions.remove_stale(tmp_path / "absent") == []
+
+
+def test_a_live_exporters_temporary_folder_is_left_alone(tmp_path):
+    removed = []
+    with versions.locked(tmp_path):  # an exporter between its mkdir and its rename
+        (tmp_path / ".1.999.tmp").mkdir()
+        cleaner = threading.Thread(target=lambda: removed.extend(versions.remove_stale(tmp_path)))
+        cleaner.start()
+        time.sleep(0.3)
+        assert cleaner.is_alive() and (tmp_path / ".1.999.tmp").is_dir()
+        os.rename(tmp_path / ".1.999.tmp", tmp_path / "1")
+    cleaner.join(10)
+    assert removed == [] and (tmp_path / "1").is_dir()
+
+
+@pytest.mark.parametrize("umask, folder, file", [(0o022, 0o755, 0o644), (0o002, 0o755, 0o644),
+                                                 (0o077, 0o700, 0o600)])
+def test_published_versions_are_readable_as_the_umask_allows(tmp_path, umask, folder, file):
+    """A server running as another user must read the files; nobody else may change them."""
+    old = os.umask(umask)
+    try:
+        _, path = versions.publish(tmp_path / "lenet", _files(b"m"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == folder
+    for name in ("model.onnx", "report.json"):
+        assert stat.S_IMODE((path / name).stat().st_mode) == file
