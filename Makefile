@@ -44,8 +44,9 @@ $(VENV)/bin/python:
 
 # The .pth puts the repo and the generated stubs on the venv's path, so `python client/predict.py`
 # and `python -m server` find them from any folder.
-$(DEPS): requirements/dev.txt requirements/train.txt requirements/serve.txt requirements/lock.txt | $(VENV)/bin/python
+$(DEPS): requirements/dev.txt requirements/no-deps.txt requirements/train.txt requirements/serve.txt requirements/lock.txt | $(VENV)/bin/python
 	$(PY) -m pip install -q -r requirements/dev.txt -c requirements/lock.txt
+	$(PY) -m pip install -q --no-deps -r requirements/no-deps.txt -c requirements/lock.txt
 	printf '%s\n%s\n' "$(CURDIR)" "$(CURDIR)/$(GEN)" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/fmnist-serve.pth"
 	touch $@ $(SERVE_DEPS)
 
