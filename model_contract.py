@@ -23,6 +23,7 @@ SIDE = 28
 NUM_CLASSES = 10
 INPUT = "image"
 OUTPUTS = ("logits", "probabilities")
+LOGITS, PROBABILITIES = OUTPUTS
 MODEL_FILE = "model.onnx"
 REPORT_FILE = "report.json"
 

@@ -17,7 +17,8 @@ import onnxruntime as ort
 import torch
 from tqdm import tqdm
 
-from exporter.wrap import INPUT_NAME, Servable
+import model_contract as contract
+from exporter.wrap import Servable
 
 MAX_ABS_DIFF = 1e-4
 MIN_AGREEMENT = 0.9995
@@ -68,7 +69,7 @@ def _onnx_logits(session: ort.InferenceSession, images: torch.Tensor, batch_size
     out = []
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size].numpy()
-        out.append(session.run(["logits"], {INPUT_NAME: batch})[0])
+        out.append(session.run([contract.LOGITS], {contract.INPUT: batch})[0])
         bar.update(len(batch))
     return np.concatenate(out)
 
@@ -83,6 +84,16 @@ def _torch_logits(reference: Servable, images: torch.Tensor, batch_size: int,
             out.append(reference(batch)[0].numpy())
             bar.update(len(batch))
     return np.concatenate(out)
+
+
+def probe(session: ort.InferenceSession, images: torch.Tensor) -> str:
+    """The `fmnist.probe` value: the first PROBE_IMAGES of `images` and the probabilities this
+    session (the written graph on the CPU provider) gives for them in one batch. The server runs
+    them on the provider it serves with, so a file or provider that answers differently from what
+    was checked here is refused where it is served (model_contract.PROBE_TOLERANCE)."""
+    batch = images[:contract.PROBE_IMAGES].numpy()
+    (probabilities,) = session.run([contract.PROBABILITIES], {contract.INPUT: batch})
+    return contract.encode_probe(batch, probabilities)
 
 
 def failures(parity: Parity, max_abs_diff: float = MAX_ABS_DIFF,

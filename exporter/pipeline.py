@@ -1,11 +1,12 @@
 """One architecture's export, start to finish: checkpoint -> fold -> wrap -> export -> check ->
 compare -> write. Each step is its own module and testable alone; this file only strings them
 together, times them, and turns their results into the report. Nothing is written unless every
-check passed, and then it is written atomically as the next version."""
+check passed, and then it is written atomically as the next version (exporter/versions.py)."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from dataclasses import dataclass, replace
@@ -19,11 +20,12 @@ import torch
 from google.protobuf.message import DecodeError
 from torch import nn
 
+import model_contract as contract
 from exporter import metadata, to_onnx, versions
 from exporter.checks import check_graph
 from exporter.errors import ExportError
 from exporter.fold import fold_batchnorm
-from exporter.parity import MAX_ABS_DIFF, MIN_AGREEMENT, cpu_session, failures, measure
+from exporter.parity import MAX_ABS_DIFF, MIN_AGREEMENT, cpu_session, failures, measure, probe
 from exporter.report import ExportReport, Skipped
 from exporter.wrap import Servable
 from trainer import checkpoint, models
@@ -56,6 +58,11 @@ def best_checkpoint(artifacts: str | os.PathLike, arch: str) -> Path:
         raise ExportError(f"{path} not found: run `make train MODELS={arch}` first "
                           f"(or point --artifacts at the folder that holds checkpoints/)")
     return path
+
+
+def model_dir(artifacts: str | os.PathLike, arch: str) -> Path:
+    """Where `arch`'s versions are published: <artifacts>/models/<arch>."""
+    return Path(artifacts) / "models" / arch
 
 
 def archs_with_checkpoints(artifacts: str | os.PathLike) -> list[str]:
@@ -110,7 +117,7 @@ def export_arch(arch: str, artifacts: str | os.PathLike, data: Callable[[], Fash
     `options.force` is off."""
     clock = _Clock()
     ckpt_path = best_checkpoint(artifacts, arch)
-    arch_dir = Path(artifacts) / "models" / arch
+    arch_dir = model_dir(artifacts, arch)
     with clock("load"):
         dataset = _test_subset(data(), options.test_images)
         sha = versions.sha256_file(ckpt_path)
@@ -127,20 +134,21 @@ def export_arch(arch: str, artifacts: str | os.PathLike, data: Callable[[], Fash
                                clock)
     model = graphs["written"]
     with clock("parity"):
-        parity = measure(cpu_session(model.SerializeToString()), reference, dataset.test_images,
-                         dataset.test_labels, options.batch_size or parity_batch_size(side),
+        session = cpu_session(model.SerializeToString())
+        parity = measure(session, reference, dataset.test_images, dataset.test_labels,
+                         options.batch_size or parity_batch_size(side),
                          desc=f"{arch} parity" if options.progress else None)
+        probe_value = probe(session, dataset.test_images)
     missed = failures(parity, options.max_abs_diff, options.min_agreement)
     if missed:
         raise ExportError(f"{arch}: parity check failed, nothing written: {'; '.join(missed)} "
                           f"(ONNX accuracy {parity.onnx_accuracy:.4f}, PyTorch "
                           f"{parity.torch_accuracy:.4f}, {parity.images} test images)")
-    meta = metadata.build(arch, side, fold, parity, sha)
+    meta = metadata.build(arch, side, fold, parity, sha, probe_value)
     metadata.attach(model, meta)
     model_bytes = model.SerializeToString()
-    version = versions.next_version(arch_dir)
-    report = ExportReport(
-        arch=arch, version=version, model=str(arch_dir / str(version) / versions.MODEL_FILE),
+    report = functools.partial(
+        ExportReport, arch=arch,
         checkpoint={"path": str(ckpt_path), "sha256": sha, "epoch": ckpt.get("epoch"),
                     "test_accuracy": ckpt.get("test_accuracy")},
         data_source=dataset.source,
@@ -153,9 +161,19 @@ def export_arch(arch: str, artifacts: str | os.PathLike, data: Callable[[], Fash
         seconds={**clock.seconds, "total": clock.total()}, metadata=meta,
         versions={"torch": str(torch.__version__), "onnx": onnx.__version__,
                   "onnxscript": onnxscript.__version__, "onnxruntime": onnxruntime.__version__})
-    versions.publish(arch_dir, version, {versions.MODEL_FILE: model_bytes,
-                                         versions.REPORT_FILE: report.to_json()})
-    return report
+    return _publish(arch_dir, model_bytes, report)
+
+
+def _publish(arch_dir: Path, model_bytes: bytes,
+             report: Callable[..., ExportReport]) -> ExportReport:
+    """Write model.onnx and report.json as the next version. The report names its version and
+    path, which only versions.publish knows, once it holds the arch folder's lock."""
+    def placed(version: int) -> ExportReport:
+        return report(version=version, model=str(arch_dir / str(version) / contract.MODEL_FILE))
+
+    version, _ = versions.publish(arch_dir, lambda v: {contract.MODEL_FILE: model_bytes,
+                                                       contract.REPORT_FILE: placed(v).to_json()})
+    return placed(version)
 
 
 def _export_and_check(reference: Servable, servable: Servable, arch: str, opset: int,
@@ -187,11 +205,11 @@ def _version_holding(arch_dir: Path, sha: str, test_images: int) -> int | None:
     if not published:
         return None
     try:
-        meta = metadata.read(arch_dir / str(published[-1]) / versions.MODEL_FILE)
+        meta = metadata.read(arch_dir / str(published[-1]) / contract.MODEL_FILE)
     except (OSError, DecodeError):
         return None  # an unreadable latest version never blocks a new export
-    same = (meta.get(metadata.SOURCE_SHA256) == sha
-            and meta.get(metadata.TEST_IMAGES) == str(test_images))
+    same = (meta.get(contract.SOURCE_SHA256) == sha
+            and meta.get(contract.TEST_IMAGES) == str(test_images))
     return published[-1] if same else None
 
 

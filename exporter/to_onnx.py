@@ -16,7 +16,8 @@ import onnx
 import onnxscript.optimizer
 import torch
 
-from exporter.wrap import INPUT_NAME, OUTPUT_NAMES, Servable
+import model_contract as contract
+from exporter.wrap import Servable
 
 # torch 2.14's exporter default, pinned so a torch upgrade does not silently change the files. The
 # exporter writes IR version 10, which the server's onnxruntime (1.31) loads; the parity step
@@ -34,7 +35,7 @@ def export(servable: Servable, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
         raise ValueError("export needs the model in eval mode (BatchNorm, Dropout)")
     program = torch.onnx.export(
         servable, (_EXAMPLE,), dynamo=True, optimize=False, verbose=False, opset_version=opset,
-        external_data=False, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+        external_data=False, input_names=[contract.INPUT], output_names=list(contract.OUTPUTS),
         dynamic_shapes=({0: torch.export.Dim("batch")},))
     return program.model_proto
 

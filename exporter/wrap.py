@@ -1,7 +1,8 @@
 """The servable network: what the ONNX file computes, from the dataset's uint8 images to class
 probabilities, with the very Preprocess module the trainer used (docs/DESIGN.md, "Preprocessing is
 part of the model"). The same wrapper serves as the PyTorch reference in the parity check, so the
-reference and the export differ only by the folding and the runtime."""
+reference and the export differ only by the folding and the runtime. Its input and output names
+are the serving contract's (model_contract.INPUT, OUTPUTS), given to the graph by to_onnx."""
 
 from __future__ import annotations
 
@@ -9,9 +10,6 @@ import torch
 from torch import nn
 
 from trainer.preprocess import Preprocess
-
-INPUT_NAME = "image"
-OUTPUT_NAMES = ("logits", "probabilities")
 
 
 class Servable(nn.Module):

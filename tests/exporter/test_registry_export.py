@@ -13,11 +13,13 @@ import onnx
 import pytest
 import torch
 
+import model_contract
 from exporter import pipeline
-from tests.conftest import write_fashion_mnist
 from exporter.parity import cpu_session
 from exporter.testing import random_net, write_checkpoint
 from exporter.wrap import Servable
+from tests.conftest import write_fashion_mnist
+from tests.exporter import written
 from trainer import checkpoint
 from trainer import data as fmnist
 from trainer.models import ARCHITECTURES
@@ -30,13 +32,18 @@ def small_fmnist(tmp_path_factory):
     return write_fashion_mnist(tmp_path_factory.mktemp("fmnist-64"), n_train=16, n_test=64)
 
 
+@pytest.fixture(scope="module")
+def small_test_set(small_fmnist) -> fmnist.FashionMNIST:
+    return fmnist.load(small_fmnist)
+
+
 @pytest.fixture(scope="module", params=list(ARCHITECTURES))
-def exported(request, tmp_path_factory, small_fmnist):
+def exported(request, tmp_path_factory, small_test_set):
     arch = request.param
     artifacts = tmp_path_factory.mktemp(f"export-{arch}")
     net = random_net(arch, seed=3)
     ckpt = write_checkpoint(net, arch, checkpoint.checkpoint_dir(artifacts, arch) / "best.pt")
-    report = pipeline.export_arch(arch, artifacts, lambda: fmnist.load(small_fmnist))
+    report = pipeline.export_arch(arch, artifacts, lambda: small_test_set)
     return arch, net, ckpt, report
 
 
@@ -86,3 +93,23 @@ def test_metadata_describes_the_model(exported):
     assert meta["fmnist.torch_version"] == str(torch.__version__)
     assert all(isinstance(v, str) for v in meta.values())
     assert json.loads(open(report.model.replace("model.onnx", "report.json")).read())["metadata"] == meta
+
+
+def test_metadata_accuracy_is_the_written_files_own(exported, small_test_set):
+    """Measured again from model.onnx alone: the metadata and report.json come from one object, so
+    comparing them with each other could not catch a wrong measurement. Random networks answer
+    one class for every image, so here this catches a wrong subset or count, not wrong labels;
+    test_cli's trained lenet_bn catches those."""
+    _, _, _, report = exported
+    accuracy = written.accuracy(report.model, small_test_set.test_images.numpy(),
+                                small_test_set.test_labels.numpy())
+    assert written.metadata(report.model)["fmnist.test_accuracy"] == f"{accuracy:.4f}"
+
+
+def test_probe_is_reproduced_by_the_written_file(exported, small_test_set):
+    """The server re-runs the probe where it serves; on the CPU it must give the same answers."""
+    _, _, _, report = exported
+    probe = model_contract.decode_probe(written.metadata(report.model)["fmnist.probe"])
+    np.testing.assert_array_equal(probe.images, small_test_set.test_images[:16].numpy())
+    (probabilities,) = written.session(report.model).run(["probabilities"], {"image": probe.images})
+    np.testing.assert_allclose(probe.probabilities, probabilities, rtol=0, atol=1e-6)
