@@ -188,7 +188,7 @@ def create_server(models_dir: str | Path | None = None, *, host: str = "127.0.0.
         if metrics is not None:
             metrics.start(host, metrics_port)
         grpc_server, health_servicer, bound = loop.call(
-            _build(core, transport, f"{address}:{port}", security))
+            _build(core, transport, f"{address}:{port}", security, repository))
     except BaseException:
         if metrics is not None:
             metrics.stop()
@@ -202,14 +202,15 @@ def create_server(models_dir: str | Path | None = None, *, host: str = "127.0.0.
 
 
 async def _build(core: Core, transport: Transport, address: str,
-                 security: Security = Security()):
+                 security: Security = Security(), repository: Repository | None = None):
     """On the loop: the aio server with the Classifier, health and reflection, bound to `address`."""
     grpc_server = grpc.aio.server(options=grpc_options(transport, core.limits.max_message_bytes),
                                   interceptors=security.interceptors())
     grpc_server.add_generic_rpc_handlers((service_handler(
         SERVICE_NAME, ClassifierServicer(core), pb, transport.request_read_timeout_seconds),))
     grpc_server.add_generic_rpc_handlers((service_handler(  # KServe v2, same port: server/v2.py
-        V2_SERVICE_NAME, V2Servicer(core), v2_pb, transport.request_read_timeout_seconds),))
+        V2_SERVICE_NAME, V2Servicer(core, repository), v2_pb,
+        transport.request_read_timeout_seconds),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     reflection.enable_server_reflection(

@@ -35,7 +35,8 @@ _UNLOAD_DEPENDENTS = "unload_dependents"  # tritonclient always sends it; no mod
 
 
 class Repository(Protocol):
-    """What RepositoryModelLoad/Unload need from the live model repository. Both may block while
+    """What RepositoryModelLoad/Unload need from the live model repository (server/repository.py's
+    Repository; None when the server was given its models, not a folder). Both may block while
     versions load, warm up or drain, so they are called on a worker thread; failures are
     server.errors exceptions (ModelNotFound, ...), mapped like any other."""
 
@@ -95,7 +96,7 @@ class V2Servicer:
         images = tensors.images_of(request)
         wanted = tensors.wanted_of(request)
         spec, out = await self.core.infer(request.model_name, version, images,
-                                          deadline=deadline_of(context))
+                                          deadline=deadline_of(context), protocol="v2")
         return tensors.infer_response(request.id, spec, out, wanted)
 
     @map_errors
