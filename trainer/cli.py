@@ -5,6 +5,8 @@ Examples:
     python -m trainer --models resnet18 lenet_bn --epochs 3
     python -m trainer --models lenet --time-budget 30 --limit-train 10000
     python -m trainer --models resnet18 --resume
+    python -m trainer --models resnet18 --recipe improved --schedule budget --time-budget 90 \
+        --eval-images 1000 --batch-size 32     # a short run that ends at a low learning rate
     torchrun --nproc_per_node=2 -m trainer --models resnet18
 """
 
@@ -46,13 +48,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int,
                    help="epochs (default: the recipe's, 10; with --resume, the resumed run's)")
     p.add_argument("--lr", type=float, help="learning rate (default: the recipe's, per arch)")
+    p.add_argument("--schedule", choices=models.SCHEDULES,
+                   help="learning-rate schedule (default: the recipe's): constant; cosine: one "
+                        "warm-up epoch, then a half cosine over the epochs; budget: warm-up for "
+                        "10%% of --time-budget, then a half cosine that reaches 0 when the budget "
+                        "is spent (for short runs that never finish an epoch)")
     p.add_argument("--batch-size", type=int,
                    help="global batch size, split over torchrun's processes (default: per arch)")
     p.add_argument("--limit-train", type=int, metavar="N",
                    help="train on the first N training images only (quick runs)")
     p.add_argument("--time-budget", type=float, metavar="SECONDS",
-                   help="per architecture: stop training after this many seconds, then evaluate "
-                        "and checkpoint (the run can be continued with --resume)")
+                   help="per architecture: seconds for training and its evaluations together: "
+                        "training stops early enough to evaluate within it, then checkpoints "
+                        "(the run can be continued with --resume)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="auto: cuda when available, else cpu (default: auto)")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
@@ -74,6 +82,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "torchvision download into data/)")
     p.add_argument("--eval-batch-size", type=int, default=500,
                    help="batch size for the test-set evaluation (default: 500)")
+    p.add_argument("--eval-images", type=int, metavar="N",
+                   help="evaluate each epoch on the first N test images only (default: all "
+                        "10,000); the count is logged with each epoch's accuracy")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -94,13 +105,15 @@ def _config(args, arch: str, device: torch.device, precision: str) -> TrainConfi
     spec = models.get(arch)
     recipe = spec.recipes[args.recipe]
     channels_last = spec.channels_last if args.channels_last is None else args.channels_last
-    overrides = {k: v for k, v in (("lr", args.lr), ("batch_size", args.batch_size))
+    overrides = {k: v for k, v in (("lr", args.lr), ("batch_size", args.batch_size),
+                                   ("schedule", args.schedule))
                  if v is not None}
     return TrainConfig(arch=arch, recipe_name=args.recipe, recipe=replace(recipe, **overrides),
                        device=device, precision=precision, channels_last=channels_last,
                        seed=args.seed, artifacts=args.artifacts, limit_train=args.limit_train,
                        time_budget=args.time_budget, resume=args.resume,
-                       eval_batch_size=args.eval_batch_size, epochs=args.epochs)
+                       eval_batch_size=args.eval_batch_size, eval_images=args.eval_images,
+                       epochs=args.epochs)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -122,6 +135,7 @@ def main(args: argparse.Namespace) -> int:
         print()
         print(format_table(rows, [("arch", "arch", ""), ("recipe", "recipe", ""),
                                   ("epochs", "epochs", ".2f"), ("test_acc", "test acc", ".4f"),
+                                  ("eval_images", "on images", "d"),
                                   ("best_acc", "best acc", ".4f"), ("seconds", "train s", ".0f"),
                                   ("examples_per_s", "ex/s", ".0f"), ("stopped", "stopped", "")]))
     if world.distributed:

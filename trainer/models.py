@@ -34,7 +34,7 @@ class Recipe:
     nesterov: bool = False
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
-    schedule: str = "constant"  # "constant" | "cosine" (with one warm-up epoch)
+    schedule: str = "constant"  # "constant" | "cosine" (one warm-up epoch) | "budget" (over time)
     augment: bool = False  # random 2-pixel shifts and horizontal flips, on the device
 
     def as_dict(self) -> dict:
@@ -335,6 +335,7 @@ _register("densenet", _densenet, 96, "DenseNet, 4 dense blocks of 4 convs, growt
           Recipe(lr=0.1, batch_size=256), improved_lr=0.1)
 
 RECIPES = ("d2l", "improved")
+SCHEDULES = ("constant", "cosine", "budget")
 
 
 def get(name: str) -> Architecture:

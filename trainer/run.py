@@ -4,6 +4,11 @@ The loop is plain and visible (nanoGPT's shape); the pieces it calls are in loop
 cleanly at the end of its epochs, when its time budget is spent, or on Ctrl-C/SIGTERM: it finishes
 the step it is in, writes `last.pt` (and, except on an interrupt, evaluates first), so `--resume`
 continues from exactly that step with the same batch order, optimizer, schedule and RNG.
+
+A time budget covers the evaluations too: training stops while there is still time, by the
+latest estimate, to evaluate (`--eval-images` caps how many test images that takes). The
+"budget" schedule spreads a warm-up and a cosine decay over that time instead of over epochs,
+so a short run ends at a low learning rate however fast the machine is.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ class TrainConfig:
     time_budget: float | None = None
     resume: bool = False
     eval_batch_size: int = 500
+    eval_images: int | None = None  # per-epoch evaluation on the first N test images only
     epochs: int | None = None  # --epochs; None keeps the recipe's or, on resume, last.pt's
 
 
@@ -67,6 +73,54 @@ class Progress:
     test_accuracy: float | None = None
     best_test_accuracy: float = -1.0
     metrics: list[dict] = field(default_factory=list)
+
+
+# Evaluating an image (forward only, no autograd) costs about a third of training on it (forward,
+# backward, step); the first reserve assumes half, to be safe, until an evaluation has been timed.
+EVAL_COST_GUESS = 0.5
+MAX_RESERVE = 0.5  # of the budget
+
+
+class BudgetClock:
+    """The time side of `--time-budget`: how long the run has gone, how much to keep back for the
+    evaluation that ends it, and how far through its training time it is (for the schedule)."""
+
+    def __init__(self, budget: float | None, eval_images: int):
+        self.budget, self.eval_images = budget, eval_images
+        self.started = time.perf_counter()
+        self.train_s_per_image: float | None = None  # measured during training
+        self.eval_s_per_image: float | None = None  # measured by the last evaluation
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def reserve(self) -> float:
+        """Seconds kept back for the final evaluation, by the best estimate so far, and never
+        more than half the budget: the first steps' times swing widely (warm-up, a busy
+        machine), and a guess from them must not end the run before it has begun."""
+        if self.eval_s_per_image is not None:
+            estimate = self.eval_images * self.eval_s_per_image
+        elif self.train_s_per_image is not None:
+            estimate = self.eval_images * self.train_s_per_image * EVAL_COST_GUESS
+        else:
+            return 0.0
+        return min(estimate, MAX_RESERVE * self.budget) if self.budget is not None else estimate
+
+    def fraction(self) -> float:
+        """Share of the training time (the budget less the reserve) used so far, in [0, 1]."""
+        if self.budget is None:
+            return 0.0
+        train_time = self.budget - self.reserve()
+        return 1.0 if train_time <= 0 else min(1.0, self.elapsed() / train_time)
+
+    def spent(self) -> bool:
+        return self.budget is not None and self.elapsed() + self.reserve() >= self.budget
+
+    def timed_evaluation(self, evaluate_fn) -> float:
+        t0 = time.perf_counter()
+        accuracy = evaluate_fn()
+        self.eval_s_per_image = (time.perf_counter() - t0) / max(1, self.eval_images)
+        return accuracy
 
 
 class StopRequest:
@@ -100,19 +154,30 @@ def make_optimizer(net: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
                            nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
 
 
-def lr_factor(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
-    """Multiplier of the base learning rate at `step`.
+def lr_factor(recipe: Recipe, step: int, steps_per_epoch: int, fraction: float = 0.0) -> float:
+    """Multiplier of the base learning rate at `step` (or, for "budget", at `fraction` of the
+    time budget's training time).
 
     constant: 1 throughout (d2l). cosine: a linear warm-up over the first epoch from 0.1 to 1
     (large momentum steps on Xavier-initialised nets otherwise diverge early), then a half cosine
-    down to 0 at the last step.
+    down to 0 at the last step. budget: the same shape over time: warm-up for the first 10% of
+    the budget, then a half cosine that reaches 0 when the budget (less the final evaluation)
+    is spent; a run of a minute or two never finishes an epoch of a 96-pixel model on a CPU, so
+    an epoch-based schedule would never leave its warm-up.
     """
     if recipe.schedule == "constant":
         return 1.0
+    if recipe.schedule == "budget":
+        if fraction < BUDGET_WARMUP:
+            return 0.1 + 0.9 * fraction / BUDGET_WARMUP
+        return 0.5 * (1 + math.cos(math.pi * (fraction - BUDGET_WARMUP) / (1 - BUDGET_WARMUP)))
     warmup, total = steps_per_epoch, recipe.epochs * steps_per_epoch
     if step < warmup:
         return 0.1 + 0.9 * step / warmup
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+BUDGET_WARMUP = 0.1
 
 
 def rng_state(device: torch.device) -> dict:
@@ -142,7 +207,8 @@ def _checkpoint_dict(cfg: TrainConfig, net: nn.Module, optimizer, scheduler, sca
         "recipe": cfg.recipe.as_dict(),
         "seed": cfg.seed,
         "rng": rng,  # one rng_state() per rank, in rank order
-        "config": {"limit_train": cfg.limit_train, "precision": cfg.precision,
+        "config": {"limit_train": cfg.limit_train, "eval_images": cfg.eval_images,
+                   "time_budget": cfg.time_budget, "precision": cfg.precision,
                    "channels_last": cfg.channels_last, "world_size": world.size,
                    "device": cfg.device.type},
         "torch_version": str(torch.__version__),
@@ -176,6 +242,14 @@ def _restore_rng(states: list[dict], world: World, device: torch.device) -> None
     torch.set_rng_state(state["torch"])
     if state["cuda"] is not None and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _check_budget_schedule(cfg: TrainConfig) -> None:
+    if cfg.recipe.schedule == "budget" and cfg.time_budget is None:
+        raise UsageError(f"{cfg.arch}: the budget schedule spreads over --time-budget; give one, "
+                         f"or choose --schedule constant or cosine")
+    if cfg.eval_images is not None and cfg.eval_images < 1:
+        raise UsageError(f"--eval-images must be at least 1, got {cfg.eval_images}")
 
 
 def _check_batch_split(cfg: TrainConfig, world: World) -> None:
@@ -242,6 +316,7 @@ def train(cfg: TrainConfig, data: FashionMNIST, world: World = World(),
     """Train `cfg.arch` on `data` (already on cfg.device); returns the run's summary row."""
     cfg, ckpt = resolve_resume(cfg)
     _check_batch_split(cfg, world)
+    _check_budget_schedule(cfg)
     recipe, device = cfg.recipe, cfg.device
     spec = models.get(cfg.arch)
     torch.manual_seed(cfg.seed)
@@ -256,8 +331,11 @@ def train(cfg: TrainConfig, data: FashionMNIST, world: World = World(),
     if steps_per_epoch == 0:
         raise UsageError(f"{cfg.arch}: {n_train} training images make no batch of "
                          f"{recipe.batch_size}; raise --limit-train or lower --batch-size")
+    n_eval = min(cfg.eval_images or len(data.test_labels), len(data.test_labels))
+    test_images, test_labels = data.test_images[:n_eval], data.test_labels[:n_eval]
+    clock = BudgetClock(cfg.time_budget, n_eval)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(recipe, s, steps_per_epoch))
+        optimizer, lambda s: lr_factor(recipe, s, steps_per_epoch, clock.fraction()))
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
     ckdir = checkpoint.checkpoint_dir(cfg.artifacts, cfg.arch)
     if ckpt is not None:
@@ -281,25 +359,26 @@ def train(cfg: TrainConfig, data: FashionMNIST, world: World = World(),
             checkpoint.save_atomic(state, ckdir / "best.pt")
             best_floor = progress.test_accuracy
 
-    log.info("%s: %d train images, %d steps/epoch of %d, recipe %s (lr %g), %s on %s%s",
-             cfg.arch, n_train, steps_per_epoch, recipe.batch_size, cfg.recipe_name, recipe.lr,
+    log.info("%s: %d train images, %d steps/epoch of %d, recipe %s (lr %g, %s schedule), "
+             "evaluation on %d test images, %s on %s%s", cfg.arch, n_train, steps_per_epoch,
+             recipe.batch_size, cfg.recipe_name, recipe.lr, recipe.schedule, n_eval,
              cfg.precision, device, ", channels-last" if cfg.channels_last else "")
-    started = time.perf_counter()
+    started = clock.started
     stop_reason = None
     with StopRequest() as stop:
         while progress.epoch < recipe.epochs and stop_reason is None:
             stop_reason = _train_epoch(cfg, model, preprocess, optimizer, scheduler, scaler, data,
-                                       n_train, steps_per_epoch, progress, world, stop, started,
+                                       n_train, steps_per_epoch, progress, world, stop, clock,
                                        progress_bar)
             if stop_reason == "interrupted":
                 save(evaluated=False)
                 break
-            progress.test_accuracy = evaluate(
-                net, preprocess, data.test_images, data.test_labels,
+            progress.test_accuracy = clock.timed_evaluation(lambda: evaluate(
+                net, preprocess, test_images, test_labels,
                 batch_size=cfg.eval_batch_size, precision=cfg.precision,
-                channels_last=cfg.channels_last, world=world)
+                channels_last=cfg.channels_last, world=world))
             progress.best_test_accuracy = max(progress.best_test_accuracy, progress.test_accuracy)
-            record = _epoch_record(cfg, progress, steps_per_epoch, optimizer)
+            record = _epoch_record(cfg, progress, steps_per_epoch, optimizer, n_eval)
             if world.is_main:
                 progress.metrics.append(record)
                 append_jsonl(metrics_file, record)
@@ -320,21 +399,23 @@ def train(cfg: TrainConfig, data: FashionMNIST, world: World = World(),
             steps_per_epoch), "test_acc": progress.test_accuracy,
             "best_acc": progress.best_test_accuracy, "seconds": progress.train_seconds,
             "examples_per_s": progress.metrics[-1]["examples_per_s"] if progress.metrics else None,
-            "stopped": stop_reason or "done", "elapsed": time.perf_counter() - started}
+            "stopped": stop_reason or "done", "elapsed": time.perf_counter() - started,
+            "eval_images": n_eval}
 
 
 def _epoch_float(progress: Progress, steps_per_epoch: int) -> float:
     return progress.epoch + progress.epoch_step / steps_per_epoch
 
 
-def _epoch_record(cfg: TrainConfig, progress: Progress, steps_per_epoch: int, optimizer) -> dict:
+def _epoch_record(cfg: TrainConfig, progress: Progress, steps_per_epoch: int, optimizer,
+                  eval_images: int) -> dict:
     seen = max(progress.epoch_seen, 1.0)
     return {
         "arch": cfg.arch, "epoch": progress.epoch + 1,
         "epoch_float": round(_epoch_float(progress, steps_per_epoch), 4),
         "partial": progress.epoch_step < steps_per_epoch, "step": progress.step,
         "train_loss": progress.epoch_loss / seen, "train_acc": progress.epoch_correct / seen,
-        "test_acc": progress.test_accuracy,
+        "test_acc": progress.test_accuracy, "test_images": eval_images,
         "examples_per_s": progress.epoch_seen / max(progress.epoch_seconds, 1e-9),
         "epoch_seconds": progress.epoch_seconds, "train_seconds": progress.train_seconds,
         "lr": optimizer.param_groups[0]["lr"], "precision": cfg.precision,
@@ -343,7 +424,7 @@ def _epoch_record(cfg: TrainConfig, progress: Progress, steps_per_epoch: int, op
 
 
 def _train_epoch(cfg, model, preprocess, optimizer, scheduler, scaler, data, n_train,
-                 steps_per_epoch, progress, world, stop, started, progress_bar) -> str | None:
+                 steps_per_epoch, progress, world, stop, clock, progress_bar) -> str | None:
     """Steps through the rest of the current epoch; returns why it stopped early, or None."""
     recipe, device = cfg.recipe, cfg.device
     perm = epoch_permutation(cfg.seed, progress.epoch, n_train).to(device)
@@ -357,7 +438,9 @@ def _train_epoch(cfg, model, preprocess, optimizer, scheduler, scaler, data, n_t
                mininterval=0.5 if sys.stderr.isatty() else 30)
     t0 = time.perf_counter()
     reason = None
-    for i in range(progress.epoch_step, steps_per_epoch):
+    first_step = progress.epoch_step
+    t_first, seen_first = t0, 0
+    for i in range(first_step, steps_per_epoch):
         idx = batch_slice(perm, i, recipe.batch_size, world)
         images, labels = data.train_images[idx], data.train_labels[idx]
         if recipe.augment:
@@ -375,8 +458,12 @@ def _train_epoch(cfg, model, preprocess, optimizer, scheduler, scaler, data, n_t
         if bar.n % 20 == 0 and not bar.disable:
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}",
                             ex_s=f"{seen * world.size / (time.perf_counter() - t0):.0f}")
-        over_budget = (cfg.time_budget is not None
-                       and time.perf_counter() - started >= cfg.time_budget)
+        if i == first_step:  # the first step warms up (kernels, caches): not timed
+            t_first, seen_first = time.perf_counter(), seen
+        else:
+            clock.train_s_per_image = ((time.perf_counter() - t_first)
+                                       / ((seen - seen_first) * world.size))
+        over_budget = clock.spent()
         if world.distributed or stop.requested or over_budget:
             halt = broadcast_flag(world, stop.requested or over_budget)
             if halt:
