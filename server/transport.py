@@ -15,6 +15,7 @@ import asyncio
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import DecodeError
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,9 @@ def unary_handler(behavior, request_deserializer, response_serializer,
                                 "of the call's start (--request-read-timeout)")
         except StopAsyncIteration:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call sent no request message")
+        except DecodeError:  # the bytes are not this method's message (else: UNKNOWN, "Unexpected")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "the request message is not valid protobuf for this method")
         return await behavior(request, context)
 
     return grpc.stream_unary_rpc_method_handler(handler, request_deserializer=request_deserializer,
