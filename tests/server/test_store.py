@@ -107,7 +107,7 @@ def test_invalid_metadata_is_refused(key, value, reason):
 
 
 def copy_model(models_dir: Path, root: Path, name: str, version: int = 1, edit=None) -> Path:
-    src = next((models_dir / "lenet").iterdir()) / "model.onnx"
+    src = models_dir / "lenet" / "1" / "model.onnx"
     dst = root / name / str(version) / "model.onnx"
     dst.parent.mkdir(parents=True)
     proto = onnx.load(str(src))
