@@ -26,7 +26,9 @@ What `decode_encoded` does, in order:
    - the image is cropped to the bounding box of the pixels clearly above that background
      (more than 10% of the range); a blank image is kept whole;
    - the crop is scaled (Lanczos, aspect ratio kept) so that its long side is 28 pixels,
-     and padded centred with black to 28x28.
+     and padded centred with black to 28x28; an odd margin puts the extra pixel before the
+     object (above, to the left), as Fashion-MNIST does (bench/photos.py: test images as 256-512
+     px JPEG photos lost 1.7 points of accuracy with the extra pixel after, 0.3 with it before).
 """
 
 from __future__ import annotations
@@ -250,6 +252,6 @@ def _fit(gray: np.ndarray) -> np.ndarray:
     resized = Image.fromarray(gray).resize((new_w, new_h), Image.Resampling.LANCZOS,
                                                      reducing_gap=3.0)
     out = np.zeros((SIDE, SIDE), np.uint8)
-    top, left = (SIDE - new_h) // 2, (SIDE - new_w) // 2
+    top, left = (SIDE + 1 - new_h) // 2, (SIDE + 1 - new_w) // 2  # odd margin: extra pixel first
     out[top:top + new_h, left:left + new_w] = np.asarray(resized)
     return out
