@@ -235,10 +235,20 @@ def _on_signal(signum: int, stop: threading.Event, server, grace: float) -> None
         _exit_now(f"{name} received again", server)
     log.info("%s received: draining", name)
     stop.set()
+    cut_off = threading.Timer(grace, _log_cut_off, (server, grace))
+    cut_off.daemon = True
+    cut_off.start()
     watchdog = threading.Timer(grace + 0.9, _exit_now,
                                (f"not stopped {grace:g} s (--grace) + 0.9 s after {name}", server))
     watchdog.daemon = True
     watchdog.start()
+
+
+def _log_cut_off(server, grace: float) -> None:
+    """When the grace period ends, what it cuts off (Server.stop counts only after the cut)."""
+    if server.core.in_flight:
+        log.warning("--grace %gs is over: cutting off %d request(s) still in flight", grace,
+                    server.core.in_flight)
 
 
 def _exit_now(why: str, server) -> None:
