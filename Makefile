@@ -104,5 +104,17 @@ bench-peer: install $(PEER_VENV)/.deps  ## fmnist-serve against MLServer over KS
 report: install  ## static HTML report of $(ARTIFACTS) -> $(ARTIFACTS)/report/index.html
 	$(PY) -m reporting --artifacts $(ARTIFACTS) $(if $(TEST_IMAGES),--test-images $(TEST_IMAGES))
 
+# `make fuzz`: FUZZ_EXAMPLES times the ~2,000 cases `make test` runs, with a fresh random seed.
+FUZZ_EXAMPLES ?= 25
+.PHONY: fuzz soak
+fuzz: install  ## fuzz decode and Classify (hypothesis), far longer than `make test` does
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/server/test_fuzz.py -q
+
+# `make soak`: SOAK_SECONDS to change the length; SOAK_MODELS=dir serves those models instead of
+# a lenet_bn trained for it on synthetic data.
+SOAK_SECONDS ?= 600
+soak: install  ## a real server under mixed traffic (10 min): per-minute figures, pass/fail
+	$(PY) scripts/soak.py --seconds $(SOAK_SECONDS) $(if $(SOAK_MODELS),--models-dir $(SOAK_MODELS))
+
 clean:  ## remove generated stubs and caches (keeps the venv, data and artifacts)
 	rm -rf $(GEN) .pytest_cache

@@ -75,10 +75,8 @@ class Progress:
     metrics: list[dict] = field(default_factory=list)
 
 
-# Evaluating an image (forward only, no autograd) costs about a third of training on it (forward,
-# backward, step); the first reserve assumes half, to be safe, until an evaluation has been timed.
-EVAL_COST_GUESS = 0.5
 MAX_RESERVE = 0.5  # of the budget
+PROBE_IMAGES = 32  # evaluated twice before training, the second time timed
 
 
 class BudgetClock:
@@ -88,22 +86,18 @@ class BudgetClock:
     def __init__(self, budget: float | None, eval_images: int):
         self.budget, self.eval_images = budget, eval_images
         self.started = time.perf_counter()
-        self.train_s_per_image: float | None = None  # measured during training
-        self.eval_s_per_image: float | None = None  # measured by the last evaluation
+        self.eval_s_per_image: float | None = None  # measured by the probe, then each evaluation
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
     def reserve(self) -> float:
-        """Seconds kept back for the final evaluation, by the best estimate so far, and never
-        more than half the budget: the first steps' times swing widely (warm-up, a busy
-        machine), and a guess from them must not end the run before it has begun."""
-        if self.eval_s_per_image is not None:
-            estimate = self.eval_images * self.eval_s_per_image
-        elif self.train_s_per_image is not None:
-            estimate = self.eval_images * self.train_s_per_image * EVAL_COST_GUESS
-        else:
+        """Seconds kept back for the final evaluation, as the last timed evaluation (or the
+        probe) predicts, and never more than half the budget: a small probe on a busy machine
+        can be far off, and must not end the run before it has begun."""
+        if self.eval_s_per_image is None:
             return 0.0
+        estimate = self.eval_images * self.eval_s_per_image
         return min(estimate, MAX_RESERVE * self.budget) if self.budget is not None else estimate
 
     def fraction(self) -> float:
@@ -116,10 +110,12 @@ class BudgetClock:
     def spent(self) -> bool:
         return self.budget is not None and self.elapsed() + self.reserve() >= self.budget
 
-    def timed_evaluation(self, evaluate_fn) -> float:
+    def timed_evaluation(self, evaluate_fn, images: int | None = None) -> float:
+        """Run `evaluate_fn` (an evaluation of `images` test images, by default all of the
+        run's) and keep its time per image for the next reserve."""
         t0 = time.perf_counter()
         accuracy = evaluate_fn()
-        self.eval_s_per_image = (time.perf_counter() - t0) / max(1, self.eval_images)
+        self.eval_s_per_image = (time.perf_counter() - t0) / max(1, images or self.eval_images)
         return accuracy
 
 
@@ -344,6 +340,15 @@ def train(cfg: TrainConfig, data: FashionMNIST, world: World = World(),
     else:
         progress = Progress(run_id=datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
     best_floor = _previous_best(ckdir / "best.pt") if world.is_main else -1.0
+    if cfg.time_budget is not None:  # what an evaluation will cost, before the first one
+        probe = min(PROBE_IMAGES, n_eval)
+        for _ in range(2):  # the first call warms up (kernels, caches); the second is timed
+            clock.timed_evaluation(lambda: evaluate(
+                net, preprocess, test_images[:probe], test_labels[:probe], batch_size=probe,
+                precision=cfg.precision, channels_last=cfg.channels_last, world=world), probe)
+        log.info("%s: evaluating %d test images takes ~%.1f s (timed on %d): training stops "
+                 "that much before the %g s budget's end (at most half of it)", cfg.arch, n_eval,
+                 n_eval * clock.eval_s_per_image, probe, cfg.time_budget)
     model = (nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda"
                                                  else None) if world.distributed else net)
     metrics_file = runs_dir(cfg.artifacts, cfg.arch) / f"{progress.run_id}.jsonl"
@@ -438,9 +443,7 @@ def _train_epoch(cfg, model, preprocess, optimizer, scheduler, scaler, data, n_t
                mininterval=0.5 if sys.stderr.isatty() else 30)
     t0 = time.perf_counter()
     reason = None
-    first_step = progress.epoch_step
-    t_first, seen_first = t0, 0
-    for i in range(first_step, steps_per_epoch):
+    for i in range(progress.epoch_step, steps_per_epoch):
         idx = batch_slice(perm, i, recipe.batch_size, world)
         images, labels = data.train_images[idx], data.train_labels[idx]
         if recipe.augment:
@@ -458,11 +461,6 @@ def _train_epoch(cfg, model, preprocess, optimizer, scheduler, scaler, data, n_t
         if bar.n % 20 == 0 and not bar.disable:
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}",
                             ex_s=f"{seen * world.size / (time.perf_counter() - t0):.0f}")
-        if i == first_step:  # the first step warms up (kernels, caches): not timed
-            t_first, seen_first = time.perf_counter(), seen
-        else:
-            clock.train_s_per_image = ((time.perf_counter() - t_first)
-                                       / ((seen - seen_first) * world.size))
         over_budget = clock.spent()
         if world.distributed or stop.requested or over_budget:
             halt = broadcast_flag(world, stop.requested or over_budget)

@@ -46,15 +46,16 @@ def test_eval_images_caps_the_evaluation(tmp_path, small_data):
 
 
 def test_budget_keeps_back_time_for_the_evaluation():
-    """With 70 s of a 100 s budget gone, an evaluation estimated at 40 s no longer fits (stop
-    now), one at 10 s does; before any evaluation is timed, half a training image's time per
-    test image is assumed."""
+    """With 70 s of a 100 s budget gone, an evaluation timed at 40 s no longer fits (stop now),
+    one at 10 s does; a reserve is never more than half the budget."""
     clock = BudgetClock(budget=100.0, eval_images=1000)
     clock.started = time.perf_counter() - 70.0
-    assert not clock.spent() and clock.reserve() == 0.0
-    clock.train_s_per_image = 0.08  # guess: 1000 x 0.08 x 0.5 = 40 s
+    assert not clock.spent() and clock.reserve() == 0.0  # nothing timed yet
+    clock.timed_evaluation(lambda: 0.5, images=1)  # as the probe does
+    assert clock.eval_s_per_image is not None
+    clock.eval_s_per_image = 0.04  # 1000 images: 40 s
     assert clock.reserve() == pytest.approx(40.0) and clock.spent()
-    clock.eval_s_per_image = 0.01  # measured: 10 s
+    clock.eval_s_per_image = 0.01  # 10 s
     assert clock.reserve() == pytest.approx(10.0) and not clock.spent()
     assert clock.fraction() == pytest.approx(70.0 / 90.0, abs=0.01)
     clock.eval_s_per_image = 0.2  # 200 s: more than the budget, so only half of it is kept back
@@ -82,6 +83,15 @@ def test_a_spent_budget_ends_at_learning_rate_zero(tmp_path, fmnist_dir):
     ck = checkpoint.load(tmp_path / "checkpoints/lenet_bn/last.pt")
     assert ck["step"] == 1 and ck["recipe"]["schedule"] == "budget"
     assert ck["metrics"][-1]["lr"] == 0.0 and ck["config"]["time_budget"] == 0.0
+
+
+def test_a_budgeted_run_times_an_evaluation_before_training(tmp_path, small_data, caplog):
+    caplog.set_level("INFO", logger="trainer")
+    train(config(tmp_path, time_budget=0.0, eval_images=100), small_data, progress_bar=False)
+    assert "lenet_bn: evaluating 100 test images takes ~" in caplog.text
+    caplog.clear()
+    train(config(tmp_path, eval_images=100), small_data, progress_bar=False)
+    assert "test images takes ~" not in caplog.text  # no budget, no probe
 
 
 def test_budget_schedule_without_a_budget_is_a_usage_error(tmp_path, small_data):
