@@ -41,6 +41,15 @@ SOURCE_SHA256 = "fmnist.source_checkpoint_sha256"
 EXPORTED_AT = "fmnist.exported_at"
 TORCH_VERSION = "fmnist.torch_version"
 PROBE = "fmnist.probe"
+# Precision variants (docs/DESIGN.md "Precision variants"): a variant file sits beside model.onnx
+# in the same version folder and carries these keys on top of the fp32 model's (its own
+# test_accuracy, test_images and probe).
+VARIANT = "fmnist.variant"                  # "int8" / "fp16"; absent: the fp32 model
+VARIANT_RECIPE = "fmnist.variant_recipe"    # JSON: how it was made (quantization settings, ...)
+FP32_ACCURACY = "fmnist.fp32_accuracy"      # the fp32 model's accuracy on the same test images
+FP32_AGREEMENT = "fmnist.fp32_agreement"    # share of test images where it picks fp32's class
+VARIANT_SPEED = "fmnist.variant_speed"      # JSON: img/s of fp32 and variant at batch 1 and 32,
+                                            # and the exporter's CPU and ISA flags
 REQUIRED_KEYS = (ARCH, LABELS, INPUT_SIDE, TEST_ACCURACY, BN_FOLDED, BN_REMAINING, SOURCE_SHA256,
                  EXPORTED_AT, TORCH_VERSION)
 
@@ -48,6 +57,35 @@ PROBE_IMAGES = 16
 # Max |Δ probability| between the exporter's CPU run and the serving provider's run. fp32 CPU vs
 # CPU agrees to ~1e-6; CUDA (TF32 off by default in onnxruntime, other conv algorithms) to ~1e-4.
 PROBE_TOLERANCE = 1e-3
+# A variant is probed against its own exported probabilities. INT8 kernels differ by ISA (VNNI,
+# AVX-512, AVX2 with its u8*s8 saturation, ARM dot products) in rounding at requantization: a
+# difference of one quantum on some activation moves a probability by up to ~1e-2; FP16 runs on
+# CUDA differ by algorithm choice at ~1e-3 of a logit.
+VARIANTS = ("int8", "fp16")
+VARIANT_PROBE_TOLERANCE = {"int8": 3e-2, "fp16": 1e-2}
+# A variant is served as its own model, "<arch>:<variant>" ("resnet18:int8"): one name that works
+# in fmnist.v1 and v2 requests, health service names and metrics labels. ':' never occurs in an
+# architecture's name (trainer/models.py), so the name cannot collide with a model folder.
+VARIANT_SEPARATOR = ":"
+
+
+def variant_file(variant: str) -> str:
+    """The file of a variant inside a version folder: "model.int8.onnx"."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
+    stem, dot, ext = MODEL_FILE.rpartition(".")
+    return f"{stem}.{variant}{dot}{ext}"
+
+
+def served_name(arch: str, variant: str | None) -> str:
+    """The model name a variant is served under: "resnet18:int8" (the arch alone for fp32)."""
+    return f"{arch}{VARIANT_SEPARATOR}{variant}" if variant else arch
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """"resnet18:int8" -> ("resnet18", "int8"); "resnet18" -> ("resnet18", None)."""
+    arch, sep, variant = name.partition(VARIANT_SEPARATOR)
+    return (arch, variant) if sep else (name, None)
 
 # A version folder is named by a positive integer written in ASCII digits without leading zeros:
 # "3" is version 3; "03", "+3", "3\n", "٣" are not versions (so no two folders name one version).

@@ -12,6 +12,7 @@ Examples:
     python -m exporter                          # every architecture that has a best.pt
     python -m exporter --models resnet18 lenet_bn
     python -m exporter --models resnet18 --force --artifacts /tmp/run1
+    python -m exporter --models resnet18 --variants int8,fp16   # + model.int8.onnx (CUDA: fp16)
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from exporter import pipeline, to_onnx, versions
+import model_contract as contract
+from exporter import pipeline, to_onnx, variants, versions
 from exporter.errors import ExportError
 from exporter.parity import MAX_ABS_DIFF, MIN_AGREEMENT
 from exporter.report import ExportReport, Skipped, summary
@@ -64,8 +66,45 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="check parity and measure accuracy on the first N test images only "
                         "(default: all 10,000). For quick demos: the count is recorded as "
                         "fmnist.test_images, and a later full export is not skipped as unchanged")
+    p.add_argument("--variants", type=_variant_list, default=(), metavar="LIST",
+                   help=f"precision variants to write beside the fp32 model, comma-separated "
+                        f"({','.join(contract.VARIANTS)}; default: none). Each is gated against "
+                        f"fp32 on the test images and written only when it passes")
+    p.add_argument("--int8-max-drop", type=float, default=variants.MAX_DROP_POINTS,
+                   metavar="POINTS",
+                   help=f"gate: a variant's test accuracy may be at most this many points below "
+                        f"fp32's (default: {variants.MAX_DROP_POINTS:g}; applies to fp16 too)")
+    p.add_argument("--variant-min-agreement", type=float, default=variants.MIN_AGREEMENT,
+                   help=f"gate: smallest share of test images on which a variant picks fp32's "
+                        f"class (default: {variants.MIN_AGREEMENT})")
+    p.add_argument("--calibration-images", type=int, default=variants.CALIBRATION_IMAGES,
+                   metavar="N", help=f"training images that calibrate INT8 "
+                                     f"(default: {variants.CALIBRATION_IMAGES})")
+    p.add_argument("--int8-recipes", type=_recipe_list, default=variants.INT8_RECIPES,
+                   metavar="LIST",
+                   help=f"INT8 recipes to rank on training images, comma-separated (default: "
+                        f"{','.join(r.name for r in variants.INT8_RECIPES)}; also: "
+                        f"{','.join(sorted(set(variants.RECIPES_BY_NAME) - {r.name for r in variants.INT8_RECIPES}))})")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
+
+
+def _variant_list(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    bad = [n for n in names if n not in contract.VARIANTS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown variant(s) {', '.join(bad) or repr(text)}: "
+                                         f"choose from {', '.join(contract.VARIANTS)}")
+    return names
+
+
+def _recipe_list(text: str) -> tuple[variants.Recipe, ...]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in variants.RECIPES_BY_NAME]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown recipe(s) {', '.join(bad) or repr(text)}: "
+                                         f"choose from {', '.join(variants.RECIPES_BY_NAME)}")
+    return tuple(variants.RECIPES_BY_NAME[n] for n in names)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -86,10 +125,17 @@ def main(args: argparse.Namespace) -> int:
               f"first (or point --artifacts at the folder that holds checkpoints/)",
               file=sys.stderr)
         return 1
+    if args.calibration_images < 1:
+        print("error: --calibration-images must be at least 1", file=sys.stderr)
+        return 2
     options = pipeline.Options(opset=args.opset, batch_size=args.batch_size,
                                max_abs_diff=args.max_abs_diff, min_agreement=args.min_agreement,
                                force=args.force, progress=not args.no_progress,
-                               test_images=args.test_images)
+                               test_images=args.test_images, variants=args.variants,
+                               gate=variants.Gate(args.int8_max_drop, args.variant_min_agreement),
+                               calibration_images=args.calibration_images,
+                               int8_recipes=args.int8_recipes,
+                               log=lambda line: print(line, flush=True))
     data = functools.cache(lambda: _load_data(args.data_dir))
     rows, failed = [], 0
     for arch in archs:

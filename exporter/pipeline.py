@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import time
 from dataclasses import dataclass, replace
@@ -22,10 +23,12 @@ from torch import nn
 
 import model_contract as contract
 from exporter import metadata, to_onnx, versions
+from exporter import variants as precision
 from exporter.checks import check_graph
 from exporter.errors import ExportError
 from exporter.fold import fold_batchnorm
-from exporter.parity import MAX_ABS_DIFF, MIN_AGREEMENT, cpu_session, failures, measure, probe
+from exporter.parity import (MAX_ABS_DIFF, MIN_AGREEMENT, cpu_session, failures, measure_logits,
+                             probe)
 from exporter.report import ExportReport, Skipped
 from exporter.wrap import Servable
 from trainer import checkpoint, models
@@ -43,6 +46,11 @@ class Options:
     force: bool = False
     progress: bool = False
     test_images: int | None = None  # None: the whole test set; N: its first N images (quick runs)
+    variants: tuple[str, ...] = ()  # precision variants to try beside fp32 (exporter/variants.py)
+    gate: precision.Gate = precision.Gate()
+    calibration_images: int = precision.CALIBRATION_IMAGES
+    int8_recipes: tuple[precision.Recipe, ...] = precision.INT8_RECIPES
+    log: Callable[[str], None] = print
 
 
 def parity_batch_size(input_side: int) -> int:
@@ -122,7 +130,8 @@ def export_arch(arch: str, artifacts: str | os.PathLike, data: Callable[[], Fash
         dataset = _test_subset(data(), options.test_images)
         sha = versions.sha256_file(ckpt_path)
         unchanged = (None if options.force
-                     else _version_holding(arch_dir, sha, len(dataset.test_labels)))
+                     else _version_holding(arch_dir, sha, len(dataset.test_labels),
+                                           options.variants))
         if unchanged is not None:
             return Skipped(arch, unchanged, str(ckpt_path), sha)
         net, ckpt = load_net(ckpt_path, arch)
@@ -135,9 +144,10 @@ def export_arch(arch: str, artifacts: str | os.PathLike, data: Callable[[], Fash
     model = graphs["written"]
     with clock("parity"):
         session = cpu_session(model.SerializeToString())
-        parity = measure(session, reference, dataset.test_images, dataset.test_labels,
-                         options.batch_size or parity_batch_size(side),
-                         desc=f"{arch} parity" if options.progress else None)
+        parity, onnx_logits = measure_logits(
+            session, reference, dataset.test_images, dataset.test_labels,
+            options.batch_size or parity_batch_size(side),
+            desc=f"{arch} parity" if options.progress else None)
         probe_value = probe(session, dataset.test_images)
     missed = failures(parity, options.max_abs_diff, options.min_agreement)
     if missed:
@@ -145,6 +155,8 @@ def export_arch(arch: str, artifacts: str | os.PathLike, data: Callable[[], Fash
                           f"(ONNX accuracy {parity.onnx_accuracy:.4f}, PyTorch "
                           f"{parity.torch_accuracy:.4f}, {parity.images} test images)")
     meta = metadata.build(arch, side, fold, parity, sha, probe_value)
+    with clock("variants"):
+        built = _variants(arch, model, session, meta, dataset, onnx_logits, options)
     metadata.attach(model, meta)
     model_bytes = model.SerializeToString()
     report = functools.partial(
@@ -159,19 +171,45 @@ def export_arch(arch: str, artifacts: str | os.PathLike, data: Callable[[], Fash
         nodes={name: to_onnx.op_counts(graph) for name, graph in graphs.items()},
         opset=options.opset, ir_version=model.ir_version, file_bytes=len(model_bytes),
         seconds={**clock.seconds, "total": clock.total()}, metadata=meta,
+        variants=[v.as_report() for v in built],
         versions={"torch": str(torch.__version__), "onnx": onnx.__version__,
                   "onnxscript": onnxscript.__version__, "onnxruntime": onnxruntime.__version__})
-    return _publish(arch_dir, model_bytes, report)
+    extra = {contract.variant_file(v.variant): v.model_bytes for v in built if v.written}
+    return _publish(arch_dir, model_bytes, report, extra)
 
 
-def _publish(arch_dir: Path, model_bytes: bytes,
-             report: Callable[..., ExportReport]) -> ExportReport:
-    """Write model.onnx and report.json as the next version. The report names its version and
-    path, which only versions.publish knows, once it holds the arch folder's lock."""
+def _variants(arch: str, model: onnx.ModelProto, session: onnxruntime.InferenceSession,
+              meta: dict[str, str], dataset: FashionMNIST, onnx_logits, options: Options
+              ) -> list[precision.Variant]:
+    """Build and gate each requested variant; one line each says what became of it."""
+    built = []
+    images, labels = dataset.test_images.numpy(), dataset.test_labels.numpy()
+    for name in options.variants:
+        if name == "int8":
+            v = precision.int8(model, session, meta, dataset.train_images, images, labels,
+                              onnx_logits, options.gate, options.int8_recipes,
+                              options.calibration_images, log=options.log)
+        else:
+            v = precision.fp16(model, meta, images, labels, options.gate)
+        f = v.figures
+        options.log(f"{arch}: {name} written ({f['recipe'].get('name', f['recipe'].get('converter'))}"
+                    f": accuracy {f['accuracy']:.4f} vs fp32 {f['fp32_accuracy']:.4f}, agreement "
+                    f"{f['fp32_agreement']:.2%}, batch 32 {f['speed']['batch32']['ratio']:.2f}x fp32)"
+                    if v.written else f"{arch}: {name} not written: {v.reason}")
+        built.append(v)
+    return built
+
+
+def _publish(arch_dir: Path, model_bytes: bytes, report: Callable[..., ExportReport],
+             extra: dict[str, bytes] | None = None) -> ExportReport:
+    """Write model.onnx, the variants that passed (`extra`: file name -> bytes) and report.json
+    as the next version, in one locked, atomic publish. The report names its version and path,
+    which only versions.publish knows, once it holds the arch folder's lock."""
     def placed(version: int) -> ExportReport:
         return report(version=version, model=str(arch_dir / str(version) / contract.MODEL_FILE))
 
     version, _ = versions.publish(arch_dir, lambda v: {contract.MODEL_FILE: model_bytes,
+                                                       **(extra or {}),
                                                        contract.REPORT_FILE: placed(v).to_json()})
     return placed(version)
 
@@ -198,18 +236,25 @@ def _test_subset(dataset: FashionMNIST, n: int | None) -> FashionMNIST:
     return replace(dataset, test_images=dataset.test_images[:n], test_labels=dataset.test_labels[:n])
 
 
-def _version_holding(arch_dir: Path, sha: str, test_images: int) -> int | None:
-    """The latest version, when it was exported from the checkpoint with this sha256 and checked
-    on `test_images` images (a quick export on a subset does not stand in for a full one)."""
+def _version_holding(arch_dir: Path, sha: str, test_images: int,
+                     wanted_variants: tuple[str, ...] = ()) -> int | None:
+    """The latest version, when it was exported from the checkpoint with this sha256, checked
+    on `test_images` images (a quick export on a subset does not stand in for a full one) and
+    tried with every variant asked for now (written or refused by the gate: its report says)."""
     published = versions.versions(arch_dir)
     if not published:
         return None
+    folder = arch_dir / str(published[-1])
     try:
-        meta = metadata.read(arch_dir / str(published[-1]) / contract.MODEL_FILE)
-    except (OSError, DecodeError):
+        meta = metadata.read(folder / contract.MODEL_FILE)
+        tried = ({v.get("variant") for v in
+                  json.loads((folder / contract.REPORT_FILE).read_text()).get("variants", [])}
+                 if wanted_variants else set())
+    except (OSError, DecodeError, ValueError, AttributeError):
         return None  # an unreadable latest version never blocks a new export
     same = (meta.get(contract.SOURCE_SHA256) == sha
-            and meta.get(contract.TEST_IMAGES) == str(test_images))
+            and meta.get(contract.TEST_IMAGES) == str(test_images)
+            and set(wanted_variants) <= tried)
     return published[-1] if same else None
 
 

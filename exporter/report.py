@@ -6,7 +6,7 @@ removed), `written` is the folded graph after the ONNX optimizer, i.e. the file 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class ExportReport:
     seconds: dict[str, float]       # per step, and "total" up to the write
     metadata: dict[str, str]
     versions: dict[str, str]        # torch, onnx, onnxscript, onnxruntime
+    variants: list[dict] = field(default_factory=list)  # exporter.variants.Variant.as_report()
 
     def to_json(self) -> bytes:
         return (json.dumps(asdict(self), indent=2) + "\n").encode()

@@ -1,0 +1,370 @@
+"""Precision variants of an exported model: INT8 for CPUs, FP16 for GPUs (`--variants int8,fp16`).
+
+A variant keeps the fp32 model's contract (uint8 `image` in, float32 `logits`/`probabilities`
+out; the preprocessing and the softmax stay float) and is written beside it in the same version
+folder, in the same atomic publish, only when it passes the gate: on the export's test images its
+accuracy is at most `max_drop` points below the fp32 ONNX model's and it picks the fp32 model's
+class on at least `min_agreement` of them. Otherwise it is not written and the report says why.
+
+INT8: onnxruntime's static quantization, QDQ format. The recipe is chosen per architecture by
+measurement, never on test images: each candidate (INT8_RECIPES: activation type, per-channel,
+calibration method, reduce-range, first/last layer kept float) is calibrated on `calibration`
+training images and scored on other training images by top-1 agreement with fp32 (then by
+batch-32 speed); only the chosen one meets the test set, once, at the gate.
+
+FP16: onnxruntime.transformers.float16 (shipped with onnxruntime) with keep_io_types, checked on
+the CUDA provider against the fp32 model there; without CUDA it is not written (one line says so).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+import model_contract as contract
+from exporter.parity import cpu_session
+
+MAX_DROP_POINTS = 0.5       # accuracy may fall at most this many points (0.5 = 0.005) below fp32
+MIN_AGREEMENT = 0.99        # top-1 agreement with the fp32 model, at least
+CALIBRATION_IMAGES = 512
+SELECTION_IMAGES = 1000     # training images (not the calibration ones) that rank the recipes
+FP16_MAX_ABS_DIFF_PROB = 1e-2  # FP16 vs fp32, both on CUDA: largest |Δ probability|
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8",
+             "amx_bf16")
+
+
+@dataclass(frozen=True)
+class Gate:
+    max_drop_points: float = MAX_DROP_POINTS
+    min_agreement: float = MIN_AGREEMENT
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One way to quantize: QDQ with signed int8 weights; activations int8 (S8S8) or uint8 (U8S8)."""
+
+    name: str
+    activations: str = "s8"      # "s8" | "u8"
+    per_channel: bool = True
+    calibration: str = "minmax"  # "minmax" | "entropy" | "percentile"
+    reduce_range: bool = False   # 7-bit weights: avoids u8*s8 saturation on AVX2 without VNNI
+    float_ends: bool = False     # keep the first conv and the last layer in float
+
+    def as_dict(self) -> dict:
+        return {"format": "QDQ", "weights": "s8", **asdict(self)}
+
+
+# The candidates, cheapest first. Entropy calibration is left out of the default list: on
+# resnet18 it took minutes of histogramming for the same agreement as percentile.
+INT8_RECIPES = (
+    Recipe("s8s8-pc-minmax"),
+    Recipe("s8s8-pc-percentile", calibration="percentile"),
+    Recipe("s8s8-pc-minmax-float-ends", float_ends=True),
+    Recipe("s8s8-pc-percentile-float-ends", calibration="percentile", float_ends=True),
+    Recipe("u8s8-pc-minmax-reduce-range", activations="u8", reduce_range=True),
+)
+RECIPES_BY_NAME = {r.name: r for r in (*INT8_RECIPES, Recipe("s8s8-pc-entropy",
+                                                             calibration="entropy"),
+                                       Recipe("s8s8-pt-minmax", per_channel=False))}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What happened to one variant: written (with its bytes and metadata) or not, and why."""
+
+    variant: str
+    written: bool
+    reason: str = ""                         # why it was not written; "" when it was
+    figures: dict = field(default_factory=dict)  # accuracy, agreement, speed, recipe, candidates
+    model_bytes: bytes | None = field(default=None, repr=False)
+
+    def as_report(self) -> dict:
+        return {"variant": self.variant, "written": self.written, "reason": self.reason,
+                "file": contract.variant_file(self.variant) if self.written else None,
+                "file_bytes": len(self.model_bytes) if self.model_bytes else None, **self.figures}
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+def logits(session: ort.InferenceSession, images: np.ndarray, batch_size: int = 100) -> np.ndarray:
+    return np.concatenate([session.run([contract.LOGITS], {contract.INPUT: images[i:i + batch_size]})[0]
+                           for i in range(0, len(images), batch_size)] or
+                          [np.zeros((0, contract.NUM_CLASSES), np.float32)])
+
+
+def images_per_second(session: ort.InferenceSession, batch: int, seconds: float = 0.6) -> float:
+    """Best of three turns of seconds/3 each, after one warm-up call."""
+    x = np.random.default_rng(0).integers(0, 256, (batch, 1, 28, 28), dtype=np.uint8)
+    session.run([contract.LOGITS], {contract.INPUT: x})
+    best = 0.0
+    for _ in range(3):
+        calls, start = 0, time.perf_counter()
+        while calls < 1 or time.perf_counter() - start < seconds / 3:
+            session.run([contract.LOGITS], {contract.INPUT: x})
+            calls += 1
+        best = max(best, calls * batch / (time.perf_counter() - start))
+    return best
+
+
+def cpu() -> dict:
+    """This machine's CPU model and its vector/matrix ISA flags (ISA_FLAGS it has)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    return {"model": fields.get("model name") or platform.processor() or "unknown",
+            "cores": os.cpu_count(), "isa": [f for f in ISA_FLAGS if f in flags]}
+
+
+def speed(fp32: ort.InferenceSession, variant: ort.InferenceSession) -> dict:
+    """img/s of both at batch 1 and 32, their ratio, and where it was measured."""
+    out: dict = {"provider": variant.get_providers()[0], "cpu": cpu()}
+    for batch in (1, 32):
+        a, b = images_per_second(fp32, batch), images_per_second(variant, batch)
+        out[f"batch{batch}"] = {"fp32": round(a, 1), "variant": round(b, 1),
+                                "ratio": round(b / a, 3)}
+    return out
+
+
+def training_slices(train_images: torch.Tensor, calibration: int, selection: int,
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint random training images for calibration and for ranking recipes. With too few
+    images (tests' tiny data set) the ranking reuses the calibration images."""
+    order = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(seed))
+    calib = train_images[order[:calibration]].numpy()
+    rest = order[calibration:calibration + selection]
+    select = train_images[rest].numpy() if len(rest) else calib
+    return calib, select
+
+
+def _gate(accuracy: float, fp32_accuracy: float, agreement: float, images: int,
+          gate: Gate) -> list[str]:
+    drop = (fp32_accuracy - accuracy) * 100
+    out = []
+    if not drop <= gate.max_drop_points:
+        out.append(f"accuracy {accuracy:.4f} is {drop:.2f} points below fp32's {fp32_accuracy:.4f} "
+                   f"(limit {gate.max_drop_points:g}) on {images} test images")
+    if not agreement >= gate.min_agreement:
+        out.append(f"top-1 agreement with fp32 {agreement:.2%} < {gate.min_agreement:.2%} on "
+                   f"{images} test images")
+    return out
+
+
+def _probe(session: ort.InferenceSession, images: np.ndarray) -> str:
+    batch = images[:contract.PROBE_IMAGES]
+    (probabilities,) = session.run([contract.PROBABILITIES], {contract.INPUT: batch})
+    return contract.encode_probe(batch, probabilities)
+
+
+def _with_metadata(model: onnx.ModelProto, base: dict[str, str], extra: dict[str, str]) -> bytes:
+    """The fp32 model's metadata (arch, labels, checkpoint, ...) with the variant's own figures;
+    the fp32-vs-PyTorch parity keys are left out (the variant is compared with fp32 instead)."""
+    del model.metadata_props[:]
+    base = {k: v for k, v in base.items() if k not in (contract.MAX_ABS_DIFF,
+                                                       contract.TOP1_AGREEMENT)}
+    onnx.helper.set_model_props(model, {**base, **extra})
+    return model.SerializeToString()
+
+
+def _metadata(variant: str, recipe: dict, accuracy: float, fp32_accuracy: float, agreement: float,
+              images: int, speed_figures: dict, probe: str) -> dict[str, str]:
+    return {contract.VARIANT: variant, contract.VARIANT_RECIPE: json.dumps(recipe),
+            contract.TEST_ACCURACY: f"{accuracy:.4f}", contract.TEST_IMAGES: str(images),
+            contract.FP32_ACCURACY: f"{fp32_accuracy:.4f}",
+            contract.FP32_AGREEMENT: f"{agreement:.6f}",
+            contract.VARIANT_SPEED: json.dumps(speed_figures), contract.PROBE: probe}
+
+
+# --- INT8 ----------------------------------------------------------------------------------------
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over uint8 images, 64 at a time."""
+
+    def __init__(self, images: np.ndarray):
+        self._batches = iter([images[i:i + 64] for i in range(0, len(images), 64)])
+
+    def get_next(self):
+        batch = next(self._batches, None)
+        return None if batch is None else {contract.INPUT: batch}
+
+
+def _float_nodes(model: onnx.ModelProto, recipe: Recipe) -> list[str]:
+    """Nodes left in float: the preprocessing (everything before the first Conv/Gemm/MatMul: cast,
+    scale, resize) and the softmax always; the first and last weighted layer with float_ends."""
+    nodes = list(model.graph.node)
+    weighted = [i for i, n in enumerate(nodes) if n.op_type in ("Conv", "Gemm", "MatMul")]
+    first = weighted[0] if weighted else 0
+    keep = [n.name for n in nodes[:first]] + [n.name for n in nodes if n.op_type == "Softmax"]
+    if recipe.float_ends and weighted:
+        keep += [nodes[weighted[0]].name, nodes[weighted[-1]].name]
+    return keep
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The quantizer prints its histogram progress and logs a pre-processing hint on the root
+    logger for every call; the export's own lines say what matters. (Its pre-processing, shape
+    inference and graph optimization, is what to_onnx.optimize already did to this graph.)"""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def quantize(model: onnx.ModelProto, recipe: Recipe, calibration: np.ndarray) -> onnx.ModelProto:
+    """The QDQ model `recipe` makes of `model`, calibrated on `calibration` (uint8 images)."""
+    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for i, node in enumerate(model.graph.node):  # exclusion works by name; the export names all,
+        node.name = node.name or f"node_{i}"     # but never rely on it
+    del model.metadata_props[:]
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    with tempfile.TemporaryDirectory(prefix="fmnist-int8-") as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(model, src)
+        with _quiet():
+            quantize_static(
+                str(src), str(dst), _Reader(calibration), quant_format=QuantFormat.QDQ,
+                per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
+                activation_type=(QuantType.QInt8 if recipe.activations == "s8"
+                                 else QuantType.QUInt8),
+                weight_type=QuantType.QInt8, nodes_to_exclude=_float_nodes(model, recipe),
+                calibrate_method=methods[recipe.calibration],
+                extra_options={"ActivationSymmetric": recipe.activations == "s8"},
+            )
+        return onnx.load(str(dst))
+
+
+def int8(fp32: onnx.ModelProto, fp32_session: ort.InferenceSession, metadata: dict[str, str],
+         train_images: torch.Tensor, test_images: np.ndarray, test_labels: np.ndarray,
+         fp32_test_logits: np.ndarray, gate: Gate = Gate(),
+         recipes: tuple[Recipe, ...] = INT8_RECIPES, calibration: int = CALIBRATION_IMAGES,
+         log=print) -> Variant:
+    """Rank `recipes` on training images, gate the best on the test images, build the file."""
+    calib, select = training_slices(train_images, calibration, SELECTION_IMAGES)
+    fp32_select = logits(fp32_session, select).argmax(1)
+    candidates, best = [], None
+    for recipe in recipes:
+        started = time.perf_counter()
+        try:
+            q = quantize(fp32, recipe, calib)
+            session = cpu_session(q.SerializeToString())
+        except Exception as err:  # noqa: BLE001 - a recipe the quantizer cannot apply is skipped
+            candidates.append({"recipe": recipe.name, "error": f"{type(err).__name__}: {err}"[:300]})
+            continue
+        agreement = float((logits(session, select).argmax(1) == fp32_select).mean())
+        rate = images_per_second(session, 32, 0.3)
+        candidates.append({"recipe": recipe.name, "selection_agreement": round(agreement, 4),
+                           "batch32_images_per_s": round(rate, 1),
+                           "seconds": round(time.perf_counter() - started, 1)})
+        log(f"  int8 candidate {recipe.name}: agreement with fp32 {agreement:.2%} on "
+            f"{len(select)} training images, {rate:.0f} img/s at batch 32")
+        key = (round(agreement, 3), rate)
+        if best is None or key > best[0]:
+            best = (key, recipe, q, session)
+    figures: dict = {"calibration_images": len(calib), "selection_images": len(select),
+                     "candidates": candidates}
+    if best is None:
+        return Variant("int8", False, "no recipe could be applied: " + "; ".join(
+            f"{c['recipe']}: {c['error']}" for c in candidates), figures)
+    _, recipe, q, session = best
+    out = logits(session, test_images)
+    accuracy = float((out.argmax(1) == test_labels).mean())
+    fp32_accuracy = float((fp32_test_logits.argmax(1) == test_labels).mean())
+    agreement = float((out.argmax(1) == fp32_test_logits.argmax(1)).mean())
+    figures |= {"recipe": recipe.as_dict(), "accuracy": round(accuracy, 4),
+                "fp32_accuracy": round(fp32_accuracy, 4), "fp32_agreement": round(agreement, 6),
+                "drop_points": round((fp32_accuracy - accuracy) * 100, 3),
+                "test_images": len(test_labels),
+                "max_abs_diff_logits": float(np.abs(out - fp32_test_logits).max(initial=0.0))}
+    missed = _gate(accuracy, fp32_accuracy, agreement, len(test_labels), gate)
+    if missed:
+        return Variant("int8", False, f"gate missed with recipe {recipe.name}: "
+                       + "; ".join(missed), figures)
+    figures["speed"] = speed(fp32_session, session)
+    meta = _metadata("int8", {**recipe.as_dict(), "calibration_images": len(calib),
+                              "calibration_source": "training images (seeded random)"},
+                     accuracy, fp32_accuracy, agreement, len(test_labels), figures["speed"],
+                     _probe(session, test_images))
+    return Variant("int8", True, "", figures, _with_metadata(q, metadata, meta))
+
+
+# --- FP16 ----------------------------------------------------------------------------------------
+
+def cuda_available() -> bool:
+    """onnxruntime has the CUDA provider and the NVIDIA driver loads (the server's own check)."""
+    from server.providers import cuda_driver_present  # torch-free
+    return "CUDAExecutionProvider" in ort.get_available_providers() and cuda_driver_present()
+
+
+def cuda_session(model_bytes: bytes) -> ort.InferenceSession | None:
+    """A session on the CUDA provider, or None when this machine has none (no driver, no GPU)."""
+    if not cuda_available():
+        return None
+    try:
+        ort.preload_dlls()
+    except Exception:  # noqa: BLE001 - then the session below falls back, and we say no CUDA
+        pass
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model_bytes, options,
+                                   providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    return session if session.get_providers()[0] == "CUDAExecutionProvider" else None
+
+
+def fp16(fp32: onnx.ModelProto, metadata: dict[str, str], test_images: np.ndarray,
+         test_labels: np.ndarray, gate: Gate = Gate()) -> Variant:
+    """Convert with keep_io_types; gate it against the fp32 model, both on CUDA."""
+    fp32_cuda = cuda_session(fp32.SerializeToString())
+    if fp32_cuda is None:
+        return Variant("fp16", False, "no CUDA provider on this machine: FP16 is checked on CUDA "
+                       "only, so it is not written")
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    half = convert_float_to_float16(onnx.ModelProto.FromString(fp32.SerializeToString()),
+                                    keep_io_types=True)
+    del half.metadata_props[:]
+    session = cuda_session(half.SerializeToString())
+    reference, out = logits(fp32_cuda, test_images), logits(session, test_images)
+    soft = lambda x: np.exp(x - x.max(1, keepdims=True)) / np.exp(x - x.max(1, keepdims=True)).sum(1, keepdims=True)  # noqa: E731
+    prob_diff = float(np.abs(soft(out) - soft(reference)).max(initial=0.0))
+    accuracy = float((out.argmax(1) == test_labels).mean())
+    fp32_accuracy = float((reference.argmax(1) == test_labels).mean())
+    agreement = float((out.argmax(1) == reference.argmax(1)).mean())
+    figures = {"recipe": {"converter": "onnxruntime.transformers.float16", "keep_io_types": True},
+               "accuracy": round(accuracy, 4), "fp32_accuracy": round(fp32_accuracy, 4),
+               "fp32_agreement": round(agreement, 6), "test_images": len(test_labels),
+               "max_abs_diff_probabilities": prob_diff, "parity_provider": "CUDAExecutionProvider"}
+    missed = _gate(accuracy, fp32_accuracy, agreement, len(test_labels), gate)
+    if not prob_diff <= FP16_MAX_ABS_DIFF_PROB:
+        missed.append(f"max |Δ probability| against fp32 on CUDA {prob_diff:.3g} > "
+                      f"{FP16_MAX_ABS_DIFF_PROB:g}")
+    if missed:
+        return Variant("fp16", False, "gate missed: " + "; ".join(missed), figures)
+    figures["speed"] = speed(fp32_cuda, session)
+    meta = _metadata("fp16", figures["recipe"], accuracy, fp32_accuracy, agreement,
+                     len(test_labels), figures["speed"], _probe(session, test_images))
+    return Variant("fp16", True, "", figures, _with_metadata(half, metadata, meta))
