@@ -1,0 +1,31 @@
+"""The 60-second soak (scripts/soak.py; `make soak` runs 10 minutes): mixed valid, malformed,
+oversize, cancelled and too-short-deadline traffic against a real server ends only in the
+expected codes, and RSS, fds and threads stay within 10% of the first interval."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.serving_fixtures import REPO
+
+
+@pytest.mark.slow
+def test_a_minute_of_mixed_traffic_passes_the_soak(models_dir, tmp_path):
+    report = tmp_path / "soak.json"
+    proc = subprocess.run(
+        [sys.executable, "scripts/soak.py", "--seconds", "60", "--report-seconds", "15",
+         "--models-dir", str(models_dir), "--json", str(report)],
+        cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-5000:]
+    result = json.loads(report.read_text())
+    assert result["passed"] and not result["problems"]
+    assert len(result["rows"]) == 4
+    codes = result["codes"]  # every kind of traffic really happened
+    for code in ("OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "CANCELLED", "DEADLINE_EXCEEDED",
+                 "NOT_FOUND"):
+        assert codes.get(code, 0) > 0, codes
+    assert all(not row["unexpected"] for row in result["rows"])
