@@ -153,10 +153,18 @@ def list_models(stub, timeout: float) -> pb.ListModelsResponse:
 
 
 def default_model(listing: pb.ListModelsResponse) -> str:
-    """The served model with the highest test accuracy (ties: the name first in order)."""
+    """The served fp32 model with the highest test accuracy (ties: the name first in order);
+    precision variants only when no fp32 model is served."""
     if not listing.models:
         raise ClientError("the server serves no models (export some, then restart it)")
-    return min(listing.models, key=lambda m: (-m.test_accuracy, m.name, -m.version)).name
+    fp32 = [m for m in listing.models if not m.variant] or list(listing.models)
+    return min(fp32, key=lambda m: (-m.test_accuracy, m.name, -m.version)).name
+
+
+def variant_name(model: str, variant: str | None) -> str:
+    """The name a precision variant is served under: "resnet18" + "int8" -> "resnet18:int8"
+    (docs/DESIGN.md "Precision variants")."""
+    return f"{model}:{variant}" if variant else model
 
 
 def classify(stub, images: list[ImageFile], *, model: str | None = None, version: int = 0,
@@ -240,6 +248,11 @@ def models_dict(listing: pb.ListModelsResponse) -> dict:
                         "provider": m.provider,
                         "probe_max_abs_diff": (m.probe_max_abs_diff
                                                if m.HasField("probe_max_abs_diff") else None),
+                        "variant": m.variant or "fp32",
+                        "fp32_agreement": (m.fp32_agreement if m.HasField("fp32_agreement")
+                                           else None),
+                        "speedup_vs_fp32": (m.speedup_vs_fp32 if m.HasField("speedup_vs_fp32")
+                                            else None),
                         "labels": list(m.labels)} for m in listing.models],
             "refused": [{"name": r.name, "version": r.version, "reason": r.reason}
                         for r in listing.refused],
@@ -253,14 +266,24 @@ def format_models(listing: pb.ListModelsResponse) -> str:
     refused = [f"not served: {r.name} v{r.version}: {r.reason}" for r in listing.refused]
     if not listing.models:
         return "\n".join(["the server serves no models", *refused])
-    rows = [("model", "version", "accuracy", "on images", "input", "provider", "probe |Δ|")] + [
-        (m.name, str(m.version), f"{m.test_accuracy:.4f}", str(m.test_images or "?"),
-         str(m.input_side), m.provider,
-         f"{m.probe_max_abs_diff:.1e}" if m.HasField("probe_max_abs_diff") else "unverified")
+    rows = [("model", "version", "variant", "accuracy", "on images", "input", "provider",
+             "probe |Δ|", "agree fp32", "vs fp32 b32")] + [
+        (m.name, str(m.version), m.variant or "fp32", f"{m.test_accuracy:.4f}",
+         str(m.test_images or "?"), str(m.input_side), m.provider,
+         f"{m.probe_max_abs_diff:.1e}" if m.HasField("probe_max_abs_diff") else "unverified",
+         f"{m.fp32_agreement:.2%}" if m.HasField("fp32_agreement") else "-",
+         _speedup(m))
         for m in listing.models]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     table = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     return "\n".join(table + refused)
+
+
+def _speedup(m) -> str:
+    """A variant's batch-32 speed over fp32 as the server measured it; says when it is slower."""
+    if not m.HasField("speedup_vs_fp32"):
+        return "-"
+    return f"{m.speedup_vs_fp32:.2f}x" + (" (slower here)" if m.speedup_vs_fp32 < 1 else "")
 
 
 # --- command line ----------------------------------------------------------------------------
@@ -279,6 +302,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 formatter_class=_HelpFormatter)
     p.add_argument("images", nargs="*", metavar="IMAGE_OR_DIR", help="image files or folders")
     p.add_argument("--model", help="model name (default: the served model with the best test accuracy)")
+    p.add_argument("--variant", choices=("int8", "fp16"),
+                   help="a precision variant of --model, served as MODEL:VARIANT "
+                        "(default: the fp32 model)")
     p.add_argument("--model-version", type=int, default=0, help="0: the newest the server has")
     p.add_argument("--top-k", type=int, default=1, choices=range(1, 11), metavar="1..10",
                    help="how many classes to show per image, best first")
@@ -318,7 +344,11 @@ def main(args: argparse.Namespace) -> int:
             print(json.dumps(models_dict(listing), indent=2) if args.json else format_models(listing))
             return 0
         images = read_files(collect_files(args.images))
-        answer = classify(stub, images, model=args.model, version=args.model_version,
+        model = args.model
+        if args.variant:
+            model = variant_name(model or default_model(list_models(stub, args.timeout)),
+                                 args.variant)
+        answer = classify(stub, images, model=model, version=args.model_version,
                           top_k=args.top_k, invert=args.invert, timeout=args.timeout)
         answer["server"] = args.server
         print(json.dumps(answer, indent=2) if args.json else format_results(answer))

@@ -99,6 +99,9 @@ class ModelView:
     provider: str
     test_images: int
     probe_max_abs_diff: float | None  # None: the file has no probe (served unverified)
+    variant: str = ""  # "" fp32; "int8", "fp16": served as "<arch>:<variant>"
+    fp32_agreement: float | None = None
+    speedup_vs_fp32: float | None = None  # batch 32, measured at load on this machine
 
 
 @dataclass
@@ -200,7 +203,8 @@ class Core:
     def list_models(self) -> list[ModelView]:
         return [ModelView(m.spec.name, m.spec.version, m.spec.input_side, m.spec.labels,
                           m.spec.test_accuracy, m.provider, m.spec.test_images,
-                          m.spec.probe_max_abs_diff)
+                          m.spec.probe_max_abs_diff, m.spec.variant, m.spec.fp32_agreement,
+                          m.spec.speedup_vs_fp32)
                 for versions in self._models.values() for m in versions.values()]
 
     async def classify(self, model: str, version: int, images: Sequence[ImageData],

@@ -9,6 +9,11 @@
   next older one is tried. `--model-version NAME=VERSION` (repeatable) loads exactly the versions
   named for that model instead, with no fallback, and naming a version that does not exist is a
   start-up error.
+- A precision variant beside a version's model.onnx (`model.int8.onnx`, `model.fp16.onnx`;
+  exporter/variants.py) is served as its own model, "<arch>:<variant>" (`resnet18:int8`), with
+  that version number; its probe is checked against the variant's own tolerance, and on load its
+  batch-32 speed is measured against the fp32 file beside it on the same provider, so ListModels
+  says when it is slower than fp32 on the machine at hand.
 - Everything the server knows about a model comes from the file's metadata_props (fmnist.*), each
   value bounded so that nothing read from a file can break ListModels for everyone. A file that
   fails to load, has a missing or invalid key, breaks the input/output contract, or answers its
@@ -58,6 +63,11 @@ class ModelSpec:
     # max |Δ probability| of the probe run on the serving provider against the exporter's run;
     # None: the file has no probe (exported before probes), so it was served unverified
     probe_max_abs_diff: float | None = None
+    variant: str = ""  # "" for the fp32 model, else "int8" / "fp16" (model_contract.VARIANTS)
+    fp32_agreement: float | None = None  # a variant's top-1 agreement with fp32 (exporter's)
+    # a variant's batch-32 images/s over its fp32 model's, measured here at load on the same
+    # provider; None: not measured (fp32 itself, or no fp32 file beside it)
+    speedup_vs_fp32: float | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +100,9 @@ def scan(models_dir: str | Path,
     real_root = root.resolve()
     ignored: list[str] = []
     for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if mc.VARIANT_SEPARATOR in model_dir.name:  # would clash with "<arch>:<variant>" names
+            ignored.append(f"{model_dir.name!r} ({mc.VARIANT_SEPARATOR!r} is reserved for variants)")
+            continue
         if where := _outside(model_dir, real_root):
             ignored.append(f"{model_dir.name!r} ({where})")
             continue
@@ -109,6 +122,11 @@ def scan(models_dir: str | Path,
                     refused.append(Refusal(model_dir.name, version, reason))
                 continue
             found.setdefault(model_dir.name, {})[version] = path
+            for variant in mc.VARIANTS:
+                variant_path = version_dir / mc.variant_file(variant)
+                if variant_path.is_file() and not _outside(variant_path, real_root):
+                    found.setdefault(mc.served_name(model_dir.name, variant), {})[version] = \
+                        variant_path
     if ignored:
         log.warning("ignored in %s: %s. Versions are folders named 1, 2, 3, ... (ASCII digits, no "
                     "leading zero, at most 18 digits) inside the models folder",
@@ -169,9 +187,21 @@ def parse_metadata(name: str, version: int, path: Path, metadata: dict[str, str]
     missing = [k for k in mc.REQUIRED_KEYS if k not in metadata]
     if missing:
         raise ModelLoadError(f"missing metadata {', '.join(missing)}")
-    if metadata[mc.ARCH] != name:
+    arch, variant = mc.split_name(name)
+    if metadata[mc.ARCH] != arch:
         raise ModelLoadError(f"metadata {mc.ARCH}={metadata[mc.ARCH][:100]!r} does not match "
-                             f"its folder name {name!r}")
+                             f"its folder name {arch!r}")
+    if metadata.get(mc.VARIANT) != variant:
+        raise ModelLoadError(f"metadata {mc.VARIANT}={metadata.get(mc.VARIANT, '(none)')[:20]!r} "
+                             f"does not match its file {path.name!r}")
+    fp32_agreement = None
+    if variant:
+        try:
+            fp32_agreement = float(metadata[mc.FP32_AGREEMENT])
+        except (KeyError, ValueError) as e:
+            raise ModelLoadError(f"metadata {mc.FP32_AGREEMENT}: {type(e).__name__}: {e}") from None
+        if not 0.0 <= fp32_agreement <= 1.0:
+            raise ModelLoadError(f"metadata {mc.FP32_AGREEMENT} must be in [0, 1]")
     try:
         accuracy = float(metadata[mc.TEST_ACCURACY])
     except ValueError as e:
@@ -181,7 +211,8 @@ def parse_metadata(name: str, version: int, path: Path, metadata: dict[str, str]
     test_images = _metadata_int(metadata, mc.TEST_IMAGES) if mc.TEST_IMAGES in metadata else 0
     return ModelSpec(name=name, version=version, path=path, labels=_labels(metadata[mc.LABELS]),
                      input_side=_metadata_int(metadata, mc.INPUT_SIDE), test_accuracy=accuracy,
-                     test_images=test_images, metadata=dict(metadata))
+                     test_images=test_images, metadata=dict(metadata), variant=variant or "",
+                     fp32_agreement=fp32_agreement)
 
 
 def _labels(text: str) -> tuple[str, ...]:
@@ -233,12 +264,43 @@ def verify_probe(runner: Runner, metadata: dict[str, str]) -> float | None:
         diff = float(np.max(np.abs(served - probe.probabilities)))
     except Exception as e:  # noqa: BLE001 - a model that cannot run its probe is unusable
         raise ModelLoadError(f"probe run failed: {type(e).__name__}: {e}") from None
-    if not diff <= mc.PROBE_TOLERANCE:  # also NaN
+    tolerance = probe_tolerance(metadata)
+    if not diff <= tolerance:  # also NaN
         raise ModelLoadError(f"probe: on {runner.provider} its {len(probe.images)} images' "
                              f"probabilities differ from the exporter's by max |Δ| {diff:.3g}, "
-                             f"over the tolerance {mc.PROBE_TOLERANCE:g}; re-export the model, or "
+                             f"over the tolerance {tolerance:g}; re-export the model, or "
                              f"serve it with another --device")
     return diff
+
+
+def probe_tolerance(metadata: dict[str, str]) -> float:
+    """The fp32 tolerance, or the variant's (model_contract.VARIANT_PROBE_TOLERANCE)."""
+    return mc.VARIANT_PROBE_TOLERANCE.get(metadata.get(mc.VARIANT, ""), mc.PROBE_TOLERANCE)
+
+
+def speedup_vs_fp32(runner: Runner, fp32_path: Path, providers: list,
+                    runner_factory: RunnerFactory, batch: int = 32, seconds: float = 0.5
+                    ) -> float | None:
+    """A variant's batch-`batch` images/s over the fp32 model's beside it, both on this machine
+    and provider (a 2-core AVX2 CPU without VNNI runs INT8 slower than fp32, one with VNNI or AMX
+    2-3x faster: only a measurement here says which). None when there is no fp32 file."""
+    if not fp32_path.is_file():
+        return None
+    fp32 = runner_factory(fp32_path, providers)
+    try:
+        images = np.random.default_rng(0).integers(0, 256, (batch, 1, mc.SIDE, mc.SIDE),
+                                                   dtype=np.uint8)
+        rates = []
+        for r in (fp32, runner, fp32, runner):  # in turns: a burst of load spoils both alike
+            r.run(images)
+            calls, start = 0, time.perf_counter()
+            while calls < 2 or time.perf_counter() - start < seconds / 4:
+                r.run(images)
+                calls += 1
+            rates.append(calls * batch / (time.perf_counter() - start))
+        return max(rates[1], rates[3]) / max(rates[0], rates[2])
+    finally:
+        fp32.close()
 
 
 def load_one(name: str, version: int, path: Path, policy: ProviderPolicy,
@@ -254,6 +316,18 @@ def load_one(name: str, version: int, path: Path, policy: ProviderPolicy,
         except Exception as e:  # noqa: BLE001 - a model that cannot run one zero batch is unusable
             raise ModelLoadError(f"warm-up run failed: {type(e).__name__}: {e}") from None
         spec = replace(spec, probe_max_abs_diff=verify_probe(runner, runner.metadata))
+        if spec.variant:
+            try:
+                ratio = speedup_vs_fp32(runner, path.parent / mc.MODEL_FILE,
+                                        policy.requested(), runner_factory)
+            except Exception as e:  # noqa: BLE001 - a broken fp32 file beside it is its own refusal
+                log.warning("%s v%d: speed against fp32 not measured: %s: %s", name, version,
+                            type(e).__name__, e)
+                ratio = None
+            spec = replace(spec, speedup_vs_fp32=ratio)
+            if ratio is not None and ratio < 1:
+                log.warning("%s v%d is slower than its fp32 model on this machine (%s): %.2fx at "
+                            "batch 32; ListModels says so", name, version, runner.provider, ratio)
     except BaseException:
         runner.close()
         raise
@@ -287,7 +361,11 @@ def _log_loaded(model: LoadedModel, seconds: float) -> None:
     spec = model.spec
     verified = ("not verified (no fmnist.probe: exported before probes)"
                 if spec.probe_max_abs_diff is None else
-                f"probe max|Δ|={spec.probe_max_abs_diff:.3g} (tolerance {mc.PROBE_TOLERANCE:g})")
+                f"probe max|Δ|={spec.probe_max_abs_diff:.3g} "
+                f"(tolerance {probe_tolerance(spec.metadata):g})")
+    if spec.variant:
+        verified += (f" fp32_agreement={spec.fp32_agreement:.4f} speedup_vs_fp32="
+                     + ("n/a" if spec.speedup_vs_fp32 is None else f"{spec.speedup_vs_fp32:.2f}x"))
     log.info("loaded model %s v%d provider=%s test_accuracy=%.4f input_side=%d %s file=%s "
              "(%.2fs with warm-up)", spec.name, spec.version, model.provider, spec.test_accuracy,
              spec.input_side, verified, spec.path, seconds)
