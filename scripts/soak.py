@@ -8,8 +8,9 @@ size limit; calls the client cancels; deadlines too short to meet; unknown model
 the status codes it may end with; any other is "unexpected". Per interval it prints requests,
 codes, p50/p99 latency of the valid requests, and the server's RSS, open file descriptors and
 threads (from /proc). It passes (exit 0) when nothing unexpected happened, the server stopped
-cleanly on SIGTERM, and after the first interval (the warm-up) RSS, fds and threads stay within
-10% of their value at its end (fds and threads: at least +-2, small counts move by one or two).
+cleanly on SIGTERM, and RSS, fds and threads stay within 10% of their value at the end of the
+first interval (fds and threads: at least +-2, small counts move by one or two). Before the first
+interval, --warmup-seconds of the same traffic are not counted.
 
 To add traffic (the KServe v2 protocol, say): write `async def my_kind(ctx) -> None` that makes one
 call and lets grpc.aio.AioRpcError escape, and add `Kind("v2-infer", weight, my_kind, {OK})` to
@@ -259,6 +260,8 @@ async def run(args, pid: int, port: int, model: str) -> list[dict]:
         tasks = [asyncio.create_task(worker(Context(stub, model, png, jpeg, raw,
                                                     random.Random(args.seed + i)), stop, intervals))
                  for i in range(args.concurrency)]
+        await asyncio.sleep(args.warmup_seconds)  # traffic not counted: sessions, arenas, caches
+        intervals.append(Interval())
         started = time.monotonic()
         n = max(1, round(args.seconds / args.report_seconds))
         for i in range(n):
@@ -298,6 +301,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="how long to run ($SOAK_SECONDS)")
     p.add_argument("--report-seconds", type=float, default=60.0, help="length of an interval")
     p.add_argument("--concurrency", type=int, default=8, help="calls in flight at once")
+    p.add_argument("--warmup-seconds", type=float, default=30.0,
+                   help="traffic before the first interval, not counted")
     p.add_argument("--models-dir", type=Path,
                    help="models to serve (default: train and export lenet_bn on synthetic data)")
     p.add_argument("--model", default="lenet_bn", help="the model the valid requests use")
@@ -335,7 +340,8 @@ def main(args: argparse.Namespace) -> int:
         total.update(r["codes"])
     verdict = {"passed": not problems, "problems": problems, "requests": sum(total.values()),
                "codes": dict(total), "cpu": _cpu(), "seconds": args.seconds,
-               "concurrency": args.concurrency, "malloc_arena_max": args.malloc_arena_max,
+               "concurrency": args.concurrency, "warmup_seconds": args.warmup_seconds,
+               "malloc_arena_max": args.malloc_arena_max,
                "late_abort_tracebacks": late_aborts}
     print(json.dumps(verdict), flush=True)
     if args.json:
@@ -347,9 +353,12 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _late_abort(lines: list[str], i: int) -> bool:
-    """Whether the traceback starting at line i is grpc's ExecuteBatchError for a late abort
-    (grpc logs that ERROR line, then the traceback)."""
-    return i > 0 and "ExecuteBatchError raised in core" in lines[i - 1]
+    """Whether the traceback at line i belongs to grpc's ExecuteBatchError record for a late
+    abort: the log record it is part of (the last line before it with a timestamp) says so."""
+    for line in reversed(lines[:i]):
+        if re.match(r"\d{4}-\d\d-\d\d ", line):
+            return "ExecuteBatchError raised in core" in line
+    return False
 
 
 def _cpu() -> str:
