@@ -76,7 +76,10 @@ class Progress:
 
 
 MAX_RESERVE = 0.5  # of the budget
-PROBE_IMAGES = 32  # evaluated twice before training, the second time timed
+# The probe (evaluated twice before training, the second time timed) is a fixed amount of work:
+# 32 images at 96 px, ~380 at 28 px (at 32 a LeNet's time is all per-call overhead, and its
+# estimate for 10,000 images came out 5x too long), 6 at 224 px.
+PROBE_PIXELS = 32 * 96 * 96
 
 
 class BudgetClock:
@@ -148,6 +151,12 @@ class StopRequest:
 def make_optimizer(net: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     return torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                            nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
+
+
+def probe_images(input_side: int, eval_images: int, eval_batch_size: int) -> int:
+    """How many test images the pre-training probe evaluates: PROBE_PIXELS' worth, within one
+    evaluation batch and the evaluation itself."""
+    return max(1, min(PROBE_PIXELS // input_side ** 2, eval_images, eval_batch_size))
 
 
 def lr_factor(recipe: Recipe, step: int, steps_per_epoch: int, fraction: float = 0.0) -> float:
@@ -341,7 +350,7 @@ def train(cfg: TrainConfig, data: FashionMNIST, world: World = World(),
         progress = Progress(run_id=datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
     best_floor = _previous_best(ckdir / "best.pt") if world.is_main else -1.0
     if cfg.time_budget is not None:  # what an evaluation will cost, before the first one
-        probe = min(PROBE_IMAGES, n_eval)
+        probe = probe_images(spec.input_side, n_eval, cfg.eval_batch_size)
         for _ in range(2):  # the first call warms up (kernels, caches); the second is timed
             clock.timed_evaluation(lambda: evaluate(
                 net, preprocess, test_images[:probe], test_labels[:probe], batch_size=probe,

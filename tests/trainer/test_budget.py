@@ -12,7 +12,7 @@ from trainer.cli import get_args_parser, main
 from trainer.errors import UsageError
 from trainer.loop import evaluate
 from trainer.preprocess import Preprocess
-from trainer.run import BudgetClock, TrainConfig, lr_factor, train
+from trainer.run import BudgetClock, TrainConfig, lr_factor, probe_images, train
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +89,7 @@ def test_a_budgeted_run_times_an_evaluation_before_training(tmp_path, small_data
     caplog.set_level("INFO", logger="trainer")
     train(config(tmp_path, time_budget=0.0, eval_images=100), small_data, progress_bar=False)
     assert "lenet_bn: evaluating 100 test images takes ~" in caplog.text
+    assert "(timed on 100)" in caplog.text
     caplog.clear()
     train(config(tmp_path, eval_images=100), small_data, progress_bar=False)
     assert "test images takes ~" not in caplog.text  # no budget, no probe
@@ -100,3 +101,10 @@ def test_budget_schedule_without_a_budget_is_a_usage_error(tmp_path, small_data)
         train(cfg, small_data, progress_bar=False)
     with pytest.raises(UsageError, match="--eval-images"):
         train(config(tmp_path, eval_images=0), small_data, progress_bar=False)
+
+
+def test_the_probe_is_the_same_work_at_every_input_side():
+    """~295k pixels: 376 LeNet images (fewer are all per-call overhead), 32 at 96 px, 5 at 224,
+    never more than the evaluation or one of its batches."""
+    assert [probe_images(side, 10_000, 500) for side in (28, 96, 224)] == [376, 32, 5]
+    assert probe_images(28, 100, 500) == 100 and probe_images(28, 10_000, 200) == 200
