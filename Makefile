@@ -33,7 +33,7 @@ STUBS     := $(GEN)/.stamp
 model_flags = $(if $(MODELS),--models $(MODELS))
 
 .PHONY: help install install-serve dataset stubs demo test train export serve \
-        bench-train bench-export bench-serve bench-peer report clean
+        bench-train bench-export bench-serve bench-peer bench-variants report clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -106,6 +106,9 @@ $(PEER_VENV)/.deps: requirements/peer.txt
 
 bench-peer: install $(PEER_VENV)/.deps  ## fmnist-serve against MLServer over KServe v2 (MODELS=resnet18)
 	$(PY) -m bench.peer $(model_flags) --peer-python $(PEER_VENV)/bin/python
+
+bench-variants: install  ## precision variants (python -m exporter --variants int8) vs fp32: accuracy, agreement, img/s, size
+	$(PY) -m bench.variants --artifacts $(ARTIFACTS) $(model_flags)
 
 bench-photos: install  ## test images as 256-512 px RGB JPEG photos vs raw pixels, through the server
 	$(PY) -m bench.photos $(model_flags) --images $(PHOTO_IMAGES)

@@ -119,3 +119,22 @@ def test_bad_variant_names_are_refused():
         cli.get_args_parser().parse_args(["--variants", "int4"])
     with pytest.raises(SystemExit):
         cli.get_args_parser().parse_args(["--int8-recipes", "magic"])
+
+
+def test_bench_variants_reads_the_export(written, tmp_path, capsys):
+    import shutil
+
+    from bench import variants as bench
+    shutil.copytree(written, tmp_path / "models" / "lenet_bn" / "1")
+    assert bench.main(bench.get_args_parser().parse_args(
+        ["--artifacts", str(tmp_path), "--seconds", "0.05"])) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("CPU: ") and "ISA:" in out.splitlines()[0]
+    result = json.loads((tmp_path / "bench" / "variants.json").read_text())
+    rows = {(r["arch"], r["variant"]): r for r in result["rows"]}
+    assert set(rows) >= {("lenet_bn", "fp32"), ("lenet_bn", "int8")}
+    int8 = rows[("lenet_bn", "int8")]
+    assert int8["ratio_b32"] > 0 and int8["ratio_b1"] > 0 and int8["agreement"] >= 0.99
+    assert 0 < int8["mb"] < rows[("lenet_bn", "fp32")]["mb"]
+    assert any("lenet_bn int8 at batch 32" in t for t in result["targets"])
+    assert bench.cuda_available() or any(t.startswith("fp16: no GPU here") for t in result["targets"])
