@@ -117,11 +117,12 @@ class Server:
         while self.core.in_flight and (deadline is None or time.monotonic() < deadline):
             time.sleep(0.02)
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        cut = self.core.in_flight  # counted before grpc's stop cancels them
         self._loop.call(self.grpc_server.stop(left))
-        finished = self.core.in_flight == 0
+        finished = cut == 0
         if not finished:
             log.warning("grace period over with %d request(s) still running; they were cancelled",
-                        self.core.in_flight)
+                        cut)
         self.core.close()
         self._loop.close()
         if self.metrics is not None:

@@ -307,3 +307,18 @@ def test_stop_drains_in_flight_requests_and_refuses_new_ones():
             health.Check(health_pb2.HealthCheckRequest(), timeout=2)
     finally:
         ch.close()
+
+
+def test_stop_reports_requests_cut_off_by_the_grace_period():
+    model = fake_model("slow", delay=2.0)
+    srv, ch = serve([model])
+    stub = pb_grpc.ClassifierStub(ch)
+    try:
+        with futures.ThreadPoolExecutor(1) as pool:
+            cut = pool.submit(stub.Classify, request(raw(b"\0" * 784), model="slow"), timeout=30)
+            assert model.runner.started.wait(10)
+            assert srv.stop(0.2) is False  # one request was still running when the grace ended
+            with pytest.raises(grpc.RpcError):
+                cut.result()
+    finally:
+        ch.close()
