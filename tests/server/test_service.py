@@ -16,8 +16,10 @@ from fmnist.v1 import classifier_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
+from server import decode
 from server.app import create_server
 from server.core import Limits
+from server.runner import OnnxRunner
 from tests.server.conftest import TEST_LIMITS
 from tests.server.fakes import fake_model
 from tests.server.images import encode, huge_png
@@ -86,14 +88,27 @@ def test_top_k_zero_means_one(stub):
     assert len(response.classifications[0].predictions) == 1
 
 
-def test_every_format_in_one_request(stub):
+def test_every_format_in_one_request_answers_for_its_own_pixels(stub, models_dir):
+    """Each served answer is the model's answer for that image's decoded pixels (an in-process
+    OnnxRunner on the same pixels), and those pixels are the sample's, not a blank."""
     base = Image.fromarray(255 - pixels()).resize((56, 56))  # dark on light, larger: decoded path
-    images = [enc(encode(base, fmt)) for fmt in ("PNG", "JPEG", "BMP", "GIF", "WEBP")]
-    images.append(enc(encode(base.convert("RGBA"), "PNG")))
-    images.append(enc(encode(base.convert("RGB").convert("CMYK"), "JPEG")))
-    images.append(enc(encode(Image.fromarray(np.asarray(base).astype(np.uint16) * 257), "PNG")))
-    response = stub.Classify(request(*images, top_k=2), timeout=30)
-    assert len(response.classifications) == len(images)
+    files = [encode(base, fmt) for fmt in ("PNG", "JPEG", "BMP", "GIF", "WEBP")]
+    files.append(encode(base.convert("RGBA"), "PNG"))
+    files.append(encode(base.convert("RGB").convert("CMYK"), "JPEG"))
+    files.append(encode(Image.fromarray(np.asarray(base).astype(np.uint16) * 257), "PNG"))
+    response = stub.Classify(request(*[enc(f) for f in files], top_k=10), timeout=30)
+    assert len(response.classifications) == len(files)
+    decoded = np.stack([decode.decode_encoded(f) for f in files])[:, None]
+    for image in decoded[:, 0]:
+        assert np.abs(image.astype(int) - pixels().astype(int)).mean() < 40  # the sample, roughly
+    runner = OnnxRunner(models_dir / "lenet_bn" / "1" / "model.onnx", ["CPUExecutionProvider"])
+    expected = runner.run(decoded).probabilities
+    runner.close()
+    for served, want in zip(response.classifications, expected):
+        got = np.zeros(10, np.float32)
+        for p in served.predictions:
+            got[p.class_id] = p.probability
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
 
 def test_a_call_without_a_deadline_works(stub):
