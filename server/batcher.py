@@ -12,12 +12,13 @@ batches, and its rows are put back together in order. The thread-safe queue and 
 concurrent.futures.Future per request keep this free of asyncio and grpc: the core awaits the
 future with `asyncio.wrap_future`, tests call `.result()`.
 
-When to run: the batcher expects as many images as its previous batch held (capped at
-`max_batch`): it runs as soon as that many are waiting, and otherwise waits for them at most
-`max_delay` after the oldest waiting image arrived. So a lone caller never waits (its previous
-batch was its own request: its p50 is the model's batch-1 time plus the transport), two callers
-do not wait for a third that never comes, and under a steady load the batches follow it up and
-down within a batch or two.
+When to run: the batcher expects as many images as its previous batch held plus those that
+arrived while it ran (the load it is seeing; capped at `max_batch`): it runs as soon as that many
+are waiting, and otherwise waits for them at most `max_delay` past the later of the oldest waiting
+image's arrival and the end of the previous batch. So a lone caller never waits (its p50 is the
+model's batch-1 time plus the transport), two callers do not wait for a third that never comes,
+and 32 closed-loop callers are not split into two half batches that take turns (each half
+arriving while the other runs): the batch waits the few ms it takes the other half to come back.
 
 Admission and deadlines (costs come from `CostModel`, learned from every run by batch size):
 - `submit` refuses (Overloaded, with a retry hint) when the queue would hold more than
@@ -160,7 +161,9 @@ class Batcher:
         self._queue: collections.deque[_Piece] = collections.deque()
         self._queued_images = 0
         self._running_images = 0
-        self._last_batch_images = 1
+        self._expected_images = 1  # the next batch's size: the last one's plus what came meanwhile
+        self._arrived_while_running = 0
+        self._free_since = 0.0  # time.monotonic() when the last batch finished
         self._closed = False
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
@@ -201,6 +204,8 @@ class Batcher:
                         f"{ahead} ahead of them")
             self._queue.append(_Piece(request, 0, n))  # _take cuts it at batch boundaries
             self._queued_images += n
+            if self._running_images:
+                self._arrived_while_running += n
             self._cond.notify()
         return Ticket(request)
 
@@ -239,9 +244,10 @@ class Batcher:
                 self._cond.wait()
             if self._closed:
                 return None
-            expected = min(max_batch, self._last_batch_images)
+            expected = min(max_batch, self._expected_images)
             if self._queued_images < expected:  # the rest of a batch like the last is on its way
-                run_by = self._queue[0].request.enqueued + self.policy.max_delay
+                run_by = max(self._queue[0].request.enqueued,
+                             self._free_since) + self.policy.max_delay
                 while self._queued_images < expected and not self._closed:
                     left = run_by - time.monotonic()
                     if left <= 0 or not self._cond.wait(left):
@@ -251,6 +257,7 @@ class Batcher:
             pieces, taken = self._take(max_batch)
             self._queued_images -= taken
             self._running_images = taken
+            self._arrived_while_running = 0
         return pieces
 
     def _take(self, max_batch: int) -> tuple[list[_Piece], int]:
@@ -317,7 +324,8 @@ class Batcher:
         finally:
             with self._cond:
                 self._running_images = 0
-                self._last_batch_images = n
+                self._expected_images = n + self._arrived_while_running
+                self._free_since = time.monotonic()
         seconds = time.perf_counter() - started
         self.costs.observe(len(images), seconds)
         self._record(BatchEvent(n, waits, seconds, ok=True))

@@ -116,8 +116,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-batch", type=_positive_int, default=_BATCH.max_batch,
                    help="most images run together in one batch")
     b.add_argument("--max-queue-delay-ms", type=float, default=_BATCH.max_delay * 1000,
-                   help="longest an image waits for a batch as full as the previous one (so a "
-                        "lone caller never waits)")
+                   help="longest an image waits, once the model is free, for the batch to fill "
+                        "up to the load seen (so a lone caller never waits)")
     b.add_argument("--max-queue-images", type=_positive_int, default=_BATCH.max_queue_images,
                    help="images waiting per model; more is RESOURCE_EXHAUSTED with a retry hint")
     b.add_argument("--batching", action="append", default=[], type=parse_batching_flag,

@@ -330,3 +330,23 @@ def test_removing_a_version_lets_the_requests_that_chose_it_finish():
     assert asyncio.run(scenario()) == [1, 2]
     assert model.runner.closed
     core.close()
+
+
+def test_the_batch_waits_for_callers_whose_answers_were_in_the_previous_batch():
+    """Closed-loop callers split in two halves would take turns (each half arriving while the
+    other runs); the batcher expects the last batch plus what arrived meanwhile, and waits the
+    (bounded) moment it takes the first half to come back."""
+    model = fake_model("slow", delay=0.2)
+    core = make_core(model, max_batch=32, max_delay=1.0)
+
+    async def scenario():
+        first = asyncio.create_task(core.classify("slow", 0, [raw(1)]))
+        await wait_until(model.runner.started.is_set)
+        meanwhile = [asyncio.create_task(core.classify("slow", 0, [raw(v)])) for v in (2, 3, 4)]
+        await first  # the first caller comes back ...
+        again = asyncio.create_task(core.classify("slow", 0, [raw(5)]))
+        await asyncio.gather(again, *meanwhile)
+
+    asyncio.run(scenario())
+    assert model.runner.sizes == [1, 4]  # ... and rides with the three that queued meanwhile
+    core.close()
