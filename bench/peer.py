@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import results
-from bench.serve import ServerProcess, pick_models, sample_images, summarize
+from bench.serve import ServerProcess, drive, pick_models, sample_images
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -111,28 +111,16 @@ class MLServerProcess:
 
 async def v2_closed_loop(port: int, model: str, image: np.ndarray, callers: int,
                          seconds: float) -> dict:
-    """`callers` tasks send ModelInfer (one image, the probabilities output) back to back."""
+    """ModelInfer (one image, the probabilities output) driven by bench.serve's `drive`."""
     import tritonclient.grpc.aio as tc
     async with tc.InferenceServerClient(f"127.0.0.1:{port}") as client:
-        def inputs():
+        def infer():
             tensor = tc.InferInput("image", list(image.shape), "UINT8")
             tensor.set_data_from_numpy(image)
-            return [tensor]
+            return client.infer(model, [tensor], client_timeout=60,
+                                outputs=[tc.InferRequestedOutput("probabilities")])
 
-        outputs = [tc.InferRequestedOutput("probabilities")]
-        await client.infer(model, inputs(), outputs=outputs)  # connect and warm
-        latencies: list[float] = []
-        start = time.perf_counter()
-        stop_at = start + seconds
-
-        async def caller():
-            while time.perf_counter() < stop_at:
-                t0 = time.perf_counter()
-                await client.infer(model, inputs(), outputs=outputs, client_timeout=60)
-                latencies.append(time.perf_counter() - t0)
-
-        await asyncio.gather(*(caller() for _ in range(callers)))
-        return summarize(latencies, time.perf_counter() - start, len(image))
+        return await drive(infer, callers, seconds, len(image))
 
 
 def main(args: argparse.Namespace) -> int:
@@ -144,10 +132,14 @@ def main(args: argparse.Namespace) -> int:
     print(f"CPU: {cpu}, {len(os.sched_getaffinity(0))} cores; ISA: {' '.join(isa) or 'unknown'}")
     print(f"models: {', '.join(models)}; max batch {args.max_batch}, {args.delay_ms:g} ms on both; "
           f"{args.seconds:g}s per cell; callers {args.callers}", flush=True)
-    ours = ServerProcess({n: d / str(v) for n, (v, d) in models.items()}, "cpu",
-                         ["--max-batch", str(args.max_batch),
-                          "--max-queue-delay-ms", str(args.delay_ms)])
     peer = MLServerProcess(args.peer_python, files, args.max_batch, args.delay_ms)
+    try:
+        ours = ServerProcess({n: d / str(v) for n, (v, d) in models.items()}, "cpu",
+                             ["--max-batch", str(args.max_batch),
+                              "--max-queue-delay-ms", str(args.delay_ms)])
+    except BaseException:
+        peer.stop()
+        raise
     rows = []
     try:
         port = ours.wait()

@@ -40,7 +40,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Awaitable, Callable
 
 import numpy as np
 
@@ -99,27 +99,34 @@ def in_process(run: Callable[[], object], seconds: float, images_per_call: int) 
     return summarize(latencies, time.perf_counter() - start, images_per_call)
 
 
+async def drive(call: Callable[[], Awaitable], callers: int, seconds: float,
+                images_per_call: int) -> dict:
+    """`callers` asyncio tasks await `call()` back to back (a closed loop: each waits for its
+    answer) for `seconds`, after one warm-up call."""
+    await call()  # connect and warm
+    latencies: list[float] = []
+    start = time.perf_counter()
+    stop_at = start + seconds
+
+    async def caller():
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            await call()
+            latencies.append(time.perf_counter() - t0)
+
+    await asyncio.gather(*(caller() for _ in range(callers)))
+    return summarize(latencies, time.perf_counter() - start, images_per_call)
+
+
 async def closed_loop(port: int, request, callers: int, seconds: float) -> dict:
-    """`callers` asyncio tasks call Classify back to back (each waits for its answer) for
-    `seconds`; one connection, as one client process would."""
+    """Classify over one connection (as one client process would), driven by `drive`."""
     import grpc
     from fmnist.v1 import classifier_pb2_grpc as pb_grpc
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION) as channel:
         stub = pb_grpc.ClassifierStub(channel)
-        await stub.Classify(request, timeout=60)  # connect and warm
-        latencies: list[float] = []
-        start = time.perf_counter()
-        stop_at = start + seconds
-
-        async def caller():
-            while time.perf_counter() < stop_at:
-                t0 = time.perf_counter()
-                await stub.Classify(request, timeout=60)
-                latencies.append(time.perf_counter() - t0)
-
-        await asyncio.gather(*(caller() for _ in range(callers)))
-        return summarize(latencies, time.perf_counter() - start, len(request.images))
+        return await drive(lambda: stub.Classify(request, timeout=60), callers, seconds,
+                           len(request.images))
 
 
 # --- the server process --------------------------------------------------------------------------
