@@ -224,6 +224,21 @@ def _list_models(port: int):
 
 # --- attacks -------------------------------------------------------------------------------------
 
+def open_idle_streams(channel, n: int, release: threading.Event, timeout: float = 60) -> list:
+    """`n` Classify calls that send their headers and then nothing (the request iterator blocks
+    until `release`), as a slow or malicious client does. Returns their futures."""
+    from fmnist.v1 import classifier_pb2 as pb
+    call = channel.stream_unary(CLASSIFY, request_serializer=pb.ClassifyRequest.SerializeToString,
+                                response_deserializer=pb.ClassifyResponse.FromString)
+
+    def never():
+        release.wait()
+        return
+        yield  # a generator that ends without yielding once released
+
+    return [call.future(never(), timeout=timeout) for _ in range(n)]
+
+
 def attack_idle_streams(port: int, model: str, streams: int = 200) -> dict:
     """Open `streams` Classify calls that never send their request; time health, ListModels and
     Classify on another connection meanwhile."""
@@ -233,19 +248,10 @@ def attack_idle_streams(port: int, model: str, streams: int = 200) -> dict:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     release = threading.Event()
-
-    def never():
-        release.wait()
-        return
-        yield
-
     attackers = [grpc.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION)
                  for _ in range(4)]
-    idle = []
-    for ch in attackers:
-        call = ch.stream_unary(CLASSIFY, request_serializer=pb.ClassifyRequest.SerializeToString,
-                               response_deserializer=pb.ClassifyResponse.FromString)
-        idle += [call.future(never(), timeout=120) for _ in range(streams // len(attackers))]
+    idle = [f for ch in attackers
+            for f in open_idle_streams(ch, streams // len(attackers), release, timeout=120)]
     time.sleep(1.0)  # let them all open
     out: dict = {"attack": "idle streams", "streams": len(idle)}
     try:

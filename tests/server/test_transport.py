@@ -10,26 +10,11 @@ from fmnist.v1 import classifier_pb2 as pb
 from fmnist.v1 import classifier_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.serve import OWN_CONNECTION, open_idle_streams
 from server.app import create_server
 from server.transport import Transport
 from tests.server.fakes import fake_model
 
-CLASSIFY = "/fmnist.v1.Classifier/Classify"
-OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # a channel of its own, not a shared one
-
-
-def open_idle_streams(channel: grpc.Channel, n: int, release: threading.Event) -> list:
-    """`n` Classify calls that send their headers and then nothing (the request iterator blocks
-    until `release`), as a slow or malicious client does."""
-    call = channel.stream_unary(CLASSIFY, request_serializer=pb.ClassifyRequest.SerializeToString,
-                                response_deserializer=pb.ClassifyResponse.FromString)
-
-    def never():
-        release.wait()
-        return
-        yield  # a generator that ends without yielding once released
-
-    return [call.future(never(), timeout=60) for _ in range(n)]
 
 
 @pytest.fixture
