@@ -12,7 +12,7 @@ import pytest
 
 from server.batcher import BatchPolicy
 from server.core import Batching, Core, ImageData, Limits
-from server.errors import (Cancelled, DeadlineExceeded, InvalidImage, InvalidRequest, ModelNotFound,
+from server.errors import (DeadlineExceeded, InvalidImage, InvalidRequest, ModelNotFound,
                            Overloaded, Unavailable)
 from tests.server.fakes import fake_model
 
