@@ -57,8 +57,8 @@ class SidePlan:
 # steps beat fewer big ones in a run this short) with the d2l recipe's plain SGD, whose rates the
 # old 25-second demo showed to be stable at batch 32 (resnet18/densenet ~0.82 with bf16).
 PLAN_BY_SIDE = {
-    28: SidePlan(weight=0.5, recipe="improved", test_images=10_000, batch_size=None),
-    96: SidePlan(weight=2.2, recipe="d2l", test_images=1_000, batch_size=32),
+    28: SidePlan(weight=0.8, recipe="improved", test_images=10_000, batch_size=None),
+    96: SidePlan(weight=2.0, recipe="d2l", test_images=1_000, batch_size=32),
     224: SidePlan(weight=0.3, recipe="d2l", test_images=200, batch_size=32),
 }
 EPOCHS = 100  # an upper bound: the time budget ends every demo run
