@@ -33,6 +33,7 @@ import torch
 from exporter import pipeline, to_onnx
 from exporter.errors import ExportError
 from exporter.fold import fold_batchnorm
+from bench import results
 from exporter.parity import cpu_session
 from exporter.testing import random_net
 from exporter.wrap import Servable
@@ -58,7 +59,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=1.0,
                    help="time spent measuring each cell, in 3 turns after one warm-up call "
                         "(default: 1)")
-    p.add_argument("--artifacts", type=Path, default=Path(os.environ.get("ARTIFACTS", "artifacts")),
+    p.add_argument("--artifacts", type=Path, default=results.default_artifacts(),
                    help="where to look for checkpoints/<arch>/best.pt (default: $ARTIFACTS or "
                         "artifacts)")
     return p

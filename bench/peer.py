@@ -40,9 +40,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", default=["resnet18"], metavar="NAME",
                    help="models to compare (default: resnet18)")
     p.add_argument("--models-dir", type=Path,
-                   default=Path(os.environ.get("ARTIFACTS", "artifacts")) / "models",
+                   default=results.default_artifacts() / "models",
                    help="exported models (default: $ARTIFACTS/models or artifacts/models)")
-    p.add_argument("--artifacts", type=Path, default=Path(os.environ.get("ARTIFACTS", "artifacts")),
+    p.add_argument("--artifacts", type=Path, default=results.default_artifacts(),
                    help="where bench/peer.json is written (default: $ARTIFACTS or artifacts)")
     p.add_argument("--peer-python", type=Path, default=Path(".venv-peer/bin/python"),
                    help="the Python of the venv that has MLServer (make bench-peer makes it)")

@@ -47,7 +47,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="Fashion-MNIST folder (default: the trainer's: $FASHION_MNIST_DIR, ...)")
     p.add_argument("--seed", type=int, default=0, help="seeds the photos' sizes and tints")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
-    p.add_argument("--artifacts", type=Path, default=Path(os.environ.get("ARTIFACTS", "artifacts")))
+    p.add_argument("--artifacts", type=Path, default=results.default_artifacts())
     return p
 
 

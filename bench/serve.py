@@ -58,9 +58,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", metavar="NAME",
                    help="models to measure (default: every model in --models-dir)")
     p.add_argument("--models-dir", type=Path,
-                   default=Path(os.environ.get("ARTIFACTS", "artifacts")) / "models",
+                   default=results.default_artifacts() / "models",
                    help="exported models (default: $ARTIFACTS/models or artifacts/models)")
-    p.add_argument("--artifacts", type=Path, default=Path(os.environ.get("ARTIFACTS", "artifacts")),
+    p.add_argument("--artifacts", type=Path, default=results.default_artifacts(),
                    help="where bench/serve.json is written (default: $ARTIFACTS or artifacts)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--callers", nargs="+", type=int, default=[1, 8, 32, 64], metavar="N",

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import os
 import shutil
 import tempfile
 import time
@@ -44,7 +43,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2,
                    help="DataLoader workers for the seeds' loop (the seeds use 0 to 4; default 2)")
     p.add_argument("--data-dir", type=Path, help="Fashion-MNIST folder (default: as the trainer)")
-    p.add_argument("--artifacts", type=Path, default=Path(os.environ.get("ARTIFACTS", "artifacts")),
+    p.add_argument("--artifacts", type=Path, default=results.default_artifacts(),
                    help="writes the result to its bench/train.json (default: $ARTIFACTS or "
                         "artifacts)")
     return p

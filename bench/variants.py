@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import model_contract as mc
@@ -34,7 +33,7 @@ _INT8_ISA = ("avx512_vnni", "avx_vnni", "amx_int8")
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.variants", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--artifacts", type=Path, default=Path(os.environ.get("ARTIFACTS", "artifacts")),
+    p.add_argument("--artifacts", type=Path, default=results.default_artifacts(),
                    help="folder whose models/ holds the exports (default: $ARTIFACTS or artifacts)")
     p.add_argument("--models", nargs="+", metavar="NAME",
                    help="architectures (default: every one exported under models/)")
