@@ -3,16 +3,17 @@
     python scripts/soak.py                           # 10 minutes (SOAK_SECONDS), report each minute
     python scripts/soak.py --seconds 60 --report-seconds 15 --models-dir artifacts/models
 
-Traffic (`KINDS`, weighted): valid PNG, JPEG and raw requests; malformed images; messages over the
-size limit; calls the client cancels; deadlines too short to meet; unknown models. Each kind lists
-the status codes it may end with; any other is "unexpected". Per interval it prints requests,
+Traffic (`KINDS`, weighted): valid PNG, JPEG and raw requests over fmnist.v1 Classify and KServe
+v2 ModelInfer (raw UINT8 tensors and encoded BYTES); malformed images; messages over the size
+limit; calls the client cancels; deadlines too short to meet; unknown models. Each kind lists the
+status codes it may end with; any other is "unexpected". Per interval it prints requests,
 codes, p50/p99 latency of the valid requests, and the server's RSS, open file descriptors and
 threads (from /proc). It passes (exit 0) when nothing unexpected happened, the server stopped
 cleanly on SIGTERM, and RSS, fds and threads stay within 10% of their value at the end of the
 first interval (fds and threads: at least +-2, small counts move by one or two). Before the first
 interval, --warmup-seconds of the same traffic are not counted.
 
-To add traffic (the KServe v2 protocol, say): write `async def my_kind(ctx) -> None` that makes one
+To add traffic: write `async def my_kind(ctx) -> None` that makes one
 call and lets grpc.aio.AioRpcError escape, and add `Kind("v2-infer", weight, my_kind, {OK})` to
 KINDS.
 The server runs with MALLOC_ARENA_MAX=2 (--malloc-arena-max): with glibc's default of up to 8
@@ -46,6 +47,8 @@ import grpc
 import numpy as np
 from fmnist.v1 import classifier_pb2 as pb
 from fmnist.v1 import classifier_pb2_grpc as pb_grpc
+from inference import grpc_service_pb2 as v2
+from inference import grpc_service_pb2_grpc as v2_grpc
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,6 +60,7 @@ C = grpc.StatusCode
 @dataclass
 class Context:
     stub: pb_grpc.ClassifierStub
+    v2: v2_grpc.GRPCInferenceServiceStub
     model: str
     png: bytes
     jpeg: bytes
@@ -122,6 +126,24 @@ async def unknown_model(ctx):
                             timeout=30)
 
 
+async def v2_raw(ctx):
+    """KServe v2 ModelInfer with the graph's own input: 4 raw images as one UINT8 tensor."""
+    await ctx.v2.ModelInfer(v2.ModelInferRequest(
+        model_name=ctx.model, inputs=[v2.ModelInferRequest.InferInputTensor(
+            name="image", datatype="UINT8", shape=[4, 1, 28, 28])],
+        raw_input_contents=[ctx.raw * 4]), timeout=30)
+
+
+async def v2_encoded(ctx):
+    """KServe v2 ModelInfer with 2 encoded files as BYTES (`image_bytes`, Triton's raw form)."""
+    files = (ctx.png, ctx.jpeg)
+    await ctx.v2.ModelInfer(v2.ModelInferRequest(
+        model_name=ctx.model, inputs=[v2.ModelInferRequest.InferInputTensor(
+            name="image_bytes", datatype="BYTES", shape=[len(files)])],
+        raw_input_contents=[b"".join(len(f).to_bytes(4, "little") + f for f in files)]),
+        timeout=30)
+
+
 KINDS = [
     Kind("png", 4, valid_png, frozenset({C.OK}), valid=True),
     Kind("jpeg", 3, valid_jpeg, frozenset({C.OK}), valid=True),
@@ -133,7 +155,8 @@ KINDS = [
     Kind("cancelled", 1, cancelled, frozenset({C.CANCELLED, C.OK})),
     Kind("deadline", 1, short_deadline, frozenset({C.DEADLINE_EXCEEDED, C.OK})),
     Kind("unknown-model", 0.5, unknown_model, frozenset({C.NOT_FOUND})),
-    # the KServe v2 protocol's ModelInfer goes here once the server has it
+    Kind("v2-raw", 2, v2_raw, frozenset({C.OK}), valid=True),
+    Kind("v2-encoded", 2, v2_encoded, frozenset({C.OK}), valid=True),
 ]
 
 
@@ -256,8 +279,8 @@ async def run(args, pid: int, port: int, model: str) -> list[dict]:
     stop = asyncio.Event()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[
             ("grpc.max_send_message_length", 4 * MAX_MESSAGE)]) as channel:
-        stub = pb_grpc.ClassifierStub(channel)
-        tasks = [asyncio.create_task(worker(Context(stub, model, png, jpeg, raw,
+        stub, v2_stub = pb_grpc.ClassifierStub(channel), v2_grpc.GRPCInferenceServiceStub(channel)
+        tasks = [asyncio.create_task(worker(Context(stub, v2_stub, model, png, jpeg, raw,
                                                     random.Random(args.seed + i)), stop, intervals))
                  for i in range(args.concurrency)]
         await asyncio.sleep(args.warmup_seconds)  # traffic not counted: sessions, arenas, caches

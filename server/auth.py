@@ -13,6 +13,7 @@ import logging
 import grpc
 
 from server.errors import shorten
+from server.rpc import fail
 from server.security import OPEN_SERVICES, TokenFile
 
 log = logging.getLogger("server.auth")
@@ -65,18 +66,18 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _refusal(handler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
-    """A handler of the same kind as `handler` (unary/streaming each way) that aborts at once,
-    before reading any request message; for an unknown method, a unary one."""
+    """A handler of the same kind as `handler` (unary/streaming each way) that ends the call at
+    once, before reading any request message; for an unknown method, a unary one."""
 
-    async def abort(request_or_iterator, context):
-        await context.abort(code, message)
+    async def refuse(request_or_iterator, context):
+        return fail(context, code, message)
 
     if handler is None:
-        return grpc.unary_unary_rpc_method_handler(abort)
+        return grpc.unary_unary_rpc_method_handler(refuse)
     make = {(False, False): grpc.unary_unary_rpc_method_handler,
             (False, True): grpc.unary_stream_rpc_method_handler,
             (True, False): grpc.stream_unary_rpc_method_handler,
             (True, True): grpc.stream_stream_rpc_method_handler}[
         (handler.request_streaming, handler.response_streaming)]
-    return make(abort, request_deserializer=handler.request_deserializer,
+    return make(refuse, request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)

@@ -390,11 +390,10 @@ class Core:
         if all(image.kind == "raw" for image in images):
             return decode_request(images, inversion, self.limits, self._pixels, deadline)
         stop = threading.Event()
-        work = asyncio.get_running_loop().run_in_executor(
-            self._decoders, decode_request, images, inversion, self.limits, self._pixels,
-            deadline, stop)
-        try:
-            return await work
+        try:  # no local for the future: it holds the error, whose traceback holds this frame
+            return await asyncio.get_running_loop().run_in_executor(
+                self._decoders, decode_request, images, inversion, self.limits, self._pixels,
+                deadline, stop)
         except asyncio.CancelledError:
             stop.set()  # the decode stops before its next image
             raise
@@ -406,6 +405,9 @@ class Core:
             out = await asyncio.wrap_future(ticket.future)
         except asyncio.CancelledError:
             ticket.cancel()  # leaves the queue if it has not run yet
+            raise
+        except BaseException:
+            del ticket  # its future holds the error, whose traceback holds this frame: a cycle
             raise
         if out.probabilities.shape != (len(batch), len(loaded.spec.labels)):
             raise RuntimeError(f"{loaded.spec.name} v{loaded.spec.version} returned probabilities "

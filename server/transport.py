@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf.message import DecodeError
 
+from server.rpc import fail
+
 
 @dataclass(frozen=True)
 class Transport:
@@ -52,14 +54,15 @@ def unary_handler(behavior, request_deserializer, response_serializer,
         try:
             request = await asyncio.wait_for(anext(request_iterator), read_timeout)
         except asyncio.TimeoutError:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                f"the request message did not arrive within {read_timeout:g} s "
-                                "of the call's start (--request-read-timeout)")
+            return fail(context, grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"the request message did not arrive within {read_timeout:g} s of the "
+                        "call's start (--request-read-timeout)")
         except StopAsyncIteration:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call sent no request message")
+            return fail(context, grpc.StatusCode.INVALID_ARGUMENT,
+                        "the call sent no request message")
         except DecodeError:  # the bytes are not this method's message (else: UNKNOWN, "Unexpected")
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                "the request message is not valid protobuf for this method")
+            return fail(context, grpc.StatusCode.INVALID_ARGUMENT,
+                        "the request message is not valid protobuf for this method")
         return await behavior(request, context)
 
     return grpc.stream_unary_rpc_method_handler(handler, request_deserializer=request_deserializer,

@@ -331,10 +331,6 @@ def test_v2_requests_reach_the_observer_as_v2(triton, server):
     assert [(e.protocol, e.images, e.model, e.code) for e in events] == [("v2", 2, MODEL, "OK")]
 
 
-class Aborted(Exception):
-    pass
-
-
 class Context:
     """What the v2 methods use of a grpc.aio context."""
 
@@ -344,8 +340,13 @@ class Context:
     def time_remaining(self):
         return None
 
-    async def abort(self, code, details):
-        raise Aborted(code, details)
+    code = details = None
+
+    def set_code(self, code):
+        self.code = code
+
+    def set_details(self, details):
+        self.details = details
 
 
 class FakeRepository:
@@ -370,18 +371,19 @@ def test_load_and_unload_go_to_the_repository_off_the_event_loop(server):
                                            Context())
         await servicer.RepositoryModelUnload(v2_pb.RepositoryModelUnloadRequest(model_name="b"),
                                              Context())
-        with pytest.raises(Aborted) as missing:
-            await servicer.RepositoryModelLoad(
-                v2_pb.RepositoryModelLoadRequest(model_name="missing"), Context())
+        missing = Context()
+        await servicer.RepositoryModelLoad(v2_pb.RepositoryModelLoadRequest(model_name="missing"),
+                                           missing)
         unload = v2_pb.RepositoryModelUnloadRequest(model_name="c")
         unload.parameters["unload_dependents"].bool_param = True  # as tritonclient sends it
         await servicer.RepositoryModelUnload(unload, Context())
         request = v2_pb.RepositoryModelLoadRequest(model_name="a")
         request.parameters["config"].string_param = "{}"
-        with pytest.raises(Aborted) as parameters:
-            await servicer.RepositoryModelLoad(request, Context())
+        parameters = Context()
+        await servicer.RepositoryModelLoad(request, parameters)
         metadata = await servicer.ServerMetadata(v2_pb.ServerMetadataRequest(), Context())
-        return missing.value.args, parameters.value.args, metadata, threading.current_thread().name
+        return ((missing.code, missing.details), (parameters.code, parameters.details), metadata,
+                threading.current_thread().name)
 
     missing, parameters, metadata, loop_thread = asyncio.run(calls())
     assert [call[:2] for call in repository.calls] == [("load", "a"), ("unload", "b"),
