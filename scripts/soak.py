@@ -349,11 +349,7 @@ def main(args: argparse.Namespace) -> int:
     problems = judge(rows)
     if rc != 0:
         problems.append(f"the server exited {rc} on SIGTERM")
-    # Known and reported, counted but not failed: grpc logs ExecuteBatchError when the servicer
-    # aborts a call whose deadline already ended it (the client has its DEADLINE_EXCEEDED).
-    late_aborts = sum("ExecuteBatchError raised in core" in line for line in server.lines)
-    tracebacks = [i for i, line in enumerate(server.lines)
-                  if "Traceback" in line and not _late_abort(server.lines, i)]
+    tracebacks = [i for i, line in enumerate(server.lines) if "Traceback" in line]
     if tracebacks:
         start = max(0, tracebacks[0] - 3)
         problems.append("the server logged a traceback:\n" + "\n".join(
@@ -364,8 +360,7 @@ def main(args: argparse.Namespace) -> int:
     verdict = {"passed": not problems, "problems": problems, "requests": sum(total.values()),
                "codes": dict(total), "cpu": _cpu(), "seconds": args.seconds,
                "concurrency": args.concurrency, "warmup_seconds": args.warmup_seconds,
-               "malloc_arena_max": args.malloc_arena_max,
-               "late_abort_tracebacks": late_aborts}
+               "malloc_arena_max": args.malloc_arena_max}
     print(json.dumps(verdict), flush=True)
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, **verdict}, indent=1))
@@ -373,15 +368,6 @@ def main(args: argparse.Namespace) -> int:
         print("\n".join(["soak FAILED:", *problems, "server log tail:", *server.lines[-20:]]),
               file=sys.stderr)
     return 0 if not problems else 1
-
-
-def _late_abort(lines: list[str], i: int) -> bool:
-    """Whether the traceback at line i belongs to grpc's ExecuteBatchError record for a late
-    abort: the log record it is part of (the last line before it with a timestamp) says so."""
-    for line in reversed(lines[:i]):
-        if re.match(r"\d{4}-\d\d-\d\d ", line):
-            return "ExecuteBatchError raised in core" in line
-    return False
 
 
 def _cpu() -> str:

@@ -56,8 +56,8 @@ def map_errors(method):
 
 
 def fail(context, code: grpc.StatusCode, details: str) -> None:
-    """End a unary call with `code`: grpc.aio sends that status and no message when the handler
-    returns after setting a non-OK code. Returns None, the handler's return value."""
+    """End the call with `code`: grpc.aio sends that status (and no response message) when the
+    handler returns after setting a non-OK code. Returns None, the handler's return value."""
     context.set_code(code)
     context.set_details(details)
 
