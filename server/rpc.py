@@ -7,14 +7,13 @@ request came in by. Its log lines go to the logger of the servicer's module.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import time
 
 import grpc
 
-from server.errors import Cancelled, DeadlineExceeded, Overloaded, ServingError
+from server.errors import Cancelled, Overloaded, ServingError
 
 _NO_DEADLINE = 1e8  # seconds; grpc reports "no deadline" as None or as a huge number
 RETRY_PUSHBACK = "grpc-retry-pushback-ms"  # gRPC's retry trailer: clients with a retry policy obey it
@@ -39,10 +38,6 @@ def map_errors(method):
             (log.info if isinstance(e, Cancelled) else log.warning)(
                 "%s from %s -> %s: %s", method.__name__, context.peer(), e.code, str(e),
                 extra={"code": e.code})
-            if isinstance(e, DeadlineExceeded) and _expired(context):
-                # grpc ends a call whose deadline passed with DEADLINE_EXCEEDED by itself; a
-                # status sent now races that and fails inside grpc (an ERROR traceback in the log)
-                raise asyncio.CancelledError from None
             if isinstance(e, Overloaded) and e.retry_after is not None:
                 context.set_trailing_metadata(((RETRY_PUSHBACK, str(int(e.retry_after * 1000) + 1)),))
             return fail(context, grpc.StatusCode[e.code], str(e))
@@ -62,7 +57,9 @@ def fail(context, code: grpc.StatusCode, details: str) -> None:
     context.set_details(details)
 
 
-def _expired(context) -> bool:
+def deadline_passed(context) -> bool:
+    """Whether the caller's deadline has passed: grpc then ends the call with DEADLINE_EXCEEDED
+    by itself, and a status the handler sends fails inside grpc (server/transport.py)."""
     remaining = context.time_remaining()
     return remaining is not None and remaining <= 0
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf.message import DecodeError
 
-from server.rpc import fail
+from server.rpc import deadline_passed, fail
 
 
 @dataclass(frozen=True)
@@ -58,15 +58,40 @@ def unary_handler(behavior, request_deserializer, response_serializer,
                         f"the request message did not arrive within {read_timeout:g} s of the "
                         "call's start (--request-read-timeout)")
         except StopAsyncIteration:
+            await _stop_if_ended(context)
             return fail(context, grpc.StatusCode.INVALID_ARGUMENT,
                         "the call sent no request message")
         except DecodeError:  # the bytes are not this method's message (else: UNKNOWN, "Unexpected")
             return fail(context, grpc.StatusCode.INVALID_ARGUMENT,
                         "the request message is not valid protobuf for this method")
-        return await behavior(request, context)
+        response = await behavior(request, context)
+        if deadline_passed(context):  # grpc ends the call with DEADLINE_EXCEEDED itself
+            raise asyncio.CancelledError
+        return response
 
     return grpc.stream_unary_rpc_method_handler(handler, request_deserializer=request_deserializer,
                                                 response_serializer=response_serializer)
+
+
+async def _stop_if_ended(context) -> None:
+    """Raise CancelledError, so that the handler sends no status, when grpc has already ended
+    the call.
+
+    grpc.aio never frees a batch that fails (grpc/grpc#43360, open in 1.85), and a status sent
+    on an ended call fails: ~400 B of native heap lost per call, whose scattered blocks also
+    keep the heap from shrinking (the 10-minute soak crept ~1 MiB a minute). The stream ends
+    without a request both when grpc ended the call (the message was over
+    --max-message-bytes, and the client already has RESOURCE_EXHAUSTED; or the client
+    cancelled) and when the client half-closed without sending one, a call still open that is
+    owed INVALID_ARGUMENT. Sending the initial metadata tells the two apart: it fails only on
+    an ended call, and as the smallest batch there is, it loses 80 B where the status would
+    lose 400."""
+    try:
+        await context.send_initial_metadata(())
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # noqa: BLE001 - grpc's ExecuteBatchError is private; any failure: ended
+        raise asyncio.CancelledError from None
 
 
 def service_handler(service_name: str, servicer, messages, read_timeout: float):
