@@ -18,7 +18,6 @@ from server.transport import Transport, unary_handler
 from tests.server.fakes import fake_model
 
 
-
 @pytest.fixture
 def server_with(request):
     servers = []
