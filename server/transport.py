@@ -58,40 +58,47 @@ def unary_handler(behavior, request_deserializer, response_serializer,
                         f"the request message did not arrive within {read_timeout:g} s of the "
                         "call's start (--request-read-timeout)")
         except StopAsyncIteration:
-            await _stop_if_ended(context)
+            await _stop_if_ended(context, probe=True)
             return fail(context, grpc.StatusCode.INVALID_ARGUMENT,
                         "the call sent no request message")
         except DecodeError:  # the bytes are not this method's message (else: UNKNOWN, "Unexpected")
             return fail(context, grpc.StatusCode.INVALID_ARGUMENT,
                         "the request message is not valid protobuf for this method")
+        await _stop_if_ended(context)
         response = await behavior(request, context)
-        if deadline_passed(context):  # grpc ends the call with DEADLINE_EXCEEDED itself
-            raise asyncio.CancelledError
+        await _stop_if_ended(context)
         return response
 
     return grpc.stream_unary_rpc_method_handler(handler, request_deserializer=request_deserializer,
                                                 response_serializer=response_serializer)
 
 
-async def _stop_if_ended(context) -> None:
+async def _stop_if_ended(context, probe: bool = False) -> None:
     """Raise CancelledError, so that the handler sends no status, when grpc has already ended
     the call.
 
     grpc.aio never frees a batch that fails (grpc/grpc#43360, open in 1.85), and a status sent
     on an ended call fails: ~400 B of native heap lost per call, whose scattered blocks also
-    keep the heap from shrinking (the 10-minute soak crept ~1 MiB a minute). The stream ends
-    without a request both when grpc ended the call (the message was over
-    --max-message-bytes, and the client already has RESOURCE_EXHAUSTED; or the client
-    cancelled) and when the client half-closed without sending one, a call still open that is
-    owed INVALID_ARGUMENT. Sending the initial metadata tells the two apart: it fails only on
-    an ended call, and as the smallest batch there is, it loses 80 B where the status would
-    lose 400."""
-    try:
-        await context.send_initial_metadata(())
-    except asyncio.CancelledError:
-        raise
-    except Exception:  # noqa: BLE001 - grpc's ExecuteBatchError is private; any failure: ended
-        raise asyncio.CancelledError from None
+    keep the heap from shrinking (the 10-minute soak crept ~1 MiB a minute). Ended means: the
+    deadline passed (grpc ends the call with DEADLINE_EXCEEDED itself), or grpc cancelled this
+    handler's task (the client cancelled, or its message was over --max-message-bytes and it
+    already has RESOURCE_EXHAUSTED). The CancelledError of the latter does not always arrive:
+    asyncio.wait_for swallows it when the read it waits on finishes at the same moment, but the
+    task still counts the request (Task.cancelling).
+
+    With `probe`, for a stream that ended without a request, a call neither sign marks is asked
+    directly: it may be open (the client half-closed without sending one, and is owed
+    INVALID_ARGUMENT). Sending the initial metadata fails only on an ended call, and as the
+    smallest batch there is, it loses 80 B where a status would lose 400."""
+    if deadline_passed(context) or asyncio.current_task().cancelling():
+        raise asyncio.CancelledError
+    if probe:
+        try:
+            await context.send_initial_metadata(())
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - grpc's ExecuteBatchError is private; any failure: ended
+            raise asyncio.CancelledError from None
 
 
 def service_handler(service_name: str, servicer, messages, read_timeout: float):
