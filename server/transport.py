@@ -95,8 +95,6 @@ async def _stop_if_ended(context, probe: bool = False) -> None:
     if probe:
         try:
             await context.send_initial_metadata(())
-        except asyncio.CancelledError:
-            raise
         except Exception:  # noqa: BLE001 - grpc's ExecuteBatchError is private; any failure: ended
             raise asyncio.CancelledError from None
 
