@@ -13,11 +13,17 @@ serves with and refuses a version whose answers differ by more than `PROBE_TOLER
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import math
+import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # numpy only where a probe is encoded or decoded: the client needs none
+    import numpy as np
 
 SIDE = 28
 NUM_CLASSES = 10
@@ -26,6 +32,7 @@ OUTPUTS = ("logits", "probabilities")
 LOGITS, PROBABILITIES = OUTPUTS
 MODEL_FILE = "model.onnx"
 REPORT_FILE = "report.json"
+INT32_MAX = 2**31 - 1  # ListModels sends input_side and test_images as int32
 
 # metadata_props keys (all values are strings)
 ARCH = "fmnist.arch"
@@ -87,6 +94,33 @@ def split_name(name: str) -> tuple[str, str | None]:
     arch, sep, variant = name.partition(VARIANT_SEPARATOR)
     return (arch, variant) if sep else (name, None)
 
+def default_artifacts() -> Path:
+    """Where every command reads and writes by default: $ARTIFACTS, else ./artifacts."""
+    return Path(os.environ.get("ARTIFACTS", "artifacts"))
+
+
+def default_models_dir() -> Path:
+    """The models folder the exporter writes and the server serves: <artifacts>/models."""
+    return default_artifacts() / "models"
+
+
+def model_path(models_dir: str | os.PathLike, arch: str, version: int,
+               variant: str | None = None) -> Path:
+    """`<models_dir>/<arch>/<version>/model.onnx` (or the variant's file in that folder)."""
+    folder = Path(models_dir) / arch / str(version)
+    return folder / (variant_file(variant) if variant else MODEL_FILE)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The hex SHA-256 of a file, read in 1 MiB blocks (what fmnist.source_checkpoint_sha256
+    holds for the checkpoint a model was exported from)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 # A version folder is named by a positive integer written in ASCII digits without leading zeros:
 # "3" is version 3; "03", "+3", "3\n", "٣" are not versions (so no two folders name one version).
 _VERSION = re.compile(r"[1-9][0-9]{0,17}")  # at most 18 digits: always fits an int64
@@ -105,6 +139,8 @@ class Probe:
 
 def encode_probe(images: np.ndarray, probabilities: np.ndarray) -> str:
     """The `fmnist.probe` value: JSON with base64 of the raw little-endian arrays."""
+    import numpy as np
+
     images = np.ascontiguousarray(images, dtype=np.uint8)
     probabilities = np.ascontiguousarray(probabilities, dtype="<f4")
     if images.ndim != 4 or images.shape[1:] != (1, SIDE, SIDE):
@@ -119,6 +155,8 @@ def encode_probe(images: np.ndarray, probabilities: np.ndarray) -> str:
 
 def decode_probe(text: str) -> Probe:
     """Parse a `fmnist.probe` value; ValueError says what is wrong with it."""
+    import numpy as np
+
     try:
         data = json.loads(text)
         count = data["count"]
@@ -133,3 +171,178 @@ def decode_probe(text: str) -> Probe:
                          f"probability bytes, which do not match count={count}")
     return Probe(np.frombuffer(images, np.uint8).reshape(count, 1, SIDE, SIDE).copy(),
                  np.frombuffer(probabilities, "<f4").reshape(count, NUM_CLASSES).astype(np.float32))
+
+
+# --- The metadata as one typed record -----------------------------------------------------------
+
+class MetadataError(ValueError):
+    """A metadata_props value that is missing or cannot be what its key says; names the key."""
+
+
+_INT = re.compile(r"[0-9]{1,10}")
+MAX_LABELS_CHARS = 2000  # ten class names; bounded before json.loads sees it
+MAX_JSON_CHARS = 100_000  # the BatchNorm maps and variant recipes: a few KB in practice
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """Everything an exported file says about itself, typed: the exporter writes it with
+    `to_props`, the server, the report and the benchmarks read it with `from_props`, so a value's
+    format and its bounds are written once. `from_props` refuses what ListModels could not carry
+    (an int over int32, a label protobuf cannot encode) or a careless file could make huge."""
+
+    arch: str
+    labels: tuple[str, ...]
+    input_side: int
+    test_accuracy: float
+    source_sha256: str
+    exported_at: str
+    torch_version: str
+    bn_folded: dict[str, str] = field(default_factory=dict)  # BatchNorm -> layer it went into
+    bn_remaining: dict[str, str] = field(default_factory=dict)  # BatchNorm -> why it stayed
+    test_images: int = 0  # what test_accuracy was measured on; 0: the file does not say
+    max_abs_diff: float | None = None  # fp32 only: against PyTorch on the test images
+    top1_agreement: float | None = None
+    probe: str | None = None  # the encoded fmnist.probe (decode_probe reads it)
+    variant: str | None = None  # "int8" / "fp16"; None: the fp32 model
+    variant_recipe: dict | None = None
+    fp32_accuracy: float | None = None
+    fp32_agreement: float | None = None
+    variant_speed: dict | None = None
+
+    def to_props(self) -> dict[str, str]:
+        """The metadata_props of the file (every value a string; None fields left out)."""
+        out = {ARCH: self.arch, LABELS: json.dumps(list(self.labels)),
+               INPUT_SIDE: str(self.input_side), TEST_ACCURACY: f"{self.test_accuracy:.4f}",
+               BN_FOLDED: json.dumps(self.bn_folded), BN_REMAINING: json.dumps(self.bn_remaining),
+               SOURCE_SHA256: self.source_sha256, EXPORTED_AT: self.exported_at,
+               TORCH_VERSION: self.torch_version}
+        optional = {TEST_IMAGES: self.test_images or None,
+                    MAX_ABS_DIFF: _fmt(self.max_abs_diff, ".3g"),
+                    TOP1_AGREEMENT: _fmt(self.top1_agreement, ".6f"), PROBE: self.probe,
+                    VARIANT: self.variant, VARIANT_RECIPE: _json(self.variant_recipe),
+                    FP32_ACCURACY: _fmt(self.fp32_accuracy, ".4f"),
+                    FP32_AGREEMENT: _fmt(self.fp32_agreement, ".6f"),
+                    VARIANT_SPEED: _json(self.variant_speed)}
+        out.update({k: str(v) for k, v in optional.items() if v is not None})
+        return out
+
+    @classmethod
+    def from_props(cls, props: dict[str, str]) -> "ModelMetadata":
+        """The record of a file's metadata_props; MetadataError names the first bad key."""
+        missing = [k for k in REQUIRED_KEYS if k not in props]
+        if missing:
+            raise MetadataError(f"missing metadata {', '.join(missing)}")
+        variant = props.get(VARIANT)
+        if variant is not None and variant not in VARIANTS:
+            raise MetadataError(f"metadata {VARIANT}={variant[:20]!r} is not one of "
+                                f"{', '.join(VARIANTS)}")
+        return cls(
+            arch=_text(props, ARCH, 100), labels=_labels(props[LABELS]),
+            input_side=_int(props, INPUT_SIDE), test_accuracy=_share(props, TEST_ACCURACY),
+            source_sha256=_text(props, SOURCE_SHA256, 128),
+            exported_at=_text(props, EXPORTED_AT, 64),
+            torch_version=_text(props, TORCH_VERSION, 64),
+            bn_folded=_json_map(props, BN_FOLDED), bn_remaining=_json_map(props, BN_REMAINING),
+            test_images=_int(props, TEST_IMAGES) if TEST_IMAGES in props else 0,
+            max_abs_diff=_number(props, MAX_ABS_DIFF), top1_agreement=_share(props, TOP1_AGREEMENT),
+            probe=props.get(PROBE), variant=variant,
+            variant_recipe=_json_map(props, VARIANT_RECIPE, None),
+            fp32_accuracy=_share(props, FP32_ACCURACY),
+            fp32_agreement=_share(props, FP32_AGREEMENT, required=variant is not None),
+            variant_speed=_json_map(props, VARIANT_SPEED, None))
+
+    @property
+    def probe_tolerance(self) -> float:
+        """The fp32 tolerance, or the variant's."""
+        return VARIANT_PROBE_TOLERANCE.get(self.variant or "", PROBE_TOLERANCE)
+
+
+def _fmt(value: float | None, spec: str) -> str | None:
+    return None if value is None else format(value, spec)
+
+
+def _json(value: dict | None) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def _text(props: dict[str, str], key: str, limit: int) -> str:
+    value = props[key]
+    if len(value) > limit:
+        raise MetadataError(f"metadata {key} has {len(value)} characters, more than {limit}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise MetadataError(f"metadata {key} is not valid UTF-8: {value[:80]!r}") from None
+    return value
+
+
+def _int(props: dict[str, str], key: str) -> int:
+    """An integer from 1 to 2^31-1 (what ListModels' int32 fields carry), in ASCII digits."""
+    text = props[key]
+    value = int(text) if _INT.fullmatch(text) else 0
+    if not 1 <= value <= INT32_MAX:
+        raise MetadataError(f"metadata {key} must be an integer from 1 to {INT32_MAX}, "
+                            f"got {text[:40]!r}")
+    return value
+
+
+def _number(props: dict[str, str], key: str, required: bool = False) -> float | None:
+    if key not in props:
+        if required:
+            raise MetadataError(f"missing metadata {key}")
+        return None
+    try:
+        value = float(props[key][:40])
+    except ValueError:
+        raise MetadataError(f"metadata {key} is not a number: {props[key][:40]!r}") from None
+    if not math.isfinite(value):
+        raise MetadataError(f"metadata {key} must be finite, got {value}")
+    return value
+
+
+def _share(props: dict[str, str], key: str, required: bool = False) -> float | None:
+    """A fraction in [0, 1] (an accuracy or an agreement)."""
+    value = _number(props, key, required or key == TEST_ACCURACY)
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise MetadataError(f"metadata {key} must be in [0, 1], got {value}")
+    return value
+
+
+def _json_map(props: dict[str, str], key: str, default=dict):
+    """A JSON object, bounded before parsing (json.loads of a deeply nested value raises
+    RecursionError)."""
+    if key not in props:
+        return default() if default else None
+    text = props[key]
+    if len(text) > MAX_JSON_CHARS:
+        raise MetadataError(f"metadata {key} has {len(text):,} characters, over {MAX_JSON_CHARS:,}")
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise MetadataError(f"metadata {key} is not JSON ({type(e).__name__}: {e})") from None
+    if not isinstance(value, dict):
+        raise MetadataError(f"metadata {key} must be a JSON object, got {text[:80]!r}")
+    return value
+
+
+def _labels(text: str) -> tuple[str, ...]:
+    """The class names: bounded, JSON, ten non-empty strings protobuf can encode."""
+    if len(text) > MAX_LABELS_CHARS:
+        raise MetadataError(f"metadata {LABELS} has {len(text)} characters, more than the "
+                            f"{MAX_LABELS_CHARS} ten class names need")
+    try:
+        labels = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise MetadataError(f"metadata {LABELS} is not JSON ({type(e).__name__}: {e})") from None
+    if (not isinstance(labels, list) or len(labels) != NUM_CLASSES
+            or not all(isinstance(x, str) and x for x in labels)):
+        raise MetadataError(f"metadata {LABELS} must be a JSON list of {NUM_CLASSES} "
+                            f"non-empty strings, got {text[:200]!r}")
+    try:
+        for label in labels:
+            label.encode("utf-8")
+    except UnicodeEncodeError:
+        raise MetadataError(f"metadata {LABELS} has a name that is not valid UTF-8 "
+                            f"(a lone surrogate escape): {text[:200]!r}") from None
+    return tuple(labels)

@@ -39,7 +39,7 @@ from exporter.testing import random_net
 from exporter.wrap import Servable
 import model_contract as contract
 from trainer import models
-from trainer.metrics import format_table
+from cli_text import format_table
 
 LEVELS = {"off": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
           "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}

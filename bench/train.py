@@ -28,7 +28,7 @@ from trainer import data as fmnist
 from trainer import models
 from trainer.device import resolve_precision
 from trainer.loop import train_step, xavier_init
-from trainer.metrics import format_table
+from cli_text import format_table
 from trainer.preprocess import Preprocess
 
 

@@ -22,7 +22,7 @@ from bench import results
 from exporter import metadata
 from exporter.parity import cpu_session
 from exporter.variants import cpu, cuda_available, cuda_session, images_per_second
-from trainer.metrics import format_table
+from cli_text import format_table
 
 # the targets of issue 15
 INT8_TARGET = 2.0   # x fp32 at batch 32 on a CPU with VNNI or AMX

@@ -20,9 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-_GEN = Path(__file__).resolve().parent.parent / "build" / "gen"
-if _GEN.is_dir() and str(_GEN) not in sys.path:  # works even without the venv's .pth
-    sys.path.append(str(_GEN))
+_ROOT = Path(__file__).resolve().parent.parent
+for _path in (_ROOT, _ROOT / "build" / "gen"):  # works even without the venv's .pth
+    if _path.is_dir() and str(_path) not in sys.path:
+        sys.path.append(str(_path))
+
+from cli_text import HelpFormatter  # noqa: E402
 
 try:
     import grpc
@@ -288,18 +291,9 @@ def _speedup(m) -> str:
 
 # --- command line ----------------------------------------------------------------------------
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a flag's default only where it says something: not for None, False or []."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.default is False or action.default == []:
-            return action.help or ""
-        return super()._get_help_string(action)
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python client/predict.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=_HelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("images", nargs="*", metavar="IMAGE_OR_DIR", help="image files or folders")
     p.add_argument("--model", help="model name (default: the served model with the best test accuracy)")
     p.add_argument("--variant", choices=("int8", "fp16"),

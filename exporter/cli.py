@@ -31,7 +31,7 @@ from exporter.parity import MAX_ABS_DIFF, MIN_AGREEMENT
 from exporter.report import ExportReport, Skipped, summary
 from trainer import data as fmnist
 from trainer import models
-from trainer.metrics import format_table
+from cli_text import format_table
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -36,7 +36,7 @@ for path in (REPO, REPO / "scripts"):  # works without the venv's .pth too
 
 import demo_classify  # noqa: E402
 from trainer import models  # noqa: E402  (the registry; torch is imported, no network built)
-from trainer.metrics import format_table  # noqa: E402
+from cli_text import format_table  # noqa: E402
 
 CHANCE = 0.10
 NEAR_CHANCE = 0.25  # below this a model has not learned enough to be worth reading

@@ -17,6 +17,7 @@ import signal
 import threading
 from pathlib import Path
 
+from cli_text import HelpFormatter
 from server import logs, security
 from server.batcher import BatchPolicy
 from server.core import Batching, Limits
@@ -68,19 +69,10 @@ def _version_flag(text: str) -> str:
     return text
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a flag's default only where it says something: not for None, False or []."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.default is False or action.default == []:
-            return action.help or ""
-        return super()._get_help_string(action)
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m server", description=__doc__.split("\n\n")[0],
-        formatter_class=_HelpFormatter)
+        formatter_class=HelpFormatter)
     default_dir = Path(os.environ.get("ARTIFACTS", "artifacts")) / "models"
     p.add_argument("--models-dir", type=Path, default=default_dir,
                    help="folder of <name>/<version>/model.onnx ($ARTIFACTS/models)")

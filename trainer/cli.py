@@ -25,7 +25,7 @@ from trainer import data as fmnist
 from trainer import models
 from trainer.device import PRECISIONS, init_world, resolve_device, resolve_precision
 from trainer.errors import UsageError
-from trainer.metrics import format_table
+from cli_text import format_table
 from trainer.run import TrainConfig, train
 
 log = logging.getLogger("trainer")

@@ -1,12 +1,11 @@
-"""What a run leaves behind besides checkpoints: a JSON-lines metrics file per run, a PNG of the
-curves per architecture (like the seeds' d2l figures), and the summary table at the end."""
+"""What a run leaves behind besides checkpoints: a JSON-lines metrics file per run and a PNG of the
+curves per architecture (like the seeds' d2l figures)."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Iterable
 
 
 def runs_dir(artifacts: str | os.PathLike, arch: str) -> Path:
@@ -42,16 +41,3 @@ def plot_curves(history: list[dict], path: Path, title: str) -> None:
     fig.savefig(tmp)
     plt.close(fig)
     os.replace(tmp, path)
-
-
-def format_table(rows: Iterable[dict], columns: list[tuple[str, str, str]]) -> str:
-    """rows of dicts -> an aligned text table; columns are (key, header, format spec)."""
-    rows = list(rows)
-    cells = [[h for _, h, _ in columns]]
-    for r in rows:
-        cells.append([format(r[k], spec) if r.get(k) is not None else "-" for k, _, spec in columns])
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
-             for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
