@@ -1,53 +1,61 @@
-"""client/predict.py: output, batching, exit codes and one-line errors."""
+"""client/predict.py's output: one line per image for top-1, a table per image for top-k, JSON,
+--list, --model, --invert; and its pure helpers."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image, ImageOps
 
-from client.predict import ClientError, ImageFile, batches, collect_files
+from client.predict import ClientError, ImageFile, batches, collect_files, fit_messages
+from tests.client.predict_cli import PREDICT, one_line_error, predict
 from tests.serving_fixtures import REPO, SAMPLES
 
-PREDICT = REPO / "client" / "predict.py"
 
-
-def predict(*args: str, script: Path = PREDICT, python_flags=()) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *python_flags, str(script), *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
-
-
-def one_line_error(out: subprocess.CompletedProcess, rc: int, *needles: str) -> str:
-    assert out.returncode == rc, out
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
-    assert "Traceback" not in out.stderr
-    for needle in needles:
-        assert needle in lines[0]
-    return lines[0]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_human_output_is_a_table_per_image(address):
-    out = predict(str(SAMPLES / "ankle_boot.png"), str(SAMPLES / "bag.png"), "--model", "lenet_bn",
-                  "--top-k", "3", "--server", address)
+def answer_of(*args: str) -> dict:
+    out = predict(*args, "--json")
     assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_top1_is_one_line_per_image_with_the_labels_aligned(address):
+    files = [str(SAMPLES / "ankle_boot.png"), str(SAMPLES / "bag.png")]
+    out = predict(*files, "--model", "lenet_bn", "--server", address)
+    assert out.returncode == 0, out.stderr
+    answer = answer_of(*files, "--model", "lenet_bn", "--server", address)
     lines = out.stdout.splitlines()
-    assert len(lines) == 2 * (1 + 1 + 3)
-    assert lines[0].startswith(f"{SAMPLES / 'ankle_boot.png'}: ") and lines[0].endswith("[lenet_bn v1]")
-    assert lines[1].split() == ["rank", "label", "probability"]
-    assert [line.split()[0] for line in lines[2:5]] == ["1", "2", "3"]
+    assert len(lines) == len(files)  # no table repeating the line
+    label_columns = set()
+    for line, file, result in zip(lines, files, answer["results"]):
+        best = result["predictions"][0]
+        rest = line[len(file) + 1:]
+        assert line.startswith(f"{file}:")
+        assert rest.lstrip() == f"{best['label']} ({best['probability']:.1%})  [lenet_bn v1]"
+        label_columns.add(len(line) - len(rest.lstrip()))
+    assert len(label_columns) == 1
+    one = predict(files[1], "--model", "lenet_bn", "--server", address)
+    best = answer["results"][1]["predictions"][0]
+    assert one.stdout == f"{files[1]}: {best['label']} ({best['probability']:.1%})  [lenet_bn v1]\n"
+
+
+def test_top_k_is_a_heading_and_a_table_per_image(address):
+    files = [str(SAMPLES / "ankle_boot.png"), str(SAMPLES / "bag.png")]
+    out = predict(*files, "--model", "lenet_bn", "--top-k", "3", "--server", address)
+    assert out.returncode == 0, out.stderr
+    answer = answer_of(*files, "--model", "lenet_bn", "--top-k", "3", "--server", address)
+    lines = out.stdout.splitlines()
+    assert len(lines) == len(files) * (1 + 2 + 3)
+    for block, file, result in zip((lines[:6], lines[6:]), files, answer["results"]):
+        heading, header, rule, *rows = block
+        assert heading == f"{file}  [lenet_bn v1]"
+        assert header.split() == ["label", "class", "probability"]
+        assert set(rule.strip()) <= {"-", " "}
+        expected = [(p["label"], str(p["class_id"]), f"{p['probability']:.4f}")
+                    for p in result["predictions"]]
+        assert [tuple(r.strip().rsplit(maxsplit=2)) for r in rows] == expected
 
 
 def test_json_for_a_folder_is_sorted_batched_and_uses_the_most_accurate_model(address, samples):
@@ -57,11 +65,22 @@ def test_json_for_a_folder_is_sorted_batched_and_uses_the_most_accurate_model(ad
     assert out.returncode == 0, out.stderr
     answer = json.loads(out.stdout)
     assert (answer["model"], answer["version"], answer["server"]) == (best, 1, address)
+    assert answer["errors"] == []
     assert [Path(r["file"]).name for r in answer["results"]] == sorted(samples)  # 10 > 4 per request
     for result in answer["results"]:
         probs = [p["probability"] for p in result["predictions"]]
         assert [p["rank"] for p in result["predictions"]] == list(range(1, 11))
         assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1, abs=1e-4)
+
+
+def test_model_picks_the_model_that_answers(address):
+    listing = json.loads(predict("--list", "--json", "--server", address).stdout)
+    best = max(listing["models"], key=lambda m: m["test_accuracy"])["name"]
+    other = next(m["name"] for m in listing["models"] if m["name"] != best)
+    answer = answer_of(str(SAMPLES / "bag.png"), "--model", other, "--server", address)
+    assert answer["model"] == other
+    human = predict(str(SAMPLES / "bag.png"), "--model", other, "--server", address)
+    assert human.stdout.rstrip().endswith(f"[{other} v1]")
 
 
 def test_invert_reaches_the_server(address, tmp_path):
@@ -74,10 +93,9 @@ def test_invert_reaches_the_server(address, tmp_path):
     ImageOps.invert(Image.open(dark).convert("L")).save(light)
 
     def answers(invert: str) -> tuple[list, list]:
-        out = predict(str(dark), str(light), "--invert", invert, "--model", "lenet_bn",
-                      "--top-k", "10", "--json", "--server", address)
-        assert out.returncode == 0, out.stderr
-        by_file = {Path(r["file"]).name: r["predictions"] for r in json.loads(out.stdout)["results"]}
+        answer = answer_of(str(dark), str(light), "--invert", invert, "--model", "lenet_bn",
+                           "--top-k", "10", "--server", address)
+        by_file = {Path(r["file"]).name: r["predictions"] for r in answer["results"]}
         return by_file[dark.name], by_file[light.name]
 
     auto, always, never = answers("auto"), answers("always"), answers("never")
@@ -90,9 +108,10 @@ def test_invert_reaches_the_server(address, tmp_path):
 def test_list(address):
     out = predict("--list", "--server", address)
     assert out.returncode == 0
-    header, *rows = out.stdout.splitlines()
+    header, rule, *rows = out.stdout.splitlines()
     assert header.split() == ["model", "version", "variant", "accuracy", "on", "images", "input",
                               "provider", "probe", "|Δ|", "agree", "fp32", "vs", "fp32", "b32"]
+    assert set(rule) == {"-", " "} and len(rule) == len(header)
     assert [row.split()[0] for row in rows] == ["lenet", "lenet_bn"]
     assert all(row.split()[2] == "fp32" for row in rows)  # variants: tests/server/test_variants.py
     assert all(row.split()[4] == "256" for row in rows)  # the fixture's whole test set
@@ -103,41 +122,20 @@ def test_list(address):
     assert listing["limits"]["max_images_per_request"] == 4
     assert {m["test_images"] for m in listing["models"]} == {256}
     assert {m["name"] for m in listing["models"]} == {"lenet", "lenet_bn"}
+    assert [f"{m['test_accuracy']:.4f}" for m in listing["models"]] == [r.split()[3] for r in rows]
     assert all(0 <= m["probe_max_abs_diff"] <= 1e-3 for m in listing["models"])
     assert listing["refused"] == []
 
 
-def test_server_down_is_one_line_and_exit_1():
-    down = f"127.0.0.1:{free_port()}"
-    out = predict(str(SAMPLES / "bag.png"), "--server", down, "--timeout", "10")
-    one_line_error(out, 1, f"cannot reach the fmnist server at {down}")
-    one_line_error(predict("--list", "--server", down), 1, "cannot reach")
-
-
-def test_unknown_model_is_one_line_and_exit_1(address):
-    out = predict(str(SAMPLES / "bag.png"), "--model", "resnet1000", "--server", address)
-    one_line_error(out, 1, "NOT_FOUND", "resnet1000", "lenet_bn")
-
-
-def test_undecodable_file_is_one_line_and_exit_1(address, tmp_path):
-    bad = tmp_path / "bad.png"
-    bad.write_bytes(b"not a png at all")
-    out = predict(str(SAMPLES / "bag.png"), str(bad), "--server", address)
-    one_line_error(out, 1, "INVALID_ARGUMENT", "image 1:")
-
-
-def test_missing_or_unreadable_files_exit_2(address, tmp_path):
-    one_line_error(predict(str(tmp_path / "nope.png"), "--server", address), 2, "no such file")
-    (tmp_path / "notes.txt").write_text("hi")
-    one_line_error(predict(str(tmp_path), "--server", address), 2, "no image files")
-    one_line_error(predict("--server", address), 2, "give image files")
-
-
 def test_missing_stubs_say_make_install(tmp_path):
-    script = tmp_path / "predict.py"  # away from the repo: no build/gen next to it
-    shutil.copy(PREDICT, script)
-    out = predict("--list", script=script, python_flags=("-S",))  # -S: no site-packages, no .pth
+    """The client's own modules in a copy of the repository without build/gen (the stubs)."""
+    for name in ("client/predict.py", "cli_text.py", "model_contract.py"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        shutil.copy(REPO / name, tmp_path / name)
+    out = predict("--list", script=tmp_path / "client" / "predict.py",
+                  python_flags=("-S",))  # -S: no site-packages, no .pth
     one_line_error(out, 1, "run `make install`")
+    assert PREDICT.read_bytes() == (tmp_path / "client" / "predict.py").read_bytes()
 
 
 # --- pure helpers ----------------------------------------------------------------------------------
@@ -150,15 +148,30 @@ def test_batches_respect_image_count_and_message_size():
     assert [len(b) for b in batches(images(*[10] * 10), 4, 1 << 20)] == [4, 4, 2]
     # a budget of ~0.9 * 10000 - 1024 bytes: 3 images of 2500 bytes fit, a 4th does not
     assert [len(b) for b in batches(images(*[2500] * 7), 64, 10_000)] == [3, 3, 1]
-    with pytest.raises(ClientError, match="over what the server accepts"):
-        list(batches(images(10, 20_000), 64, 10_000))
+    fitting, too_large = fit_messages(images(10, 20_000, 30), 10_000)
+    assert [i.path.name for i in fitting] == ["0.png", "2.png"]
+    assert [u.path.name for u in too_large] == ["1.png"]
+    assert "over what the server accepts" in too_large[0].reason
 
 
 def test_collect_files_takes_image_files_of_folders_sorted(tmp_path):
     for name in ("b.PNG", "a.jpg", "c.txt", "d.webp"):
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "sub").mkdir()
+    (tmp_path / "sub.png").mkdir()  # a folder named like an image is not one
     assert [p.name for p in collect_files([tmp_path])] == ["a.jpg", "b.PNG", "d.webp"]
     with pytest.raises(ClientError) as e:
         collect_files([tmp_path / "missing"])
     assert e.value.exit_code == 2
+
+
+def test_help_lists_every_flag_and_the_exit_statuses():
+    out = predict("--help")
+    assert out.returncode == 0 and out.stderr == ""
+    for flag in ("--model", "--variant", "--model-version", "--top-k", "--server", "--timeout",
+                 "--invert", "--json", "--tls-ca", "--tls-cert", "--tls-key", "--token", "--list"):
+        assert flag in out.stdout
+    text = " ".join(out.stdout.split())
+    assert "port 50051 when left out" in text
+    assert ("Exit status: 0 when every input was classified; 1 when the server or an RPC fails "
+            "(one line on stderr); 2 for bad arguments, or when an input could not be used") in text

@@ -1,0 +1,85 @@
+"""Mistakes a person can make, each one line on stderr saying what to do, and exit 1 (server or
+RPC) or 2 (arguments): no server, the wrong port, a deadline too short, an unknown model."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from concurrent import futures
+
+import grpc
+import pytest
+
+from tests.client.predict_cli import free_port, one_line_error, predict
+from tests.serving_fixtures import SAMPLES
+
+BAG = str(SAMPLES / "bag.png")
+
+
+class _Quiet(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # grpc's HTTP/2 preface is logged as an error else
+        pass
+
+
+@pytest.fixture(scope="module")
+def http_port():
+    """A plain HTTP/1 server, as the metrics port (8002) is: a port people mistake for gRPC's."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Quiet)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd.server_address[1]
+    httpd.shutdown()
+    thread.join()
+
+
+@pytest.fixture(scope="module")
+def other_grpc_port():
+    """A gRPC server with no fmnist.v1.Classifier (another service on that port)."""
+    srv = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    port = srv.add_insecure_port("127.0.0.1:0")
+    srv.start()
+    yield port
+    srv.stop(0)
+
+
+def test_no_server_is_connection_refused_in_one_line():
+    down = f"127.0.0.1:{free_port()}"
+    one_line_error(predict(BAG, "--server", down), 1,
+                   f"nothing listens at {down} (connection refused)", "make serve")
+    one_line_error(predict("--list", "--server", down), 1, "connection refused")
+
+
+def test_an_http_port_is_named_as_not_grpc(http_port):
+    where = f"127.0.0.1:{http_port}"
+    one_line_error(predict(BAG, "--server", where), 1, f"{where} does not speak gRPC",
+                   "wrong port?", "50051")
+
+
+def test_a_grpc_port_without_the_classifier_is_named(other_grpc_port):
+    where = f"127.0.0.1:{other_grpc_port}"
+    one_line_error(predict("--list", "--server", where), 1,
+                   f"{where} answers gRPC but not fmnist.v1.Classifier", "wrong port")
+
+
+def test_a_timeout_too_short_says_so(address):
+    one_line_error(predict(BAG, "--server", address, "--timeout", "0.000001"), 1,
+                   f"no answer from {address} within --timeout 1e-06s", "give it longer")
+    assert predict(BAG, "--server", address, "--timeout", "30").returncode == 0
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "soon"])
+def test_a_timeout_that_is_not_a_duration_is_refused(value):
+    out = predict(BAG, "--timeout", value)
+    assert out.returncode == 2
+    assert "--timeout" in out.stderr.splitlines()[-1] and "Traceback" not in out.stderr
+
+
+def test_an_unknown_model_names_the_served_ones(address):
+    one_line_error(predict(BAG, "--model", "resnet1000", "--server", address), 1,
+                   "NOT_FOUND", "resnet1000", "lenet_bn")
+
+
+@pytest.mark.parametrize("server", ["localhost:abc", "localhost:0", "localhost:70000", ":50051",
+                                    "[::1", "[::1]x"])
+def test_a_server_address_that_cannot_be_dialled_is_one_line(server):
+    one_line_error(predict("--list", "--server", server), 2, f"--server {server}")
