@@ -296,15 +296,18 @@ def _number(props: dict[str, str], key: str, required: bool = False) -> float | 
         value = float(props[key][:40])
     except ValueError:
         raise MetadataError(f"metadata {key} is not a number: {props[key][:40]!r}") from None
-    if not math.isfinite(value):
+    if not math.isfinite(value) and key not in _SHARES:  # a share says "in [0, 1]" below
         raise MetadataError(f"metadata {key} must be finite, got {value}")
     return value
+
+
+_SHARES = (TEST_ACCURACY, TOP1_AGREEMENT, FP32_ACCURACY, FP32_AGREEMENT)
 
 
 def _share(props: dict[str, str], key: str, required: bool = False) -> float | None:
     """A fraction in [0, 1] (an accuracy or an agreement)."""
     value = _number(props, key, required or key == TEST_ACCURACY)
-    if value is not None and not 0.0 <= value <= 1.0:
+    if value is not None and not 0.0 <= value <= 1.0:  # also NaN
         raise MetadataError(f"metadata {key} must be in [0, 1], got {value}")
     return value
 

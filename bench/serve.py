@@ -1,7 +1,7 @@
 """`make bench-serve`: the gRPC server against in-process onnxruntime, same model, one run; then
 three attacks on the server.
 
-In-process: one thread calls server/runner.py's OnnxRunner back to back at batch 1 and at
+In-process: one thread calls server/models/runner.py's OnnxRunner back to back at batch 1 and at
 --max-batch (measured before and after the server cells; the mean is reported, so drifting
 machine load hits both sides). Server: `python -m server` as its own process (its own GIL, as in
 production) with the same runner settings, driven by an asyncio gRPC client: 1, 8, 32 and 64
@@ -189,7 +189,7 @@ class ServerProcess:
 
 def pick_models(models_dir: Path, names: list[str] | None) -> dict[str, tuple[int, Path]]:
     """name -> (newest version, its model folder), for the named models or all of them."""
-    from server.store import scan
+    from server.models.scan import scan
     found = scan(models_dir)
     if not found:
         raise SystemExit(f"no exported models in {models_dir}: run `make train export` first "
@@ -387,8 +387,8 @@ def met(ratio: dict) -> bool:
 def main(args: argparse.Namespace) -> int:
     from fmnist.v1 import classifier_pb2 as pb
 
-    from server.providers import ProviderPolicy
-    from server.runner import OnnxRunner
+    from server.models.providers import ProviderPolicy
+    from server.models.runner import OnnxRunner
 
     models = pick_models(args.models_dir, args.models)
     pixels, pngs = sample_images()

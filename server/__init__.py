@@ -1,19 +1,25 @@
-"""fmnist-serve's gRPC server: exported ONNX models behind fmnist.v1.Classifier.
+"""fmnist-serve's server: exported ONNX models behind fmnist.v1.Classifier and KServe v2, over gRPC.
 
-Layers, outermost first (as MLServer splits them):
+Layers, each importing only those below it (tests/server/test_layers.py keeps it so):
 
-- ``cli`` / ``__main__``: flags, logging, signals (``python -m server --help``);
-- ``app``: ``create_server(...)`` wires the gRPC server, health and reflection; returns the port;
-- ``servicer``: fmnist.v1, translates protobuf <-> core calls;
-- ``v2``, ``v2_tensors``: KServe v2 / Triton's GRPCInferenceService over the same core;
-- ``rpc``: what both share: the one place that maps domain errors to status codes;
-- ``core``: the transport-free work (validate, decode, run, top-k); never imports grpc;
-- ``store``: scans the models folder, reads ONNX metadata, picks versions, loads runners;
-- ``runner``: owns one onnxruntime session (the seam where a dynamic batcher goes);
-- ``providers``: --device -> execution providers, the CUDA fallback, what is really active;
-- ``decode``: image bytes -> 28x28 uint8 (pure);
-- ``errors``: typed domain errors, each carrying its status code name;
-- ``logs``: text or JSON log lines.
+- bootstrap: ``cli`` (flags, logging, signals; ``python -m server --help``), ``app``
+  (``create_server``: binds, loads, wires the layers, health and reflection), ``metrics``
+  (Prometheus /metrics from the dataplane's and batchers' events);
+- ``api/``: the wire protocols and nothing else; the only layer that imports grpc:
+  ``classifier`` (fmnist.v1), ``kserve`` and ``kserve_tensors`` (KServe v2 / Triton),
+  ``status`` (domain errors -> status codes, deadlines), ``transport`` (options, the handler
+  that bounds reading a request), ``security`` (TLS, token files), ``auth`` (the token check);
+- ``dataplane/``: protocol-neutral serving: ``core`` (admission, limits, deadlines, draining,
+  top-k: what every protocol calls), ``types`` (the values protocols convert to and from),
+  ``decode`` (image bytes -> 28x28, pure), ``decoding`` (a request's images under the pixel
+  budgets), ``budget`` (the server-wide pixel budget);
+- ``batching/``: ``batcher`` (dynamic batching around one runner), ``cost_model`` (batch run times
+  learned by size, for admission);
+- ``models/``: ``scan`` (the models folder), ``spec`` (a version's metadata), ``verify`` (probe,
+  variant speed), ``loading`` (session -> checks -> served), ``repository`` (live reload, load and
+  unload on demand), ``runner`` (one onnxruntime session), ``providers`` (--device -> execution
+  providers and their options);
+- beside them all: ``errors`` (typed domain errors carrying their status code), ``logs``.
 
 Nothing here imports torch, trainer or exporter: the ONNX file's metadata says all the server needs.
 """

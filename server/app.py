@@ -26,19 +26,21 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from inference import grpc_service_pb2 as v2_pb
 
-from server.core import Batching, Core, Limits
+from server.api import auth
+from server.api.classifier import SERVICE_NAME, ClassifierServicer
+from server.api.kserve import SERVICE_NAME as V2_SERVICE_NAME, V2Servicer
+from server.api.security import Security
+from server.api.transport import Transport, grpc_options, service_handler
+from server.dataplane.core import Core
+from server.dataplane.types import Batching, Limits
 from server.errors import StartupError
 from server.metrics import Metrics
-from server.providers import ProviderPolicy
-from server.security import Security
-from server.servicer import SERVICE_NAME, ClassifierServicer
-from server.repository import Repository
-from server.runner import OnnxRunner
-from server.store import LoadedModel, RunnerFactory
-from server.transport import Transport, grpc_options, service_handler
-from server.v2 import SERVICE_NAME as V2_SERVICE_NAME, V2Servicer
+from server.models.loading import LoadedModel, default_runner_factory
+from server.models.providers import ProviderPolicy
+from server.models.repository import Repository
+from server.models.verify import RunnerFactory
 
-log = logging.getLogger("server.app")
+log = logging.getLogger(__name__)
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -162,7 +164,7 @@ def create_server(models_dir: str | Path | None = None, *, host: str = "127.0.0.
 
     Returns (server, bound_port); the server is not started yet. `port=0` binds a free port.
     With a models folder, `poll_seconds` > 0 makes the served versions follow it (see
-    server/repository.py). `metrics_port` serves Prometheus /metrics on `host` (0: a free port,
+    server/models/repository.py). `metrics_port` serves Prometheus /metrics on `host` (0: a free port,
     None: no metrics; server/metrics.py). Raises StartupError when it cannot start as asked
     (--device cuda without CUDA, a missing --model-version, a port that cannot be bound).
     """
@@ -172,7 +174,7 @@ def create_server(models_dir: str | Path | None = None, *, host: str = "127.0.0.
             raise ValueError("create_server needs models_dir or models")
         repository = Repository(
             models_dir, ProviderPolicy(device),
-            runner_factory or (lambda path, providers: OnnxRunner(path, providers)),
+            runner_factory or default_runner_factory,
             versions, keep_versions)
         models = repository.load_all()
     metrics = Metrics() if metrics_port is not None else None
@@ -206,10 +208,10 @@ async def _build(core: Core, transport: Transport, address: str,
                  security: Security = Security(), repository: Repository | None = None):
     """On the loop: the aio server with the Classifier, health and reflection, bound to `address`."""
     grpc_server = grpc.aio.server(options=grpc_options(transport, core.limits.max_message_bytes),
-                                  interceptors=security.interceptors())
+                                  interceptors=auth.interceptors(security))
     grpc_server.add_generic_rpc_handlers((service_handler(
         SERVICE_NAME, ClassifierServicer(core), pb, transport.request_read_timeout_seconds),))
-    grpc_server.add_generic_rpc_handlers((service_handler(  # KServe v2, same port: server/v2.py
+    grpc_server.add_generic_rpc_handlers((service_handler(  # KServe v2, same port
         V2_SERVICE_NAME, V2Servicer(core, repository), v2_pb,
         transport.request_read_timeout_seconds),))
     health_servicer = health.aio.HealthServicer()

@@ -18,13 +18,14 @@ import threading
 from pathlib import Path
 
 from cli_text import HelpFormatter
-from server import logs, security
-from server.batcher import BatchPolicy
-from server.core import Batching, Limits
+from server import logs
+from server.api import security
+from server.api.transport import Transport
+from server.batching.batcher import BatchPolicy
+from server.dataplane.types import Batching, Limits
 from server.errors import StartupError
-from server.providers import DEVICES
-from server.store import parse_version_flags
-from server.transport import Transport
+from server.models.providers import DEVICES
+from server.models.scan import parse_version_flags
 
 log = logging.getLogger("server")
 
@@ -156,7 +157,7 @@ def main(args: argparse.Namespace) -> int:
     except ImportError as e:
         log.error("cannot start: %s: the gRPC stubs or packages are missing; run `make install`", e)
         return 1
-    from server.runner import OnnxRunner
+    from server.models.runner import OnnxRunner
 
     limits = Limits(max_images_per_request=args.max_images_per_request,
                     max_image_pixels=args.max_image_pixels,

@@ -29,19 +29,18 @@ one process, as in the tests, keep their figures apart. The names are a contract
 
 from __future__ import annotations
 
-import functools
 import logging
-import weakref
 
 from prometheus_client import (CollectorRegistry, Counter, Histogram, PlatformCollector,
                                ProcessCollector, start_http_server)
 from prometheus_client.core import GaugeMetricFamily
 
-from server.batcher import BatchEvent, Batcher
-from server.core import Core, RequestEvent
+from server.batching.batcher import BatchEvent
+from server.dataplane.core import Core
+from server.dataplane.types import RequestEvent
 from server.errors import StartupError
 
-log = logging.getLogger("server.metrics")
+log = logging.getLogger(__name__)
 
 # 0.5 ms (a small model's batch) .. 10 s (a large batch of a large model on a CPU).
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -78,15 +77,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("fmnist_batch_size", "Images in one batch (padding excluded)",
                                     _MODEL, buckets=BATCH_BUCKETS, registry=r)
-        self._followed: weakref.WeakSet[Batcher] = weakref.WeakSet()
         self._http = None
         self.port = 0
 
     def watch(self, core: Core) -> None:
-        """Follow `core`: its batchers' events (also of versions that come later), and its
-        gauges read at each scrape."""
-        self._follow(core)
-        core.on_change.append(functools.partial(self._follow, core))
+        """Follow `core`: the batches of every version it serves (also of versions that come
+        later), and its gauges, read at each scrape."""
+        core.batch_observers.append(self._on_batch)
         self.registry.register(_CoreCollector(core))
 
     def observe_request(self, event: RequestEvent) -> None:
@@ -119,19 +116,8 @@ class Metrics:
         thread.join()
         self._http = None
 
-    def _follow(self, core: Core) -> None:
-        """Listen to the batcher of every version served now that is not listened to yet."""
-        for m in core.list_models():
-            try:
-                batcher = core.batcher(m.name, m.version)
-            except KeyError:  # removed since list_models
-                continue
-            if batcher not in self._followed:
-                self._followed.add(batcher)
-                batcher.listeners.append(functools.partial(self._on_batch, m.name,
-                                                           str(m.version)))
-
-    def _on_batch(self, model: str, version: str, event: BatchEvent) -> None:
+    def _on_batch(self, model: str, version: int, event: BatchEvent) -> None:
+        version = str(version)
         for wait in event.queue_waits:
             self.queue_seconds.labels(model, version).observe(wait)
         self.inference_seconds.labels(model, version).observe(event.seconds)
@@ -153,12 +139,8 @@ class _CoreCollector:
         ready = GaugeMetricFamily("fmnist_model_ready",
                                   "1: this version is served on this provider; 0: refused",
                                   labels=("model", "version", "provider"))
-        for m in self.core.list_models():
-            try:
-                batcher = self.core.batcher(m.name, m.version)
-            except KeyError:  # removed since list_models
-                continue
-            queued.add_metric((m.name, str(m.version)), batcher.queued_images)
+        for m, images in self.core.queues():
+            queued.add_metric((m.name, str(m.version)), images)
             ready.add_metric((m.name, str(m.version), m.provider), 1)
         for r in self.core.refused:
             ready.add_metric((r.name, str(r.version), ""), 0)

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from server.cli import get_args_parser
-from server.servicer import SERVICE_NAME
+from server.api.classifier import SERVICE_NAME
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"

@@ -7,7 +7,7 @@ import pytest
 from fmnist.v1 import classifier_pb2_grpc as pb_grpc
 
 from server.app import create_server
-from server.core import Limits
+from server.dataplane.types import Limits
 from tests.serving_fixtures import models_dir, samples  # noqa: F401 - fixtures
 
 # Small limits so the limit paths are cheap to reach; max_in_flight leaves room for concurrency tests.

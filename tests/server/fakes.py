@@ -9,9 +9,18 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
+import pytest
 
-from server.runner import RunOutput
-from server.store import LoadedModel, ModelSpec
+from server.models.providers import CUDA, cuda_driver_present
+from server.models.runner import RunOutput
+from server.models.loading import LoadedModel
+from server.models.spec import parse_metadata
+
+CUDA_USABLE = CUDA in ort.get_available_providers() and cuda_driver_present()
+needs_no_gpu = pytest.mark.skipif(CUDA_USABLE, reason="a CUDA provider and an NVIDIA driver are "
+                                  "here, so a real session comes up on CUDA: this test shows the "
+                                  "path without one")
 
 LABELS = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -19,8 +28,8 @@ LABELS = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 
 def metadata(name: str, accuracy: float = 0.5) -> dict[str, str]:
     return {"fmnist.arch": name, "fmnist.labels": json.dumps(LABELS), "fmnist.input_side": "28",
-            "fmnist.test_accuracy": str(accuracy), "fmnist.bn_folded": "0",
-            "fmnist.bn_remaining": "0", "fmnist.source_checkpoint_sha256": "0" * 64,
+            "fmnist.test_accuracy": str(accuracy), "fmnist.bn_folded": "{}",
+            "fmnist.bn_remaining": "{}", "fmnist.source_checkpoint_sha256": "0" * 64,
             "fmnist.exported_at": "2026-01-01T00:00:00Z", "fmnist.torch_version": "fake"}
 
 
@@ -65,7 +74,6 @@ class FakeRunner:
 
 def fake_model(name: str = "fake", version: int = 1, **kw) -> LoadedModel:
     runner = FakeRunner(name, **kw)
-    spec = ModelSpec(name=name, version=version, path=Path(f"/fake/{name}/{version}/model.onnx"),
-                     labels=LABELS, input_side=28, test_accuracy=float(runner.metadata[
-                         "fmnist.test_accuracy"]), metadata=runner.metadata)
+    spec = parse_metadata(name, version, Path(f"/fake/{name}/{version}/model.onnx"),
+                          runner.metadata)
     return LoadedModel(spec=spec, runner=runner)

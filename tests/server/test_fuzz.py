@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, features
 
-from server import decode
+from server.dataplane import decode
 from server.errors import DecodeError
 
 SCALE = float(os.environ.get("FUZZ_EXAMPLES", "1"))  # `make fuzz`: many times the CI count

@@ -17,11 +17,12 @@ from fmnist.v1 import classifier_pb2_grpc as pb_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.app import create_server
-from server.batcher import BatchPolicy
+from server.batching.batcher import BatchPolicy
 from server.cli import get_args_parser
-from server.core import Batching, Core, ImageData
+from server.dataplane.core import Core
+from server.dataplane.types import Batching, ImageData
 from server.metrics import Metrics
-from server.store import Refusal
+from server.models.spec import Refusal
 from tests.server.fakes import fake_model
 from tests.server.test_cli import ServerProcess
 

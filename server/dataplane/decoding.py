@@ -1,0 +1,62 @@
+"""One request's images -> the model's input batch, under the per-request and server-wide budgets.
+
+All headers are read first, so a request over its pixel budget is refused before a single pixel
+is decoded; then each image decodes under the server-wide `PixelBudget`, which caps the decoders'
+memory whatever mix of requests arrives. Runs on a decode thread; a caller that went away (`stop`
+set) or whose deadline passed stops it between images.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Sequence
+
+import numpy as np
+
+from model_contract import SIDE
+from server.dataplane import decode
+from server.dataplane.budget import PixelBudget
+from server.dataplane.types import ImageData, Limits
+from server.errors import Cancelled, DeadlineExceeded, DecodeError, InvalidImage, InvalidRequest
+
+BUDGET_WAIT = 5.0  # seconds a decode without a deadline waits for pixel budget before refusing
+
+
+def check_deadline(deadline: float | None, when: str) -> None:
+    if deadline is not None and deadline <= time.monotonic():
+        raise DeadlineExceeded(f"the deadline passed {when}")
+
+
+def decode_request(images: Sequence[ImageData], inversion: str, limits: Limits,
+                   pixels: PixelBudget, deadline: float | None,
+                   stop: threading.Event | None = None) -> np.ndarray:
+    """Every image of one request -> uint8 [n, 1, 28, 28]."""
+    batch = np.empty((len(images), 1, SIDE, SIDE), np.uint8)
+    headers = []
+    for i, image in enumerate(images):
+        try:
+            if image.kind == "raw":
+                batch[i, 0] = decode.decode_raw(image.data)
+            elif image.kind == "encoded":
+                headers.append((i, decode.open_header(image.data, limits.max_image_pixels)))
+            else:
+                raise DecodeError("no image data: set `encoded` or `raw`")
+        except DecodeError as e:
+            raise InvalidImage(i, str(e)) from None
+    total = sum(h.size[0] * h.size[1] for _, h in headers)
+    if total > limits.max_request_pixels:
+        raise InvalidRequest(f"the request's images add up to {total:,} pixels, over the limit "
+                             f"of {limits.max_request_pixels:,} per request; send fewer or "
+                             "smaller images")
+    for i, header in headers:
+        if stop is not None and stop.is_set():
+            raise Cancelled(f"the caller cancelled the request while image {i} was decoded")
+        check_deadline(deadline, f"while decoding image {i}")
+        wait = BUDGET_WAIT if deadline is None else deadline - time.monotonic()
+        with pixels.reserve(header.size[0] * header.size[1], wait):
+            try:
+                batch[i, 0] = decode.decode_opened(header, inversion)
+            except DecodeError as e:
+                raise InvalidImage(i, str(e)) from None
+    return batch

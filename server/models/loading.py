@@ -1,0 +1,134 @@
+"""Loading model versions: session, provider check, metadata, warm-up, probe, in that order.
+
+A file that fails any step is one log line and a `Refusal`, and is skipped; the server still
+serves the rest. Only a failure that makes the whole server wrong as asked (--device cuda without
+CUDA) is a StartupError.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import model_contract as mc
+from server.errors import ModelLoadError
+from server.models.providers import ProviderPolicy
+from server.models.runner import OnnxRunner, Runner
+from server.models.scan import pick_versions, scan
+from server.models.spec import ModelSpec, Refusal, parse_metadata
+from server.models.verify import RunnerFactory, speedup_vs_fp32, verify_probe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    spec: ModelSpec
+    runner: Runner
+
+    @property
+    def provider(self) -> str:
+        return self.runner.provider
+
+
+def default_runner_factory(path: Path, providers: list) -> Runner:
+    return OnnxRunner(path, providers)
+
+
+def load_one(name: str, version: int, path: Path, policy: ProviderPolicy,
+             runner_factory: RunnerFactory) -> LoadedModel:
+    """Create the session, check the provider and the metadata, warm it up, run the probe. Raises
+    ModelLoadError (skip this version) or StartupError (--device cuda without CUDA: stop)."""
+    runner = runner_factory(path, policy.requested())
+    try:
+        policy.check([runner.provider], f"{name} v{version}")
+        spec = parse_metadata(name, version, path, runner.metadata)
+        try:
+            runner.warmup()
+        except Exception as e:  # noqa: BLE001 - a model that cannot run one zero batch is unusable
+            raise ModelLoadError(f"warm-up run failed: {type(e).__name__}: {e}") from None
+        spec = replace(spec, probe_max_abs_diff=verify_probe(runner, spec.meta))
+        if spec.variant:
+            spec = replace(spec, speedup_vs_fp32=_variant_speedup(spec, runner, policy,
+                                                                  runner_factory))
+    except BaseException:
+        runner.close()
+        raise
+    return LoadedModel(spec=spec, runner=runner)
+
+
+def _variant_speedup(spec: ModelSpec, runner: Runner, policy: ProviderPolicy,
+                     runner_factory: RunnerFactory) -> float | None:
+    try:
+        ratio = speedup_vs_fp32(runner, spec.path.parent / mc.MODEL_FILE, policy.requested(),
+                                runner_factory)
+    except Exception as e:  # noqa: BLE001 - a broken fp32 file beside it is its own refusal
+        log.warning("%s v%d: speed against fp32 not measured: %s: %s", spec.name, spec.version,
+                    type(e).__name__, e)
+        return None
+    if ratio is not None and ratio < 1:
+        log.warning("%s v%d is slower than its fp32 model on this machine (%s): %.2fx at "
+                    "batch 32; ListModels says so", spec.name, spec.version, runner.provider, ratio)
+    return ratio
+
+
+def load_newest(name: str, candidates: list[tuple[int, Path]], policy: ProviderPolicy,
+                runner_factory: RunnerFactory, refused: list[Refusal]) -> LoadedModel | None:
+    """The first of `candidates` (newest first) that loads; each one refused is logged and
+    appended to `refused`. None when none loads."""
+    for version, path in candidates:
+        started = time.perf_counter()
+        try:
+            model = load_one(name, version, path, policy, runner_factory)
+        except ModelLoadError as e:
+            log.error("skipping model %s v%d (%s): %s", name, version, path, e)
+            refused.append(Refusal(name, version, str(e)))
+            continue
+        log_loaded(model, time.perf_counter() - started)
+        if version != candidates[0][0]:
+            log.warning("serving %s v%d instead of v%d: the newer version(s) cannot be served "
+                        "(reasons above)", name, version, candidates[0][0])
+        return model
+    if len(candidates) > 1:
+        log.error("no version of %s could be served (tried %s)", name,
+                  ", ".join(str(v) for v, _ in candidates))
+    return None
+
+
+def log_loaded(model: LoadedModel, seconds: float) -> None:
+    spec = model.spec
+    verified = ("not verified (no fmnist.probe: exported before probes)"
+                if spec.probe_max_abs_diff is None else
+                f"probe max|Δ|={spec.probe_max_abs_diff:.3g} "
+                f"(tolerance {spec.meta.probe_tolerance:g})")
+    if spec.variant:
+        verified += (f" fp32_agreement={spec.fp32_agreement:.4f} speedup_vs_fp32="
+                     + ("n/a" if spec.speedup_vs_fp32 is None else f"{spec.speedup_vs_fp32:.2f}x"))
+    log.info("loaded model %s v%d provider=%s test_accuracy=%.4f input_side=%d %s file=%s "
+             "(%.2fs with warm-up)", spec.name, spec.version, model.provider, spec.test_accuracy,
+             spec.input_side, verified, spec.path, seconds)
+
+
+def load_models(models_dir: str | Path, policy: ProviderPolicy,
+                wanted: dict[str, set[int]] | None = None,
+                runner_factory: RunnerFactory | None = None,
+                refused: list[Refusal] | None = None) -> list[LoadedModel]:
+    """Load, warm up and verify every picked model; skip (with one log line) those that cannot be
+    served, appending each version found but not served to `refused` when it is given."""
+    runner_factory = runner_factory or default_runner_factory
+    refused = [] if refused is None else refused
+    found = scan(models_dir, refused)
+    if not found:
+        log.warning("no models found in %s (expected <name>/<version>/%s)", models_dir,
+                    mc.MODEL_FILE)
+    loaded = []
+    for name, candidates in pick_versions(found, wanted):
+        model = load_newest(name, candidates, policy, runner_factory, refused)
+        if model is not None:
+            loaded.append(model)
+    if policy.device == "cuda" and not loaded:
+        log.warning("--device cuda: no model was loaded, so no session could confirm that the CUDA "
+                    "provider is active")
+    return loaded
