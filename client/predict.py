@@ -6,7 +6,8 @@
     python client/predict.py samples/ --server localhost       # port 50051 when none is given
 
 Folders stand for the image files directly inside them (.png .jpg .jpeg .bmp .gif .webp), sorted.
-Images go in batches that respect the limits the server reports (images per request, message size).
+Images go in batches within the limits the server reports (images and bytes per request; a batch
+over its pixels per request is split).
 An input that cannot be used (missing, unreadable, a folder without images, a file the server
 cannot decode) is named on stderr with the reason; the other images are still classified.
 Exit status: 0 when every input was classified; 1 when the server or an RPC fails (one line on
@@ -296,32 +297,44 @@ def classify(stub, images: list[ImageFile], *, model: str | None = None, version
     images, unusable = fit_messages(images, max_bytes)
     results, answered = [], None
     for batch in batches(images, limits.max_images_per_request or 64, max_bytes):
-        response, classified, refused = _classify_batch(stub, template, batch, timeout)
+        answers, model_version, refused = _classify_batch(stub, template, batch, timeout)
         unusable += refused
-        if response is not None:
-            answered = answered or (response.model, response.version)
-            results += [_result(image, c) for image, c in zip(classified, response.classifications)]
+        answered = answered or model_version
+        results += [_result(image, classification) for image, classification in answers]
     model, version = answered or (template.model, version or None)
     return {"model": model, "version": version, "results": results,
             "errors": [u.as_dict() for u in unusable]}
 
 
 def _classify_batch(stub, template: pb.ClassifyRequest, batch: list[ImageFile], timeout: float):
-    """(response or None, the images it answers, the images the server refused): an image the
-    server refuses is left out and the rest sent again, so one bad file costs one more call."""
+    """([(image, classification)], (model, version) or None, [images the server refused]).
+
+    An image the server refuses ("image 3: not a PNG ...") is left out and the rest sent again,
+    so one bad file costs one more call. A request refused as a whole (its images add up to more
+    pixels than the server takes at once, which only decoding would tell) is sent as two halves;
+    a request of one image refused as a whole is at fault itself, and that error is raised."""
     pending, refused = list(batch), []
     while pending:
         request = pb.ClassifyRequest()
         request.CopyFrom(template)
         request.images.extend(pb.Image(encoded=image.data) for image in pending)
         try:
-            return stub.Classify(request, timeout=timeout), pending, refused
+            response = stub.Classify(request, timeout=timeout)
+            return (list(zip(pending, response.classifications)),
+                    (response.model, response.version), refused)
         except grpc.RpcError as e:
             index, reason = _refused_image(e, len(pending))
-            if index is None:
+            if index is not None:
+                refused.append(Unusable(pending.pop(index).path, reason))
+            elif e.code() != grpc.StatusCode.INVALID_ARGUMENT or len(pending) == 1:
                 raise
-            refused.append(Unusable(pending.pop(index).path, reason))
-    return None, [], refused
+            else:
+                half = len(pending) // 2
+                (answers, first, left_out), (more, second, also_left_out) = (
+                    _classify_batch(stub, template, part, timeout)
+                    for part in (pending[:half], pending[half:]))
+                return answers + more, first or second, refused + left_out + also_left_out
+    return [], None, refused
 
 
 def _refused_image(error: grpc.RpcError, count: int) -> tuple[int | None, str]:

@@ -83,3 +83,12 @@ def test_an_unknown_model_names_the_served_ones(address):
                                     "[::1", "[::1]x"])
 def test_a_server_address_that_cannot_be_dialled_is_one_line(server):
     one_line_error(predict("--list", "--server", server), 2, f"--server {server}")
+
+
+def test_a_request_the_server_refuses_as_a_whole_is_one_line_not_one_per_file(address):
+    """A model name over the server's limit is INVALID_ARGUMENT for any request: after splitting
+    the batch down to one image (tests/client/test_inputs.py, pixels per request) it is the
+    request's fault, reported once; no file is blamed."""
+    out = predict(str(SAMPLES), "--model", "m" * 200, "--server", address)
+    one_line_error(out, 1, "INVALID_ARGUMENT", "over 128 bytes")
+    assert out.stdout == ""

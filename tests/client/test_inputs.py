@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.client.predict_cli import one_line_error, predict
+from server.dataplane.types import Limits
+from tests.client.predict_cli import one_line_error, predict, serving
 from tests.serving_fixtures import SAMPLES
 
 GOOD = ("ankle_boot.png", "bag.png", "coat.png", "dress.png", "sandal.png", "trouser.png")
@@ -125,3 +126,21 @@ def test_nothing_usable_is_one_line_and_exit_2(address, tmp_path):
     out = predict(str(bad), "--server", address)
     one_line_error(out, 2, f"{bad}: not a PNG")
     assert out.stdout == ""
+
+
+def test_a_batch_over_the_servers_pixels_per_request_is_sent_in_smaller_requests(models_dir):
+    """The server takes at most 3 sample images' pixels per request (28 x 28 each), the client
+    sends 4 per request (the server's image count limit): each refused request is split, and every
+    image is classified as it is alone."""
+    limits = Limits(max_images_per_request=4, max_request_pixels=3 * 28 * 28)
+    with serving(models_dir, limits=limits) as srv:
+        address = f"127.0.0.1:{srv.port}"
+        out = predict(str(SAMPLES), "--json", "--model", "lenet_bn", "--server", address)
+        alone = {name: predict(str(SAMPLES / name), "--json", "--model", "lenet_bn",
+                               "--server", address) for name in sorted(os.listdir(SAMPLES))
+                 if name.endswith(".png")}
+    assert out.returncode == 0, out.stderr
+    results, _ = results_and_errors(out)
+    assert results == {name: json.loads(one.stdout)["results"][0]["predictions"]
+                       for name, one in alone.items()}
+    assert len(results) == 10
