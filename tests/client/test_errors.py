@@ -33,12 +33,15 @@ def http_port():
 
 
 @pytest.fixture(scope="module")
-def other_grpc_port():
-    """A gRPC server with no fmnist.v1.Classifier (another service on that port)."""
+def other_grpc(tmp_path_factory):
+    """A gRPC server with no fmnist.v1.Classifier (another service on that port), on a loopback
+    port and a unix socket: (port, socket path)."""
+    socket_path = tmp_path_factory.mktemp("grpc-socket") / "other.sock"
     srv = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
     port = srv.add_insecure_port("127.0.0.1:0")
+    srv.add_insecure_port(f"unix:{socket_path}")
     srv.start()
-    yield port
+    yield port, socket_path
     srv.stop(0)
 
 
@@ -55,10 +58,19 @@ def test_an_http_port_is_named_as_not_grpc(http_port):
                    "wrong port?", "50051")
 
 
-def test_a_grpc_port_without_the_classifier_is_named(other_grpc_port):
-    where = f"127.0.0.1:{other_grpc_port}"
+def test_a_grpc_port_without_the_classifier_is_named(other_grpc):
+    where = f"127.0.0.1:{other_grpc[0]}"
     one_line_error(predict("--list", "--server", where), 1,
                    f"{where} answers gRPC but not fmnist.v1.Classifier", "wrong port")
+
+
+def test_grpc_target_uris_are_dialled_as_written(other_grpc):
+    """No port is added to a gRPC target URI: these reach the server above (which answers
+    UNIMPLEMENTED), so they were dialled as written."""
+    port, socket_path = other_grpc
+    for where in (f"unix:{socket_path}", f"dns:///127.0.0.1:{port}", f"ipv4:127.0.0.1:{port}"):
+        one_line_error(predict("--list", "--server", where), 1,
+                       f"{where} answers gRPC but not fmnist.v1.Classifier")
 
 
 def test_a_timeout_too_short_says_so(address):

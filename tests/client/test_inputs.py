@@ -60,22 +60,31 @@ def test_human_output_shows_the_results_and_one_line_per_unusable_file(address, 
     one_line_error(out, 2, f"{folder / 'zz.png'}: not a PNG")
 
 
-def test_an_unreadable_file_is_named_and_the_rest_classified(address, folder):
+def test_unreadable_files_and_folders_are_named_and_the_rest_classified(address, folder,
+                                                                        tmp_path):
     """chmod 000; root reads anything, so as root the client runs without the capabilities that
     let it (setpriv, util-linux)."""
     secret = folder / "c_secret.png"
     shutil.copy(SAMPLES / "shirt.png", secret)
     secret.chmod(0)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    shutil.copy(SAMPLES / "shirt.png", locked / "shirt.png")
+    locked.chmod(0)
     prefix = ()
     if os.geteuid() == 0:
         if shutil.which("setpriv") is None:
             pytest.skip("running as root without setpriv: cannot make a file unreadable")
         prefix = ("setpriv", "--bounding-set=-dac_override,-dac_read_search")
-    out = predict(str(folder), "--json", "--server", address, prefix=prefix)
+    try:
+        out = predict(str(locked), str(folder), "--json", "--server", address, prefix=prefix)
+    finally:
+        locked.chmod(0o755)  # so that pytest can remove it
     results, errors = results_and_errors(out)
     assert out.returncode == 2
     assert sorted(results) == sorted(GOOD)
-    assert errors == [[str(secret), "cannot read it (Permission denied)"]]
+    assert errors == [[str(locked), "cannot read it (Permission denied)"],
+                      [str(secret), "cannot read it (Permission denied)"]]
 
 
 def test_a_file_gone_after_the_folder_was_listed_is_named(address, folder):
