@@ -1,4 +1,4 @@
-"""`python -m trainer`: train the registry's architectures on Fashion-MNIST and write checkpoints.
+r"""`python -m trainer`: train the registry's architectures on Fashion-MNIST and write checkpoints.
 
 Examples:
     python -m trainer --list
@@ -14,35 +14,40 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from cli_text import HelpFormatter, format_table
+from model_contract import default_artifacts
+from trainer import checkpoint, models
 from trainer import data as fmnist
-from trainer import models
 from trainer.device import PRECISIONS, init_world, resolve_device, resolve_precision
 from trainer.errors import UsageError
-from cli_text import format_table
+from trainer.metrics import runs_dir
 from trainer.run import TrainConfig, train
 
 log = logging.getLogger("trainer")
+SUMMARY_COLUMNS = [("arch", "arch", ""), ("recipe", "recipe", ""), ("epochs", "epochs", ".2f"),
+                   ("test_acc", "test acc", ".4f"), ("eval_images", "on images", "d"),
+                   ("best_acc", "best acc", ".4f"), ("seconds", "train s", ".0f"),
+                   ("examples_per_s", "ex/s", ".0f"), ("stopped", "stopped", "")]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m trainer", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="python -m trainer", description=__doc__, formatter_class=HelpFormatter)
     names = list(models.ARCHITECTURES)
-    p.add_argument("--models", nargs="+", default=names, choices=names, metavar="NAME",
+    p.add_argument("--models", nargs="+", choices=names, metavar="NAME",
                    help=f"architectures to train, in order (default: all: {' '.join(names)})")
     p.add_argument("--list", action="store_true",
                    help="print every architecture with its input side, parameter count and "
                         "default recipe, then exit")
     p.add_argument("--recipe", default="d2l", choices=models.RECIPES,
-                   help="d2l: the seeds' SGD at a constant rate (default); improved: Nesterov "
+                   help="d2l: the seeds' SGD at a constant rate; improved: Nesterov "
                         "momentum, cosine schedule, weight decay, label smoothing, shift/flip "
                         "augmentation")
     p.add_argument("--epochs", type=int,
@@ -62,26 +67,26 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "training stops early enough to evaluate within it, then checkpoints "
                         "(the run can be continued with --resume)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="auto: cuda when available, else cpu (default: auto)")
+                   help="auto: cuda when available, else cpu")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="autocast precision; auto: bf16 on CPUs with native bf16 and on bf16 "
-                        "GPUs, fp16 (+GradScaler) on older GPUs, else fp32 (default: auto)")
+                        "GPUs, fp16 (+GradScaler) on older GPUs, else fp32")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                    help="channels-last memory format for the convolutions (default: per "
                         "architecture, what measured faster here: on except for lenet_bn)")
     p.add_argument("--seed", type=int, default=0,
-                   help="seeds initialisation, batch order, dropout and augmentation (default: 0)")
+                   help="seeds initialisation, batch order, dropout and augmentation")
     p.add_argument("--resume", action="store_true",
                    help="continue each architecture from its last.pt: same step, optimizer, "
                         "schedule and RNG (--epochs may extend the run)")
-    p.add_argument("--artifacts", type=Path, default=Path(os.environ.get("ARTIFACTS", "artifacts")),
-                   help="folder for checkpoints/ and runs/ (default: $ARTIFACTS or artifacts)")
+    p.add_argument("--artifacts", type=Path, default=default_artifacts(),
+                   help="folder for checkpoints/ and runs/ ($ARTIFACTS, else ./artifacts)")
     p.add_argument("--data-dir", type=Path,
                    help="folder with the four Fashion-MNIST idx(.gz) files (default: "
                         "$FASHION_MNIST_DIR, then /usr/share/datasets/fashion-mnist, then a "
                         "torchvision download into data/)")
     p.add_argument("--eval-batch-size", type=int, default=500,
-                   help="batch size for the test-set evaluation (default: 500)")
+                   help="batch size for the test-set evaluation")
     p.add_argument("--eval-images", type=int, metavar="N",
                    help="evaluate each epoch on the first N test images only (default: all "
                         "10,000); the count is logged with each epoch's accuracy")
@@ -116,28 +121,42 @@ def _config(args, arch: str, device: torch.device, precision: str) -> TrainConfi
                        epochs=args.epochs)
 
 
+def check_writable(artifacts: Path, archs: list[str]) -> None:
+    """Create and write into every folder the run will write, now: a folder that cannot take a
+    checkpoint is found before the data loads, not at the first save after an epoch of work."""
+    for arch in archs:
+        for folder in (checkpoint.checkpoint_dir(artifacts, arch), runs_dir(artifacts, arch)):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryFile(dir=folder):
+                    pass
+            except OSError as err:
+                reason = err.strerror or str(err)
+                raise UsageError(f"--artifacts {artifacts}: cannot write {folder} for {arch} "
+                                 f"({reason}); give a folder you can write to") from err
+
+
 def main(args: argparse.Namespace) -> int:
     if args.list:
         print(list_architectures())
         return 0
+    archs = args.models or list(models.ARCHITECTURES)
     device = resolve_device(args.device)
     world = init_world(device)
     logging.basicConfig(level=logging.INFO if world.is_main else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     precision = resolve_precision(args.precision, device)
+    if world.is_main:
+        check_writable(args.artifacts, archs)
     ds = fmnist.load(args.data_dir)
     log.info("Fashion-MNIST from %s: %d train, %d test images; device %s, %s, %d process(es)",
              ds.source, len(ds.train_labels), len(ds.test_labels), device, precision, world.size)
     ds = ds.to(device)
     rows = [train(_config(args, arch, device, precision), ds, world,
-                  progress_bar=not args.no_progress) for arch in args.models]
+                  progress_bar=not args.no_progress) for arch in archs]
     if world.is_main:
         print()
-        print(format_table(rows, [("arch", "arch", ""), ("recipe", "recipe", ""),
-                                  ("epochs", "epochs", ".2f"), ("test_acc", "test acc", ".4f"),
-                                  ("eval_images", "on images", "d"),
-                                  ("best_acc", "best acc", ".4f"), ("seconds", "train s", ".0f"),
-                                  ("examples_per_s", "ex/s", ".0f"), ("stopped", "stopped", "")]))
+        print(format_table(rows, SUMMARY_COLUMNS))
     if world.distributed:
         torch.distributed.destroy_process_group()
     return 130 if any(r["stopped"] == "interrupted" for r in rows) else 0

@@ -11,11 +11,14 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from model_contract import SIDE
 
 LABELS = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -37,9 +40,9 @@ class DataError(RuntimeError):
 
 @dataclass(frozen=True)
 class FashionMNIST:
-    train_images: torch.Tensor  # uint8 [60000, 1, 28, 28]
+    train_images: torch.Tensor  # uint8 [60000, 1, SIDE, SIDE]
     train_labels: torch.Tensor  # int64 [60000]
-    test_images: torch.Tensor   # uint8 [10000, 1, 28, 28]
+    test_images: torch.Tensor   # uint8 [10000, 1, SIDE, SIDE]
     test_labels: torch.Tensor   # int64 [10000]
     source: str
 
@@ -51,7 +54,10 @@ class FashionMNIST:
 def parse_idx(raw: bytes) -> np.ndarray:
     """Decode one idx file (gzip or plain): magic 0x0000TTDD, DD big-endian uint32 sizes, data."""
     if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as err:  # truncated or corrupt
+            raise DataError(f"not a readable gzip file ({err})") from None
     if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in _IDX_DTYPES:
         raise DataError("not an idx file (bad magic number)")
     dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
@@ -79,13 +85,15 @@ def _read_folder(folder: Path) -> dict[str, np.ndarray]:
             raise DataError(f"{folder} has no {stem}(.gz)")
         try:
             arrays[key] = parse_idx(path.read_bytes())
+        except OSError as err:
+            raise DataError(f"{path}: cannot read it ({err.strerror})") from None
         except DataError as err:
             raise DataError(f"{path}: {err}") from None
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if images.ndim != 3 or images.shape[1:] != (28, 28) or len(images) != len(labels):
+        if images.ndim != 3 or images.shape[1:] != (SIDE, SIDE) or len(images) != len(labels):
             raise DataError(f"{folder}: {split} images {images.shape} do not match labels "
-                            f"{labels.shape}; expected [N, 28, 28] and [N]")
+                            f"{labels.shape}; expected [N, {SIDE}, {SIDE}] and [N]")
     return arrays
 
 
@@ -102,10 +110,15 @@ def _download(root: Path) -> dict[str, np.ndarray]:
 
 
 def resolve_source(data_dir: str | os.PathLike | None = None) -> Path | None:
-    """The folder to read, or None when only a download is left. An explicit folder must work."""
-    explicit = data_dir or os.environ.get("FASHION_MNIST_DIR")
-    if explicit:
-        return Path(explicit)
+    """The folder to read, or None when only a download is left. An explicit folder must work:
+    one that is not there is an error, not a reason to look elsewhere."""
+    for origin, explicit in (("--data-dir", data_dir),
+                             ("FASHION_MNIST_DIR", os.environ.get("FASHION_MNIST_DIR"))):
+        if explicit:
+            if not Path(explicit).is_dir():
+                what = "not a folder" if Path(explicit).exists() else "no such folder"
+                raise DataError(f"{origin} {explicit}: {what}")
+            return Path(explicit)
     if all(_find(DEBIAN_DIR, stem) for stem in FILES.values()):
         return DEBIAN_DIR
     return None

@@ -311,7 +311,7 @@ ARCHITECTURES: dict[str, Architecture] = {}
 
 
 def _register(name: str, builder: Callable[[], nn.Module], input_side: int, description: str,
-              d2l: Recipe, improved_lr: float, floor: float, d2l_gpu: float | None = None,
+              d2l: Recipe, *, improved_lr: float, floor: float, d2l_gpu: float | None = None,
               regularize: bool = True, channels_last: bool = True) -> None:
     if name in ARCHITECTURES:
         raise ValueError(f"architecture {name!r} registered twice")

@@ -10,8 +10,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-SOURCE_SIDE = 28
-
 
 class Preprocess(nn.Module):
     """uint8 [N, 1, 28, 28] -> float32 in [0, 1] -> bilinear resize (half-pixel centres, no

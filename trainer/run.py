@@ -1,20 +1,22 @@
 """One training run of one architecture: set up, resume, epochs, evaluation, checkpoints, metrics.
 
-The loop is plain and visible (nanoGPT's shape); the pieces it calls are in loop.py. A run stops
-cleanly at the end of its epochs, when its time budget is spent, or on Ctrl-C/SIGTERM: it finishes
-the step it is in, writes `last.pt` (and, except on an interrupt, evaluates first), so `--resume`
-continues from exactly that step with the same batch order, optimizer, schedule and RNG.
+The loop is plain and visible (nanoGPT's shape): `train` sets up a `RunState` and `_epochs` walks
+it through train / evaluate / record / checkpoint; the pieces they call are in loop.py, and the
+time budget and schedules in schedule.py. Everything the steps share travels in that one state
+object, as torchvision's references pass `args`, rather than in long parameter lists.
 
-A time budget covers the evaluations too: training stops while there is still time, by the
-latest estimate, to evaluate (`--eval-images` caps how many test images that takes). The
-"budget" schedule spreads a warm-up and a cosine decay over that time instead of over epochs,
-so a short run ends at a low learning rate however fast the machine is.
+A run stops cleanly at the end of its epochs, when its time budget is spent, or on
+Ctrl-C/SIGTERM: it finishes the step it is in, writes `last.pt` (and, except on an interrupt,
+evaluates first), so `--resume` continues from exactly that step with the same batch order,
+optimizer, schedule and RNG. An evaluated epoch is one metrics record and one log line; one that
+a budget or a signal cut short says so ("partial", with its steps). The budget is checked after
+each step and after each evaluation, so a run whose evaluation used up the budget stops there
+instead of taking one more step and paying for one more evaluation.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import signal
 import sys
 import time
@@ -35,11 +37,12 @@ from trainer.loop import batch_slice, epoch_permutation, evaluate, train_step, x
 from trainer.metrics import append_jsonl, plot_curves, runs_dir
 from trainer.models import Recipe
 from trainer.preprocess import Preprocess
+from trainer.schedule import BudgetClock, lr_factor, probe_images
 
 log = logging.getLogger("trainer")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     arch: str
     recipe_name: str
@@ -57,7 +60,7 @@ class TrainConfig:
     epochs: int | None = None  # --epochs; None keeps the recipe's or, on resume, last.pt's
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Progress:
     """Where a run is; everything here goes into the checkpoint."""
 
@@ -74,52 +77,44 @@ class Progress:
     best_test_accuracy: float = -1.0
     metrics: list[dict] = field(default_factory=list)
 
+    def next_epoch(self) -> None:
+        """The unfinished epoch is finished: the next one starts from scratch."""
+        self.epoch += 1
+        self.epoch_step = 0
+        self.epoch_loss = self.epoch_correct = self.epoch_seen = self.epoch_seconds = 0.0
 
-MAX_RESERVE = 0.5  # of the budget
-# The probe (evaluated twice before training, the second time timed) is a fixed amount of work:
-# 32 images at 96 px, ~380 at 28 px (at 32 a LeNet's time is all per-call overhead, and its
-# estimate for 10,000 images came out 5x too long), 6 at 224 px.
-PROBE_PIXELS = 32 * 96 * 96
 
+@dataclass(kw_only=True)
+class RunState:
+    """One architecture's run as the loop's steps see it, built once by `_setup`."""
 
-class BudgetClock:
-    """The time side of `--time-budget`: how long the run has gone, how much to keep back for the
-    evaluation that ends it, and how far through its training time it is (for the schedule)."""
+    cfg: TrainConfig
+    data: FashionMNIST
+    world: World
+    net: nn.Module  # the network itself: what checkpoints hold and evaluations run
+    model: nn.Module  # what trains: `net`, or DistributedDataParallel around it
+    preprocess: Preprocess
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler | None
+    clock: BudgetClock
+    progress: Progress
+    n_train: int
+    steps_per_epoch: int
+    n_eval: int  # test images each evaluation covers
+    progress_bar: bool
+    best_floor: float = -1.0  # the test accuracy a new best.pt must beat (rank 0's view)
 
-    def __init__(self, budget: float | None, eval_images: int):
-        self.budget, self.eval_images = budget, eval_images
-        self.started = time.perf_counter()
-        self.eval_s_per_image: float | None = None  # measured by the probe, then each evaluation
+    @property
+    def ckdir(self) -> Path:
+        return checkpoint.checkpoint_dir(self.cfg.artifacts, self.cfg.arch)
 
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
+    @property
+    def runs(self) -> Path:
+        return runs_dir(self.cfg.artifacts, self.cfg.arch)
 
-    def reserve(self) -> float:
-        """Seconds kept back for the final evaluation, as the last timed evaluation (or the
-        probe) predicts, and never more than half the budget: a small probe on a busy machine
-        can be far off, and must not end the run before it has begun."""
-        if self.eval_s_per_image is None:
-            return 0.0
-        estimate = self.eval_images * self.eval_s_per_image
-        return min(estimate, MAX_RESERVE * self.budget) if self.budget is not None else estimate
-
-    def fraction(self) -> float:
-        """Share of the training time (the budget less the reserve) used so far, in [0, 1]."""
-        if self.budget is None:
-            return 0.0
-        train_time = self.budget - self.reserve()
-        return 1.0 if train_time <= 0 else min(1.0, self.elapsed() / train_time)
-
-    def spent(self) -> bool:
-        return self.budget is not None and self.elapsed() + self.reserve() >= self.budget
-
-    def timed_evaluation(self, evaluate_fn, images: int | None = None) -> float:
-        """Run `evaluate_fn` (an evaluation of `images` test images, by default all of the
-        run's) and keep its time per image for the next reserve."""
-        t0 = time.perf_counter()
-        accuracy = evaluate_fn()
-        self.eval_s_per_image = (time.perf_counter() - t0) / max(1, images or self.eval_images)
-        return accuracy
+    def epoch_float(self) -> float:
+        return self.progress.epoch + self.progress.epoch_step / self.steps_per_epoch
 
 
 class StopRequest:
@@ -153,54 +148,22 @@ def make_optimizer(net: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
                            nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
 
 
-def probe_images(input_side: int, eval_images: int, eval_batch_size: int) -> int:
-    """How many test images the pre-training probe evaluates: PROBE_PIXELS' worth, within one
-    evaluation batch and the evaluation itself."""
-    return max(1, min(PROBE_PIXELS // input_side ** 2, eval_images, eval_batch_size))
-
-
-def lr_factor(recipe: Recipe, step: int, steps_per_epoch: int, fraction: float = 0.0) -> float:
-    """Multiplier of the base learning rate at `step` (or, for "budget", at `fraction` of the
-    time budget's training time).
-
-    constant: 1 throughout (d2l). cosine: a linear warm-up over the first epoch from 0.1 to 1
-    (large momentum steps on Xavier-initialised nets otherwise diverge early), then a half cosine
-    down to 0 at the last step. budget: the same shape over time: warm-up for the first 10% of
-    the budget, then a half cosine that reaches 0 when the budget (less the final evaluation)
-    is spent; a run of a minute or two never finishes an epoch of a 96-pixel model on a CPU, so
-    an epoch-based schedule would never leave its warm-up.
-    """
-    if recipe.schedule == "constant":
-        return 1.0
-    if recipe.schedule == "budget":
-        if fraction < BUDGET_WARMUP:
-            return 0.1 + 0.9 * fraction / BUDGET_WARMUP
-        return 0.5 * (1 + math.cos(math.pi * (fraction - BUDGET_WARMUP) / (1 - BUDGET_WARMUP)))
-    warmup, total = steps_per_epoch, recipe.epochs * steps_per_epoch
-    if step < warmup:
-        return 0.1 + 0.9 * step / warmup
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-
-BUDGET_WARMUP = 0.1
-
-
 def rng_state(device: torch.device) -> dict:
     """This process's random state: the CPU generator and, on a GPU, its device's generator."""
     return {"torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
-def _checkpoint_dict(cfg: TrainConfig, net: nn.Module, optimizer, scheduler, scaler,
-                     progress: Progress, world: World, rng: list[dict]) -> dict:
+def _checkpoint_dict(run: RunState, rng: list[dict]) -> dict:
+    cfg, progress = run.cfg, run.progress
     return {
         "format": checkpoint.FORMAT,
         "arch": cfg.arch,
         "input_side": models.get(cfg.arch).input_side,
-        "model": net.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
+        "model": run.net.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict() if run.scaler is not None else None,
         "epoch": progress.epoch,
         "step": progress.step,
         "epoch_step": progress.epoch_step,
@@ -213,23 +176,22 @@ def _checkpoint_dict(cfg: TrainConfig, net: nn.Module, optimizer, scheduler, sca
         "seed": cfg.seed,
         "rng": rng,  # one rng_state() per rank, in rank order
         "config": {"limit_train": cfg.limit_train, "eval_images": cfg.eval_images,
-                   "time_budget": cfg.time_budget, "precision": cfg.precision,
-                   "channels_last": cfg.channels_last, "world_size": world.size,
-                   "device": cfg.device.type},
+                   "eval_batch_size": cfg.eval_batch_size, "time_budget": cfg.time_budget,
+                   "precision": cfg.precision, "channels_last": cfg.channels_last,
+                   "world_size": run.world.size, "device": cfg.device.type},
         "torch_version": str(torch.__version__),
     }
 
 
-def _restore(ckpt: dict, net: nn.Module, optimizer, scheduler, scaler, world: World,
-             device: torch.device) -> Progress:
+def _restore(run: RunState, ckpt: dict) -> Progress:
     """Continue from a checkpoint loaded to the CPU: load_state_dict copies model and optimizer
     state to the parameters' device, and torch.set_rng_state accepts only a CPU tensor."""
-    net.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    if scaler is not None and ckpt.get("scaler"):
-        scaler.load_state_dict(ckpt["scaler"])
-    _restore_rng(ckpt["rng"], world, device)
+    run.net.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    if run.scaler is not None and ckpt.get("scaler"):
+        run.scaler.load_state_dict(ckpt["scaler"])
+    _restore_rng(ckpt["rng"], run.world, run.cfg.device)
     return Progress(**ckpt["progress"], metrics=list(ckpt["metrics"]))
 
 
@@ -322,166 +284,230 @@ def train(cfg: TrainConfig, data: FashionMNIST, world: World = World(),
     cfg, ckpt = resolve_resume(cfg)
     _check_batch_split(cfg, world)
     _check_budget_schedule(cfg)
-    recipe, device = cfg.recipe, cfg.device
-    spec = models.get(cfg.arch)
+    run = _setup(cfg, ckpt, data, world, progress_bar)
+    if cfg.time_budget is not None:
+        _probe_evaluation(run)
+    _log_setup(run)
+    with StopRequest() as stop:
+        stopped = _epochs(run, stop)
+    if world.distributed:
+        torch.distributed.barrier()
+    return _summary(run, stopped)
+
+
+def _build_network(cfg: TrainConfig, world: World) -> nn.Module:
+    """The registry's network with d2l's initialisation from `cfg.seed`, on the device; then
+    each rank's own random stream (dropout and augmentation differ across ranks)."""
     torch.manual_seed(cfg.seed)
     net = models.build(cfg.arch)
     xavier_init(net)
-    net.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
-    torch.manual_seed(cfg.seed + world.rank)  # dropout and augmentation differ across ranks
-    preprocess = Preprocess(spec.input_side)
-    optimizer = make_optimizer(net, recipe)
+    net.to(cfg.device,
+           memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
+    torch.manual_seed(cfg.seed + world.rank)
+    return net
+
+
+def _setup(cfg: TrainConfig, ckpt: dict | None, data: FashionMNIST, world: World,
+           progress_bar: bool) -> RunState:
+    recipe = cfg.recipe
     n_train = min(cfg.limit_train or len(data.train_labels), len(data.train_labels))
     steps_per_epoch = n_train // recipe.batch_size
     if steps_per_epoch == 0:
         raise UsageError(f"{cfg.arch}: {n_train} training images make no batch of "
                          f"{recipe.batch_size}; raise --limit-train or lower --batch-size")
     n_eval = min(cfg.eval_images or len(data.test_labels), len(data.test_labels))
-    test_images, test_labels = data.test_images[:n_eval], data.test_labels[:n_eval]
+    net = _build_network(cfg, world)
+    optimizer = make_optimizer(net, recipe)
     clock = BudgetClock(cfg.time_budget, n_eval)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(recipe, s, steps_per_epoch, clock.fraction()))
-    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
-    ckdir = checkpoint.checkpoint_dir(cfg.artifacts, cfg.arch)
-    if ckpt is not None:
-        progress = _restore(ckpt, net, optimizer, scheduler, scaler, world, device)
-        log.info("%s: resuming at epoch %d, step %d", cfg.arch, progress.epoch, progress.step)
-    else:
-        progress = Progress(run_id=datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
-    best_floor = _previous_best(ckdir / "best.pt") if world.is_main else -1.0
-    if cfg.time_budget is not None:  # what an evaluation will cost, before the first one
-        probe = probe_images(spec.input_side, n_eval, cfg.eval_batch_size)
-        for _ in range(2):  # the first call warms up (kernels, caches); the second is timed
-            clock.timed_evaluation(lambda: evaluate(
-                net, preprocess, test_images[:probe], test_labels[:probe], batch_size=probe,
-                precision=cfg.precision, channels_last=cfg.channels_last, world=world), probe)
-        log.info("%s: evaluating %d test images takes ~%.1f s (timed on %d): training stops "
-                 "that much before the %g s budget's end (at most half of it)", cfg.arch, n_eval,
-                 n_eval * clock.eval_s_per_image, probe, cfg.time_budget)
-    model = (nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda"
-                                                 else None) if world.distributed else net)
-    metrics_file = runs_dir(cfg.artifacts, cfg.arch) / f"{progress.run_id}.jsonl"
-
-    def save(evaluated: bool) -> None:
-        nonlocal best_floor
-        rng = all_gather(world, rng_state(device))  # a collective: every rank takes part
-        if not world.is_main:
-            return
-        state = _checkpoint_dict(cfg, net, optimizer, scheduler, scaler, progress, world, rng)
-        checkpoint.save_atomic(state, ckdir / "last.pt")
-        if evaluated and progress.test_accuracy > best_floor:
-            checkpoint.save_atomic(state, ckdir / "best.pt")
-            best_floor = progress.test_accuracy
-
-    log.info("%s: %d train images, %d steps/epoch of %d, recipe %s (lr %g, %s schedule), "
-             "evaluation on %d test images, %s on %s%s", cfg.arch, n_train, steps_per_epoch,
-             recipe.batch_size, cfg.recipe_name, recipe.lr, recipe.schedule, n_eval,
-             cfg.precision, device, ", channels-last" if cfg.channels_last else "")
-    started = clock.started
-    stop_reason = None
-    with StopRequest() as stop:
-        while progress.epoch < recipe.epochs and stop_reason is None:
-            stop_reason = _train_epoch(cfg, model, preprocess, optimizer, scheduler, scaler, data,
-                                       n_train, steps_per_epoch, progress, world, stop, clock,
-                                       progress_bar)
-            if stop_reason == "interrupted":
-                save(evaluated=False)
-                break
-            progress.test_accuracy = clock.timed_evaluation(lambda: evaluate(
-                net, preprocess, test_images, test_labels,
-                batch_size=cfg.eval_batch_size, precision=cfg.precision,
-                channels_last=cfg.channels_last, world=world))
-            progress.best_test_accuracy = max(progress.best_test_accuracy, progress.test_accuracy)
-            record = _epoch_record(cfg, progress, steps_per_epoch, optimizer, n_eval)
-            if world.is_main:
-                progress.metrics.append(record)
-                append_jsonl(metrics_file, record)
-                plot_curves(progress.metrics, runs_dir(cfg.artifacts, cfg.arch) / "curves.png",
-                            f"{cfg.arch} ({cfg.recipe_name} recipe, {cfg.precision}, {device.type})")
-                log.info("%s epoch %.2f: loss %.3f, train acc %.3f, test acc %.4f, %.0f ex/s",
-                         cfg.arch, record["epoch_float"], record["train_loss"],
-                         record["train_acc"], record["test_acc"], record["examples_per_s"])
-            if stop_reason is None:  # a whole epoch: the next one starts from scratch
-                progress.epoch += 1
-                progress.epoch_step = 0
-                progress.epoch_loss = progress.epoch_correct = progress.epoch_seen = 0.0
-                progress.epoch_seconds = 0.0
-            save(evaluated=True)
+    model = net
     if world.distributed:
-        torch.distributed.barrier()
-    return {"arch": cfg.arch, "recipe": cfg.recipe_name, "epochs": _epoch_float(progress,
-            steps_per_epoch), "test_acc": progress.test_accuracy,
-            "best_acc": progress.best_test_accuracy, "seconds": progress.train_seconds,
-            "examples_per_s": progress.metrics[-1]["examples_per_s"] if progress.metrics else None,
-            "stopped": stop_reason or "done", "elapsed": time.perf_counter() - started,
-            "eval_images": n_eval}
+        model = nn.parallel.DistributedDataParallel(
+            net, device_ids=[cfg.device] if cfg.device.type == "cuda" else None)
+    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    run = RunState(cfg=cfg, data=data, world=world, net=net, model=model,
+                   preprocess=Preprocess(models.get(cfg.arch).input_side), optimizer=optimizer,
+                   scheduler=scheduler, scaler=scaler, clock=clock,
+                   progress=Progress(run_id=run_id), n_train=n_train,
+                   steps_per_epoch=steps_per_epoch, n_eval=n_eval, progress_bar=progress_bar)
+    if ckpt is not None:
+        run.progress = _restore(run, ckpt)
+        log.info("%s: resuming at epoch %d, step %d", cfg.arch, run.progress.epoch,
+                 run.progress.step)
+    if world.is_main:
+        run.best_floor = _previous_best(run.ckdir / "best.pt")
+    return run
 
 
-def _epoch_float(progress: Progress, steps_per_epoch: int) -> float:
-    return progress.epoch + progress.epoch_step / steps_per_epoch
+def _evaluate(run: RunState, images: int | None = None) -> float:
+    """Top-1 accuracy of the network on the first `images` test images (default: the run's
+    evaluation set), in evaluation batches (one batch of `images` when given)."""
+    n = images or run.n_eval
+    return evaluate(run.net, run.preprocess, run.data.test_images[:n], run.data.test_labels[:n],
+                    batch_size=images or run.cfg.eval_batch_size, precision=run.cfg.precision,
+                    channels_last=run.cfg.channels_last, world=run.world)
 
 
-def _epoch_record(cfg: TrainConfig, progress: Progress, steps_per_epoch: int, optimizer,
-                  eval_images: int) -> dict:
-    seen = max(progress.epoch_seen, 1.0)
-    return {
-        "arch": cfg.arch, "epoch": progress.epoch + 1,
-        "epoch_float": round(_epoch_float(progress, steps_per_epoch), 4),
-        "partial": progress.epoch_step < steps_per_epoch, "step": progress.step,
-        "train_loss": progress.epoch_loss / seen, "train_acc": progress.epoch_correct / seen,
-        "test_acc": progress.test_accuracy, "test_images": eval_images,
-        "examples_per_s": progress.epoch_seen / max(progress.epoch_seconds, 1e-9),
-        "epoch_seconds": progress.epoch_seconds, "train_seconds": progress.train_seconds,
-        "lr": optimizer.param_groups[0]["lr"], "precision": cfg.precision,
-        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+def _probe_evaluation(run: RunState) -> None:
+    """What an evaluation will cost, measured before the first one, so that the clock keeps
+    that much of the budget back from the first step on."""
+    probe = probe_images(run.preprocess.input_side, run.n_eval, run.cfg.eval_batch_size)
+    for _ in range(2):  # the first call warms up (kernels, caches); the second is timed
+        run.clock.timed_evaluation(lambda: _evaluate(run, probe), probe)
+    log.info("%s: evaluating %d test images takes ~%.1f s (timed on %d): training stops that "
+             "much before the %g s budget's end (at most half of it)", run.cfg.arch, run.n_eval,
+             run.n_eval * run.clock.eval_s_per_image, probe, run.cfg.time_budget)
 
 
-def _train_epoch(cfg, model, preprocess, optimizer, scheduler, scaler, data, n_train,
-                 steps_per_epoch, progress, world, stop, clock, progress_bar) -> str | None:
+def _log_setup(run: RunState) -> None:
+    cfg, recipe = run.cfg, run.cfg.recipe
+    log.info("%s: %d train images, %d steps/epoch of %d, recipe %s (lr %g, %s schedule), "
+             "evaluation on %d test images in batches of %d, %s on %s%s", cfg.arch, run.n_train,
+             run.steps_per_epoch, recipe.batch_size, cfg.recipe_name, recipe.lr, recipe.schedule,
+             run.n_eval, cfg.eval_batch_size, cfg.precision, cfg.device,
+             ", channels-last" if cfg.channels_last else "")
+
+
+def _epochs(run: RunState, stop: StopRequest) -> str:
+    """Train / evaluate / record / checkpoint until the epochs are done or something stops the
+    run; returns why it ended: "done", "time budget" or "interrupted"."""
+    progress, epochs = run.progress, run.cfg.recipe.epochs
+    while progress.epoch < epochs:
+        reason = _train_epoch(run, stop)
+        if reason == "interrupted":
+            _save(run, evaluated=False)
+            return reason
+        progress.test_accuracy = run.clock.timed_evaluation(lambda: _evaluate(run))
+        progress.best_test_accuracy = max(progress.best_test_accuracy, progress.test_accuracy)
+        _record_epoch(run)
+        if progress.epoch_step == run.steps_per_epoch:  # also when the budget ended its last step
+            progress.next_epoch()
+        if reason is None and progress.epoch < epochs and broadcast_flag(run.world,
+                                                                           run.clock.spent()):
+            reason = "time budget"  # the evaluation used up what was left
+        _save(run, evaluated=True)
+        if reason is not None:
+            break
+    return "done" if progress.epoch >= epochs else reason
+
+
+def _train_epoch(run: RunState, stop: StopRequest) -> str | None:
     """Steps through the rest of the current epoch; returns why it stopped early, or None."""
-    recipe, device = cfg.recipe, cfg.device
-    perm = epoch_permutation(cfg.seed, progress.epoch, n_train).to(device)
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device)
+    cfg, progress, world = run.cfg, run.progress, run.world
+    perm = epoch_permutation(cfg.seed, progress.epoch, run.n_train).to(cfg.device)
+    loss_sum = torch.zeros((), device=cfg.device)
+    correct = torch.zeros((), device=cfg.device)
     seen = 0
-    model.train()
-    bar = tqdm(total=steps_per_epoch, initial=progress.epoch_step, unit="step", leave=False,
-               desc=f"{cfg.arch} epoch {progress.epoch + 1}/{recipe.epochs}",
-               disable=not (world.is_main and progress_bar), dynamic_ncols=True,
-               mininterval=0.5 if sys.stderr.isatty() else 30)
+    run.model.train()
+    bar = _progress_bar(run)
     t0 = time.perf_counter()
     reason = None
-    for i in range(progress.epoch_step, steps_per_epoch):
-        idx = batch_slice(perm, i, recipe.batch_size, world)
-        images, labels = data.train_images[idx], data.train_labels[idx]
-        if recipe.augment:
-            images = shift_and_flip(images)
-        loss, hits = train_step(model, preprocess, optimizer, images, labels,
-                                precision=cfg.precision, channels_last=cfg.channels_last,
-                                label_smoothing=recipe.label_smoothing, scaler=scaler)
-        scheduler.step()
+    for i in range(progress.epoch_step, run.steps_per_epoch):
+        loss, hits, n = _step(run, batch_slice(perm, i, cfg.recipe.batch_size, world))
         loss_sum += loss
         correct += hits
-        seen += len(idx)
+        seen += n
         progress.step += 1
         progress.epoch_step = i + 1
         bar.update()
         if bar.n % 20 == 0 and not bar.disable:
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}",
                             ex_s=f"{seen * world.size / (time.perf_counter() - t0):.0f}")
-        over_budget = clock.spent()
+        over_budget = run.clock.spent()
         if world.distributed or stop.requested or over_budget:
-            halt = broadcast_flag(world, stop.requested or over_budget)
-            if halt:
+            if broadcast_flag(world, stop.requested or over_budget):
                 reason = "interrupted" if stop.requested else "time budget"
                 break
     bar.close()
-    totals = all_reduce_sum(world, loss_sum, correct, torch.tensor(float(seen)))
-    seconds = time.perf_counter() - t0
+    _add_to_epoch(progress, all_reduce_sum(world, loss_sum, correct, torch.tensor(float(seen))),
+                  time.perf_counter() - t0)
+    return reason
+
+
+def _step(run: RunState, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One optimizer step on the training images `idx`: (summed loss, correct, images)."""
+    recipe = run.cfg.recipe
+    images, labels = run.data.train_images[idx], run.data.train_labels[idx]
+    if recipe.augment:
+        images = shift_and_flip(images)
+    loss, hits = train_step(run.model, run.preprocess, run.optimizer, images, labels,
+                            precision=run.cfg.precision, channels_last=run.cfg.channels_last,
+                            label_smoothing=recipe.label_smoothing, scaler=run.scaler)
+    run.scheduler.step()
+    return loss, hits, len(idx)
+
+
+def _progress_bar(run: RunState) -> tqdm:
+    """Rank 0's bar for this epoch; redrawn at most every 30 s when stderr is not a terminal."""
+    cfg, progress = run.cfg, run.progress
+    return tqdm(total=run.steps_per_epoch, initial=progress.epoch_step, unit="step", leave=False,
+                desc=f"{cfg.arch} epoch {progress.epoch + 1}/{cfg.recipe.epochs}",
+                disable=not (run.world.is_main and run.progress_bar), dynamic_ncols=True,
+                mininterval=0.5 if sys.stderr.isatty() else 30)
+
+
+def _add_to_epoch(progress: Progress, totals: list[torch.Tensor], seconds: float) -> None:
+    """Add one call's (loss, correct, seen) sums over every rank, and its time, to the epoch."""
     progress.epoch_loss += float(totals[0])
     progress.epoch_correct += float(totals[1])
     progress.epoch_seen += float(totals[2])
     progress.epoch_seconds += seconds
     progress.train_seconds += seconds
-    return reason
+
+
+def _record_epoch(run: RunState) -> None:
+    """The evaluated epoch's metrics record, appended to the run's file and plotted, and its one
+    log line (rank 0 only)."""
+    if not run.world.is_main:
+        return
+    record = _epoch_record(run)
+    run.progress.metrics.append(record)
+    append_jsonl(run.runs / f"{run.progress.run_id}.jsonl", record)
+    cfg = run.cfg
+    plot_curves(run.progress.metrics, run.runs / "curves.png",
+                f"{cfg.arch} ({cfg.recipe_name} recipe, {cfg.precision}, {cfg.device.type})")
+    partial = (f", partial ({record['epoch_steps']} of {run.steps_per_epoch} steps)"
+               if record["partial"] else "")
+    log.info("%s epoch %d/%d%s: loss %.3f, train acc %.3f, test acc %.4f, %.0f ex/s", cfg.arch,
+             record["epoch"], cfg.recipe.epochs, partial, record["train_loss"],
+             record["train_acc"], record["test_acc"], record["examples_per_s"])
+
+
+def _epoch_record(run: RunState) -> dict:
+    progress = run.progress
+    seen = max(progress.epoch_seen, 1.0)
+    return {
+        "arch": run.cfg.arch, "epoch": progress.epoch + 1,
+        "epoch_float": round(run.epoch_float(), 4),
+        "partial": progress.epoch_step < run.steps_per_epoch, "epoch_steps": progress.epoch_step,
+        "steps_per_epoch": run.steps_per_epoch, "step": progress.step,
+        "train_loss": progress.epoch_loss / seen, "train_acc": progress.epoch_correct / seen,
+        "test_acc": progress.test_accuracy, "test_images": run.n_eval,
+        "examples_per_s": progress.epoch_seen / max(progress.epoch_seconds, 1e-9),
+        "epoch_seconds": progress.epoch_seconds, "train_seconds": progress.train_seconds,
+        "lr": run.optimizer.param_groups[0]["lr"], "precision": run.cfg.precision,
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _save(run: RunState, evaluated: bool) -> None:
+    """last.pt, and best.pt when this evaluation beat every earlier one (rank 0 writes)."""
+    rng = all_gather(run.world, rng_state(run.cfg.device))  # a collective: every rank takes part
+    if not run.world.is_main:
+        return
+    state = _checkpoint_dict(run, rng)
+    checkpoint.save_atomic(state, run.ckdir / "last.pt")
+    if evaluated and run.progress.test_accuracy > run.best_floor:
+        checkpoint.save_atomic(state, run.ckdir / "best.pt")
+        run.best_floor = run.progress.test_accuracy
+
+
+def _summary(run: RunState, stopped: str) -> dict:
+    progress = run.progress
+    return {"arch": run.cfg.arch, "recipe": run.cfg.recipe_name, "epochs": run.epoch_float(),
+            "test_acc": progress.test_accuracy, "best_acc": progress.best_test_accuracy,
+            "seconds": progress.train_seconds,
+            "examples_per_s": progress.metrics[-1]["examples_per_s"] if progress.metrics else None,
+            "stopped": stopped, "elapsed": run.clock.elapsed(), "eval_images": run.n_eval}

@@ -1,5 +1,6 @@
 """Short runs: the time budget covers evaluation, --eval-images caps it, the budget schedule."""
 
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -7,12 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.trainer.cli_runs import epoch_lines, metrics_records, run_trainer
 from trainer import checkpoint, data, models
 from trainer.cli import get_args_parser, main
 from trainer.errors import UsageError
 from trainer.loop import evaluate
 from trainer.preprocess import Preprocess
-from trainer.run import BudgetClock, TrainConfig, lr_factor, probe_images, train
+from trainer.run import TrainConfig, train
+from trainer.schedule import BudgetClock, lr_factor, probe_images
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +111,43 @@ def test_the_probe_is_the_same_work_at_every_input_side():
     never more than the evaluation or one of its batches."""
     assert [probe_images(side, 10_000, 500) for side in (28, 96, 224)] == [376, 32, 5]
     assert probe_images(28, 100, 500) == 100 and probe_images(28, 10_000, 200) == 200
+
+
+def test_a_partial_epoch_is_logged_as_one_with_its_steps(tmp_path, fmnist_dir):
+    """The issue's "epoch 3.00" logged twice: after a whole epoch, a budget spent at the next
+    one's first step was logged as epoch 1 + 1/256 = "1.00", with another accuracy. Each epoch
+    is logged once, a partial one with its steps, and its metrics record says so."""
+    base = ["--models", "lenet", "--batch-size", "2", "--data-dir", str(fmnist_dir),
+            "--artifacts", str(tmp_path), "--device", "cpu", "--precision", "fp32",
+            "--eval-images", "64", "--no-progress"]
+    first = run_trainer(*base, "--epochs", "1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run_trainer(*base, "--resume", "--epochs", "2", "--time-budget", "0")
+    assert second.returncode == 0, second.stderr[-3000:]
+    said = re.findall(r"lenet epoch ([^:]+):", first.stderr + second.stderr)
+    assert len(said) == len(set(said)) == 2, said
+    assert epoch_lines(first.stderr, "lenet") == [(1, 1, None, None)]
+    assert epoch_lines(second.stderr, "lenet") == [(2, 2, 1, 256)]
+    records = metrics_records(tmp_path, "lenet")
+    assert [(r["epoch"], r["partial"], r["epoch_steps"], r["steps_per_epoch"]) for r in records
+            ] == [(1, False, 256, 256), (2, True, 1, 256)]
+    assert records[1]["epoch_float"] == pytest.approx(1 + 1 / 256, abs=1e-4)
+
+
+def test_a_budget_that_the_evaluation_used_up_starts_no_other_epoch(tmp_path, small_data):
+    """When an epoch's evaluation leaves nothing of the budget, the run stops at that epoch's
+    end instead of taking one more step only to pay for one more evaluation (the one-step
+    epoch of the issue). The state to resume: an epoch whose last step was taken but not
+    evaluated, as an interrupt at that step leaves it."""
+    train(config(tmp_path), small_data, progress_bar=False)  # one epoch: 8 steps of 64
+    last = tmp_path / "checkpoints/lenet_bn/last.pt"
+    ck = checkpoint.load(last)
+    ck["progress"].update(epoch=0, epoch_step=8)
+    ck.update(epoch=0, epoch_step=8, metrics=[])
+    checkpoint.save_atomic(ck, last)
+    row = train(config(tmp_path, resume=True, epochs=3, time_budget=0.0), small_data,
+                progress_bar=False)
+    ck = checkpoint.load(last)
+    assert row["stopped"] == "time budget" and row["epochs"] == 1
+    assert (ck["epoch"], ck["epoch_step"], ck["step"]) == (1, 0, 8)
+    assert [(m["epoch"], m["partial"]) for m in ck["metrics"]] == [(1, False)]

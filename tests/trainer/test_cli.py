@@ -1,26 +1,43 @@
-"""`python -m trainer` as a user (and torchrun) runs it."""
+"""`python -m trainer` as a user (and torchrun) runs it: --help, --list, the errors a person
+can act on, Ctrl-C and --resume, two processes. Each other flag is observed in test_flags.py."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import IDX_NAMES, REPO
+from tests.trainer.cli_runs import TRAINER, epoch_lines, error_line, run_trainer, trainer_env
 from trainer import checkpoint, models
 from trainer.cli import get_args_parser, main, run
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
-def run_trainer(*args, launcher=(sys.executable, "-m", "trainer"), timeout=300):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([*launcher, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-
+def test_help_keeps_each_example_on_its_lines():
+    """The example continued with a backslash stays two lines; a lost line break showed as a
+    run of spaces inside one."""
+    result = run_trainer("--help")
+    assert result.returncode == 0, result.stderr
+    examples = result.stdout.split("Examples:\n")[1].split("\n\n")[0].splitlines()
+    assert len(examples) >= 5
+    for line in examples:
+        assert not re.search(r"\S {2,}-", line), line
+    continued = [i for i, line in enumerate(examples) if line.endswith(" \\")]
+    assert continued, examples
+    for i in continued:
+        indent = len(examples[i]) - len(examples[i].lstrip())
+        follow = examples[i + 1]
+        assert follow.lstrip().startswith("--") and len(follow) - len(follow.lstrip()) > indent
+    text = " ".join(result.stdout.split())
+    assert text.count("(default: 500)") == 1  # --eval-batch-size's, shown once
+    assert "(default: d2l)" in text and "(default: auto)" in text
 
 
 def test_list_shows_every_architecture():
@@ -31,26 +48,62 @@ def test_list_shows_every_architecture():
     assert "46.76" in result.stdout  # alexnet's parameter count, computed
 
 
-def test_quick_run_prints_summary_and_checkpoints(tmp_path, fmnist_dir):
-    result = run_trainer("--models", "lenet", "--epochs", "1", "--limit-train", "256",
-                         "--data-dir", str(fmnist_dir), "--artifacts", str(tmp_path),
-                         "--device", "cpu", "--no-progress")
-    assert result.returncode == 0, result.stderr
-    assert f"Fashion-MNIST from {fmnist_dir}" in result.stderr
-    assert "test acc" in result.stdout and "lenet" in result.stdout
-    assert checkpoint.load(tmp_path / "checkpoints/lenet/best.pt")["epoch"] == 1
+def test_an_unknown_architecture_names_the_valid_ones():
+    result = run_trainer("--models", "resnet19")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    [line] = [x for x in result.stderr.splitlines() if "error:" in x]
+    assert "argument --models: invalid choice: 'resnet19'" in line
+    assert all(name in line for name in models.ARCHITECTURES)
 
 
-def test_unknown_architecture_and_missing_cuda_are_one_line_errors(tmp_path, fmnist_dir):
-    bad = run_trainer("--models", "resnet19")
-    assert bad.returncode == 2 and "invalid choice: 'resnet19'" in bad.stderr
+def test_missing_cuda_is_one_error_line(tmp_path, fmnist_dir):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU; the error path needs one without")
     cuda = run_trainer("--models", "lenet", "--device", "cuda", "--data-dir", str(fmnist_dir),
                        "--artifacts", str(tmp_path))
     assert cuda.returncode == 2
-    assert cuda.stderr.strip().splitlines()[-1].startswith("error: --device cuda, but torch sees no")
-    assert "Traceback" not in cuda.stderr
+    assert error_line(cuda).startswith("error: --device cuda, but torch sees no")
+
+
+def _bad_data_dir(kind: str, tmp_path: Path, fmnist_dir: Path) -> tuple[Path, str]:
+    """A --data-dir that cannot be read, and what the error line must say about it."""
+    if kind == "missing":
+        return tmp_path / "nowhere", f"error: --data-dir {tmp_path / 'nowhere'}: no such folder"
+    folder = tmp_path / "fmnist"
+    folder.mkdir()
+    for name in IDX_NAMES.values():
+        (folder / name).write_bytes((fmnist_dir / name).read_bytes())
+    labels = folder / IDX_NAMES[("train", "labels")]
+    labels.write_bytes(labels.read_bytes()[:-100])  # a truncated gzip stream
+    return folder, f"error: {labels}: "
+
+
+@pytest.mark.parametrize("kind", ["missing", "truncated"])
+def test_a_data_dir_that_cannot_be_read_is_one_error_line(tmp_path, fmnist_dir, kind):
+    folder, expected = _bad_data_dir(kind, tmp_path, fmnist_dir)
+    result = run_trainer("--models", "lenet", "--data-dir", str(folder), "--artifacts",
+                         str(tmp_path / "out"), "--device", "cpu")
+    assert result.returncode == 2
+    assert error_line(result).startswith(expected), result.stderr
+
+
+@pytest.mark.parametrize("kind", ["a file", "read-only"])
+def test_an_artifacts_folder_that_cannot_be_written_is_refused_before_training(
+        tmp_path, fmnist_dir, kind):
+    """Found before the data is loaded, not by the first checkpoint after an epoch's training."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+    artifacts = blocker if kind == "a file" else tmp_path / "read-only"
+    if kind == "read-only":
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        artifacts.mkdir(mode=0o555)
+    result = run_trainer("--models", "lenet", "lenet_bn", "--data-dir", str(fmnist_dir),
+                         "--artifacts", str(artifacts), "--device", "cpu")
+    assert result.returncode == 2
+    line = error_line(result)
+    assert line.startswith(f"error: --artifacts {artifacts}: cannot write ") and "lenet" in line
+    assert "Fashion-MNIST from" not in result.stderr and "epoch" not in result.stderr
 
 
 @pytest.mark.slow
@@ -73,14 +126,16 @@ def test_ctrl_c_saves_last_pt_and_resume_continues(tmp_path, fmnist_dir):
     """SIGINT mid-run: the step finishes, last.pt is written, exit status 130; --resume goes on."""
     args = ["--models", "lenet_bn", "--epochs", "1000", "--batch-size", "64", "--data-dir",
             str(fmnist_dir), "--artifacts", str(tmp_path), "--device", "cpu", "--no-progress"]
-    proc = subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=REPO,
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, text=True,
+    proc = subprocess.Popen([*TRAINER, *args], cwd=REPO, env=trainer_env(), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    watchdog = threading.Timer(240, proc.kill)  # a log line that never comes fails, not hangs
+    watchdog.start()
     for line in proc.stderr:  # wait until training is under way
-        if "lenet_bn epoch 2.00" in line:
+        if epoch_lines(line, "lenet_bn") == [(2, 1000, None, None)]:
             break
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
+    watchdog.cancel()
     assert proc.returncode == 130, err
     assert "interrupted" in out and "Traceback" not in err
     last = checkpoint.load(tmp_path / "checkpoints/lenet_bn/last.pt")

@@ -15,7 +15,8 @@ from trainer import checkpoint, data, models
 from trainer.augment import shift_and_flip
 from trainer.device import World
 from trainer.errors import UsageError
-from trainer.run import TrainConfig, lr_factor, resolve_resume, train
+from trainer.run import TrainConfig, resolve_resume, train
+from trainer.schedule import lr_factor
 
 # Momentum, a schedule that changes every step and random augmentation: a resume that forgot the
 # optimizer's buffers, the schedule's position or the RNG state would train differently.
