@@ -76,6 +76,26 @@ VARIANT_PROBE_TOLERANCE = {"int8": 3e-2, "fp16": 1e-2}
 VARIANT_SEPARATOR = ":"
 
 
+# A served model name is at most this many bytes of UTF-8 (requests naming more are refused
+# unread, so a folder with a longer name could never be asked for).
+MAX_NAME_BYTES = 128
+
+
+def unservable_name(name: str) -> str | None:
+    """Why a model folder's name cannot be a served model's name, or None when it can: it must be
+    UTF-8 (protobuf strings are; a name that is not breaks every ListModels), printable (a
+    newline would forge log lines) and at most MAX_NAME_BYTES long."""
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "not UTF-8"
+    if not name.isprintable():
+        return "control characters"
+    if size > MAX_NAME_BYTES:
+        return f"{size} bytes, over {MAX_NAME_BYTES}"
+    return None
+
+
 def variant_file(variant: str) -> str:
     """The file of a variant inside a version folder: "model.int8.onnx"."""
     if variant not in VARIANTS:

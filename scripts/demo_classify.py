@@ -54,6 +54,7 @@ class BackgroundServer:
              "--device", device, "--log-format", "json"],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.port: int | None = None
+        self.last_error = ""  # the server's own reason when it cannot start
         self.listening = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -65,6 +66,8 @@ class BackgroundServer:
                 print(f"server: {line.rstrip()}", file=sys.stderr)
                 continue
             print(f"server: {record.get('level', '')} {record.get('message', '')}", file=sys.stderr)
+            if record.get("level") == "ERROR":
+                self.last_error = record.get("message", "")
             if "port" in record and "listening on" in record.get("message", ""):
                 self.port = int(record["port"])
                 self.listening.set()
@@ -72,9 +75,12 @@ class BackgroundServer:
 
     def wait_until_serving(self, timeout: float) -> str:
         deadline = time.monotonic() + timeout
-        if not self.listening.wait(timeout) or self.port is None:
-            raise DemoError(f"the server did not start listening within {timeout:g}s "
-                            f"(exit status {self.proc.poll()})")
+        if not self.listening.wait(timeout):
+            raise DemoError(f"the server did not start listening within {timeout:g}s")
+        if self.port is None:  # it ended before listening: say why, in its own words
+            status = self.proc.wait(30)
+            raise DemoError(f"the server exited with status {status}: "
+                            f"{self.last_error or 'see its log above'}")
         address = f"127.0.0.1:{self.port}"
         import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -107,9 +113,7 @@ def classify_samples(address: str, samples: Path, timeout: float) -> list[dict]:
     images = predict.read_files(predict.collect_files([samples]))
     stub = predict.connect(address)
     try:
-        listing = predict.list_models(stub, timeout)
-        if not listing.models:
-            raise DemoError("the server lists no models: train and export first (make train export)")
+        listing = predict.list_models(stub, timeout)  # never empty: the server needs a model to start
         rows = []
         for m in listing.models:
             answer = predict.classify(stub, images, model=m.name, version=m.version, timeout=timeout)

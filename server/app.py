@@ -1,15 +1,18 @@
-"""Bootstrap: load the models, build the asyncio gRPC server with health and reflection, bind.
+"""Bootstrap: bind, load the models, wire the layers, health and reflection.
 
     server, port = create_server("artifacts/models", port=0, device="cpu")
-    server.start()                 # health: SERVING
+    server.start()                 # health: SERVING (once it serves a model)
     ...
     server.stop(grace=10)          # health: NOT_SERVING, new requests refused, in-flight finish
 
-The gRPC server is grpc.aio and runs on an event loop in a thread of its own ("grpc-loop"); the
-`Server` object keeps the blocking start/stop/wait shape, so the CLI and tests drive it from
-ordinary threads. Health (grpc.health.v1) answers for "" (the whole server),
-"fmnist.v1.Classifier" and "fmnist.v1.Classifier/<model>" for every served model. Reflection
-lists the Classifier, Health and Reflection services, so grpcurl and friends can discover them.
+The ports are bound first (gRPC on every address of --host, then /metrics), so a port conflict
+is a start-up error within a second, not after every model has loaded. The gRPC server is
+grpc.aio on an event loop in a thread of its own ("grpc-loop"); the `Server` object keeps the
+blocking start/stop shape, so the CLI and tests drive it from ordinary threads. Health
+(grpc.health.v1) answers for "" (the whole server), "fmnist.v1.Classifier" and
+"fmnist.v1.Classifier/<model>" for every served model; the first two are SERVING only while at
+least one model is (a readiness probe must not pass on an empty server). Reflection lists every
+service, in both reflection versions.
 """
 
 from __future__ import annotations
@@ -18,24 +21,25 @@ import asyncio
 import logging
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 from fmnist.v1 import classifier_pb2 as pb
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from inference import grpc_service_pb2 as v2_pb
 
-from server.api import auth
+from server.api import auth, binding
 from server.api.classifier import SERVICE_NAME, ClassifierServicer
 from server.api.kserve import SERVICE_NAME as V2_SERVICE_NAME, V2Servicer
+from server.api.reflection import add_reflection
 from server.api.security import Security
 from server.api.transport import Transport, grpc_options, service_handler
 from server.dataplane.core import Core
 from server.dataplane.types import Batching, Limits
 from server.errors import StartupError
 from server.metrics import Metrics
-from server.models.loading import LoadedModel, default_runner_factory
+from server.models.loading import LoadedModel, Loader, default_runner_factory
 from server.models.providers import ProviderPolicy
 from server.models.repository import Repository
 from server.models.verify import RunnerFactory
@@ -49,6 +53,26 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 def model_service_name(model: str) -> str:
     """The health service name of one model, e.g. "fmnist.v1.Classifier/resnet18"."""
     return f"{SERVICE_NAME}/{model}"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything `python -m server`'s flags decide (server/cli.py builds it)."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    device: str = "auto"
+    versions: dict[str, set[int]] = field(default_factory=dict)  # --model-version pins
+    limits: Limits = Limits()
+    batching: Batching = Batching()
+    transport: Transport = Transport()
+    security: Security = Security()
+    metrics_port: int | None = None  # 0: a free port; None: no /metrics
+    poll_seconds: float = 0.0  # 0: the models folder is read once
+    keep_versions: int = 1
+    allow_unverified: bool = False  # serve files without a probe (listed as unverified)
+    allow_empty: bool = False  # start with no servable model (NOT_SERVING until one comes)
+    runner_factory: RunnerFactory | None = None
 
 
 class _Loop:
@@ -68,33 +92,44 @@ class _Loop:
         self.loop.close()
 
 
-class Server:
-    """The gRPC server with its core and health servicer; grpc.Server's start/stop/wait shape."""
+@dataclass
+class _Parts:
+    """What create_server made, handed to Server in one piece."""
 
-    def __init__(self, loop: _Loop, grpc_server: grpc.aio.Server, core: Core,
-                 health_servicer, address: str, port: int, repository: Repository | None = None,
-                 poll_seconds: float = 0.0):
-        self._loop = loop
-        self.grpc_server = grpc_server
-        self.core = core
-        self.health = health_servicer
+    loop: _Loop
+    grpc_server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    metrics: Metrics | None
+    core: Core | None = None
+    repository: Repository | None = None
+
+
+class Server:
+    """The gRPC server with its core and health servicer: start, then stop(grace)."""
+
+    def __init__(self, parts: _Parts, address: str, port: int, poll_seconds: float = 0.0):
+        self._loop = parts.loop
+        self.grpc_server = parts.grpc_server
+        self.core = parts.core
+        self.health = parts.health
+        self.metrics = parts.metrics
+        self.repository = parts.repository
         self.address = address
         self.port = port
-        self.repository = repository
         self._poll_seconds = poll_seconds
         self._stopped = False
-        self.metrics: Metrics | None = None  # create_server sets it when metrics are on
         self._serving = False
-        self._services = self._current_services()
-        self._set_health(self._services, _NOT_SERVING)
-        core.on_change.append(self._models_changed)
+        self._services: list[str] = []
+        self._health_lock = threading.Lock()
+        self.core.on_change.append(self._update_health)
+        self._update_health()
 
     def start(self) -> None:
         """Start serving. The batchers were warmed up in create_server, so health goes straight
-        to SERVING; then the models folder is watched (when polling is on)."""
+        to SERVING (with a model to serve); then the models folder is watched (when polling)."""
         self._loop.call(self.grpc_server.start())
         self._serving = True
-        self._set_health(self._services, _SERVING)
+        self._update_health()
         if self.repository is not None:
             self.repository.start(self._poll_seconds)
 
@@ -121,107 +156,129 @@ class Server:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         cut = self.core.in_flight  # counted before grpc's stop cancels them
         self._loop.call(self.grpc_server.stop(left))
-        finished = cut == 0
-        if not finished:
+        if cut:
             log.warning("grace period over with %d request(s) still running; they were cancelled",
                         cut)
-        self.core.close()
-        self._loop.close()
-        if self.metrics is not None:
-            self.metrics.stop()
-        return finished
+        _close(self.core, self._loop, self.metrics)
+        return cut == 0
 
-    def _current_services(self) -> list[str]:
-        return ["", SERVICE_NAME] + sorted(
-            {model_service_name(m.name) for m in self.core.list_models()})
+    def _update_health(self) -> None:
+        """Health names follow the models: served ones SERVING, gone ones NOT_SERVING; the
+        server's own names SERVING only while it serves a model."""
+        with self._health_lock:
+            models = sorted({model_service_name(m.name) for m in self.core.list_models()})
+            gone = sorted(set(self._services) - set(models) - {"", SERVICE_NAME})
+            self._services = ["", SERVICE_NAME] + models
+            ready = self._serving and bool(models)
+            statuses = {**{s: _NOT_SERVING for s in gone},
+                        **{s: _SERVING if self._serving else _NOT_SERVING for s in models},
+                        "": _SERVING if ready else _NOT_SERVING,
+                        SERVICE_NAME: _SERVING if ready else _NOT_SERVING}
+        self._set_health(statuses)
 
-    def _models_changed(self) -> None:
-        """Health names follow the models: new ones SERVING, gone ones NOT_SERVING."""
-        services = self._current_services()
-        gone = sorted(set(self._services) - set(services))
-        self._services = services
-        if self._serving:
-            self._set_health(services, _SERVING)
-            self._set_health(gone, _NOT_SERVING)
-
-    def _set_health(self, services: list[str], status: int) -> None:
+    def _set_health(self, statuses: dict[str, int]) -> None:
         async def set_all():
-            for service in services:
+            for service, status in statuses.items():
                 await self.health.set(service, status)
         future = asyncio.run_coroutine_threadsafe(set_all(), self._loop.loop)
         if threading.current_thread() is not self._loop.thread:
             future.result()  # from the loop itself (a v2 repository call) it runs right after
 
 
-def create_server(models_dir: str | Path | None = None, *, host: str = "127.0.0.1", port: int = 0,
-                  device: str = "auto", versions: dict[str, set[int]] | None = None,
-                  limits: Limits = Limits(), batching: Batching = Batching(),
-                  transport: Transport = Transport(), models: list[LoadedModel] | None = None,
-                  runner_factory: RunnerFactory | None = None, poll_seconds: float = 0.0,
-                  keep_versions: int = 1, security: Security = Security(),
-                  metrics_port: int | None = None) -> tuple[Server, int]:
-    """Load the models (or take `models`, already loaded), warm their batchers, build and bind.
+def create_server(models_dir: str | Path | None = None, *, models: list[LoadedModel] | None = None,
+                  config: ServerConfig | None = None, **settings) -> tuple[Server, int]:
+    """Bind, load the models (or take `models`, already loaded), warm their batchers, wire.
 
-    Returns (server, bound_port); the server is not started yet. `port=0` binds a free port.
-    With a models folder, `poll_seconds` > 0 makes the served versions follow it (see
-    server/models/repository.py). `metrics_port` serves Prometheus /metrics on `host` (0: a free port,
-    None: no metrics; server/metrics.py). Raises StartupError when it cannot start as asked
-    (--device cuda without CUDA, a missing --model-version, a port that cannot be bound).
+    `settings` are ServerConfig's fields (or pass `config`). Returns (server, bound_port); the
+    server is not started yet. `port=0` binds a free port. With a models folder, `poll_seconds`
+    > 0 makes the served versions follow it (server/models/repository.py). `metrics_port` serves
+    Prometheus /metrics on `host` (0: a free port, None: no metrics). Raises StartupError when it
+    cannot start as asked (a port that cannot be bound, a missing models folder, no servable model
+    without allow_empty, --device cuda without CUDA, a missing --model-version).
     """
-    repository = None
-    if models is None:
-        if models_dir is None:
-            raise ValueError("create_server needs models_dir or models")
-        repository = Repository(
-            models_dir, ProviderPolicy(device),
-            runner_factory or default_runner_factory,
-            versions, keep_versions)
-        models = repository.load_all()
-    metrics = Metrics() if metrics_port is not None else None
-    core = Core(models, limits, batching, repository.refused() if repository else (),
-                observer=metrics.observe_request if metrics else None)
-    if metrics is not None:
-        metrics.watch(core)
-    if repository is not None:
-        repository.attach(core)
-    core.start()
+    config = config or ServerConfig(**settings)
+    if models is None and models_dir is None:
+        raise ValueError("create_server needs models_dir or models")
+    if models is None and not Path(models_dir).is_dir():
+        raise StartupError(f"--models-dir {models_dir} is not a folder (expected "
+                           "<name>/<version>/model.onnx inside it; `make export` writes one)")
     loop = _Loop()
-    address = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    parts = None
     try:
-        if metrics is not None:
-            metrics.start(host, metrics_port)
-        grpc_server, health_servicer, bound = loop.call(
-            _build(core, transport, f"{address}:{port}", security, repository))
+        parts, port = _bind(loop, config)
+        parts.repository, models = _load(models_dir, models, config)
+        parts.core = Core(models, config.limits, config.batching,
+                          parts.repository.refused() if parts.repository else (),
+                          observer=parts.metrics.observe_request if parts.metrics else None)
+        if parts.metrics is not None:
+            parts.metrics.watch(parts.core)
+        if parts.repository is not None:
+            parts.repository.attach(parts.core)
+        parts.core.start()
+        loop.call(_add_services(parts, config.transport))
     except BaseException:
-        if metrics is not None:
-            metrics.stop()
-        core.close()
-        loop.close()
+        if parts is not None:
+            loop.call(parts.grpc_server.stop(None))  # frees the ports it bound
+        _close(parts.core if parts else None, loop, parts.metrics if parts else None)
         raise
-    server = Server(loop, grpc_server, core, health_servicer, f"{address}:{bound}", bound,
-                    repository, poll_seconds)
-    server.metrics = metrics
-    return server, bound
+    return Server(parts, f"{binding.bracketed(config.host)}:{port}", port,
+                  config.poll_seconds), port
 
 
-async def _build(core: Core, transport: Transport, address: str,
-                 security: Security = Security(), repository: Repository | None = None):
-    """On the loop: the aio server with the Classifier, health and reflection, bound to `address`."""
-    grpc_server = grpc.aio.server(options=grpc_options(transport, core.limits.max_message_bytes),
-                                  interceptors=auth.interceptors(security))
-    grpc_server.add_generic_rpc_handlers((service_handler(
-        SERVICE_NAME, ClassifierServicer(core), pb, transport.request_read_timeout_seconds),))
-    grpc_server.add_generic_rpc_handlers((service_handler(  # KServe v2, same port
-        V2_SERVICE_NAME, V2Servicer(core, repository), v2_pb,
-        transport.request_read_timeout_seconds),))
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, V2_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server)
+def _bind(loop: _Loop, config: ServerConfig) -> tuple[_Parts, int]:
+    """The gRPC server bound on every address of the host, and /metrics serving, before any
+    model loads."""
+    async def make():
+        server = grpc.aio.server(options=grpc_options(config.transport,
+                                                      config.limits.max_message_bytes),
+                                 interceptors=auth.interceptors(config.security))
+        return server, binding.bind(server, config.security, config.host, config.port)
+
+    grpc_server, port = loop.call(make())
+    metrics = Metrics() if config.metrics_port is not None else None
+    parts = _Parts(loop, grpc_server, health.aio.HealthServicer(), metrics)
+    if metrics is not None:
+        try:
+            metrics.start(config.host, config.metrics_port)
+        except StartupError:
+            loop.call(grpc_server.stop(None))
+            raise
+    return parts, port
+
+
+def _load(models_dir, models: list[LoadedModel] | None,
+          config: ServerConfig) -> tuple[Repository | None, list[LoadedModel]]:
+    """The models to serve and the repository that follows the folder (None: given models)."""
+    if models is not None:
+        return None, models
+    loader = Loader(ProviderPolicy(config.device), config.runner_factory or default_runner_factory,
+                    config.allow_unverified)
+    repository = Repository(models_dir, loader, config.versions, config.keep_versions)
     try:
-        bound = security.add_port(grpc_server, address)  # TLS when configured
-    except RuntimeError as e:
-        raise StartupError(f"cannot listen on {address}: {e}") from None
-    if bound == 0:
-        raise StartupError(f"cannot listen on {address} (in use, or not an address here)")
-    return grpc_server, health_servicer, bound
+        models = repository.load_all()
+    except OSError as e:
+        raise StartupError(f"cannot read --models-dir {models_dir}: {e.strerror or e}") from None
+    if not models and not config.allow_empty:
+        reasons = "; ".join(f"{r.name} v{r.version}: {r.reason}" for r in repository.refused())
+        raise StartupError(f"no model in {models_dir} could be served ({reasons or 'none found'}); "
+                           "--allow-empty starts without one (NOT_SERVING until a model comes)")
+    return repository, models
+
+
+async def _add_services(parts: _Parts, transport: Transport) -> None:
+    """On the loop: fmnist.v1, KServe v2, health and reflection on the bound server."""
+    server, timeout = parts.grpc_server, transport.request_read_timeout_seconds
+    server.add_generic_rpc_handlers((service_handler(
+        SERVICE_NAME, ClassifierServicer(parts.core), pb, timeout),))
+    server.add_generic_rpc_handlers((service_handler(  # KServe v2, same port
+        V2_SERVICE_NAME, V2Servicer(parts.core, parts.repository), v2_pb, timeout),))
+    health_pb2_grpc.add_HealthServicer_to_server(parts.health, server)
+    add_reflection(server, (SERVICE_NAME, V2_SERVICE_NAME, health.SERVICE_NAME))
+
+
+def _close(core: Core | None, loop: _Loop, metrics: Metrics | None) -> None:
+    if core is not None:
+        core.close()
+    loop.close()
+    if metrics is not None:
+        metrics.stop()

@@ -122,6 +122,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-versions", type=_positive_int, default=1,
                    help="versions of each model kept loaded as new ones arrive (older ones are "
                         "drained and unloaded)")
+    p.add_argument("--allow-unverified", action="store_true",
+                   help="serve a model file without its probe (fmnist.probe), which the server "
+                        "cannot check answers as exported; logged and listed as unverified "
+                        "(default: such a file is refused)")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="start even when no model can be served, health NOT_SERVING until one "
+                        "is (with --poll-seconds); default: exit 1")
     p.add_argument("--intra-op-threads", type=int, default=0,
                    help="onnxruntime threads per run; 0: onnxruntime's default (every core)")
     p.add_argument("--spinning", action="store_true",
@@ -157,6 +164,33 @@ def main(args: argparse.Namespace) -> int:
     except ImportError as e:
         log.error("cannot start: %s: the gRPC stubs or packages are missing; run `make install`", e)
         return 1
+    try:
+        config = server_config(args)
+        log.info("starting: models_dir=%s device=%s limits=%s batching=%s", args.models_dir,
+                 args.device, config.limits, config.batching)
+        server, port = create_server(args.models_dir, config=config)
+    except (StartupError, ValueError) as e:
+        log.error("cannot start: %s", e)
+        return 1
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda signum, frame: _on_signal(signum, stop, server, args.grace))
+    server.start()
+    models = server.core.list_models()
+    log.info("listening on %s (health %s) with %d model(s): %s", server.address,
+             "SERVING" if models else "NOT_SERVING until a model is served", len(models),
+             ", ".join(f"{m.name} v{m.version} [{m.provider}]" for m in models) or "none",
+             extra={"host": args.host, "port": port})
+    while not stop.wait(3600):
+        pass
+    finished = server.stop(args.grace)
+    log.info("stopped%s", "" if finished else " (some requests were cut off by the grace period)")
+    return 0
+
+
+def server_config(args: argparse.Namespace):
+    """The parsed flags as the server's configuration; ValueError when they cannot work together."""
+    from server.app import ServerConfig
     from server.models.runner import OnnxRunner
 
     limits = Limits(max_images_per_request=args.max_images_per_request,
@@ -165,41 +199,19 @@ def main(args: argparse.Namespace) -> int:
                     max_decoding_pixels=args.max_decoding_pixels,
                     max_message_bytes=args.max_message_bytes, max_in_flight=args.max_in_flight,
                     decode_threads=args.decode_threads)
-    try:
-        batching = _batching(args)
-    except ValueError as e:
-        log.error("cannot start: %s", e)
-        return 1
     transport = Transport(request_read_timeout_seconds=args.request_read_timeout,
                           keepalive_seconds=args.keepalive_seconds,
                           max_connection_idle_seconds=args.max_connection_idle_seconds,
                           max_connection_age_seconds=args.max_connection_age_seconds)
-    log.info("starting: models_dir=%s device=%s limits=%s batching=%s", args.models_dir,
-             args.device, limits, batching)
-    try:
-        server, port = create_server(
-            args.models_dir, host=args.host, port=args.port, device=args.device,
-            versions=parse_version_flags(args.model_version), limits=limits, batching=batching,
-            transport=transport, security=security.from_args(args),
-            metrics_port=args.metrics_port or None,
-            runner_factory=lambda path, providers: OnnxRunner(path, providers,
-                                                              args.intra_op_threads, args.spinning))
-    except StartupError as e:
-        log.error("cannot start: %s", e)
-        return 1
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda signum, frame: _on_signal(signum, stop, server, args.grace))
-    server.start()
-    models = server.core.list_models()
-    log.info("listening on %s (health SERVING) with %d model(s): %s", server.address, len(models),
-             ", ".join(f"{m.name} v{m.version} [{m.provider}]" for m in models) or "none",
-             extra={"host": args.host, "port": port})
-    while not stop.wait(3600):
-        pass
-    finished = server.stop(args.grace)
-    log.info("stopped%s", "" if finished else " (some requests were cut off by the grace period)")
-    return 0
+    return ServerConfig(
+        host=args.host, port=args.port, device=args.device,
+        versions=parse_version_flags(args.model_version), limits=limits, batching=_batching(args),
+        transport=transport, security=security.from_args(args),
+        metrics_port=args.metrics_port or None, poll_seconds=args.poll_seconds,
+        keep_versions=args.keep_versions, allow_unverified=args.allow_unverified,
+        allow_empty=args.allow_empty,
+        runner_factory=lambda path, providers: OnnxRunner(path, providers, args.intra_op_threads,
+                                                          args.spinning))
 
 
 def _batching(args: argparse.Namespace) -> Batching:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from model_contract import MAX_NAME_BYTES as MAX_MODEL_NAME_BYTES  # noqa: F401 - re-exported
 from server.batching.batcher import BatchPolicy
 from server.dataplane import decode
 from server.models.spec import ModelSpec
 
 MAX_TOP_K = 10
-MAX_MODEL_NAME_BYTES = 128  # longer names are INVALID_ARGUMENT, and never echoed whole
 
 
 @dataclass(frozen=True)

@@ -37,33 +37,82 @@ def default_runner_factory(path: Path, providers: list) -> Runner:
     return OnnxRunner(path, providers)
 
 
-def load_one(name: str, version: int, path: Path, policy: ProviderPolicy,
-             runner_factory: RunnerFactory) -> LoadedModel:
-    """Create the session, check the provider and the metadata, warm it up, run the probe. Raises
-    ModelLoadError (skip this version) or StartupError (--device cuda without CUDA: stop)."""
-    runner = runner_factory(path, policy.requested())
-    try:
-        policy.check([runner.provider], f"{name} v{version}")
-        spec = parse_metadata(name, version, path, runner.metadata)
+@dataclass(frozen=True)
+class Loader:
+    """How model files become served versions on this server: which providers, which runtime,
+    and whether a file without a probe may be served (unverified) or is refused."""
+
+    policy: ProviderPolicy
+    runner_factory: RunnerFactory = default_runner_factory
+    allow_unverified: bool = False
+
+    def load_one(self, name: str, version: int, path: Path) -> LoadedModel:
+        """Create the session, check the provider and the metadata, warm it up, run the probe.
+        Raises ModelLoadError (skip this version) or StartupError (--device cuda without CUDA)."""
+        runner = self.runner_factory(path, self.policy.requested())
         try:
-            runner.warmup()
-        except Exception as e:  # noqa: BLE001 - a model that cannot run one zero batch is unusable
-            raise ModelLoadError(f"warm-up run failed: {type(e).__name__}: {e}") from None
-        spec = replace(spec, probe_max_abs_diff=verify_probe(runner, spec.meta))
-        if spec.variant:
-            spec = replace(spec, speedup_vs_fp32=_variant_speedup(spec, runner, policy,
-                                                                  runner_factory))
-    except BaseException:
-        runner.close()
-        raise
-    return LoadedModel(spec=spec, runner=runner)
+            self.policy.check([runner.provider], f"{name} v{version}")
+            spec = parse_metadata(name, version, path, runner.metadata)
+            try:
+                runner.warmup()
+            except Exception as e:  # noqa: BLE001 - a model that cannot run one zero batch is unusable
+                raise ModelLoadError(f"warm-up run failed: {type(e).__name__}: {e}") from None
+            spec = replace(spec, probe_max_abs_diff=verify_probe(runner, spec.meta))
+            if not spec.verified and not self.allow_unverified:
+                raise ModelLoadError(
+                    f"no {mc.PROBE} in the file, so the server cannot check that it answers as "
+                    "exported; re-export it (`make export`), or serve it anyway with "
+                    "--allow-unverified")
+            if spec.variant:
+                spec = replace(spec, speedup_vs_fp32=_variant_speedup(spec, runner, self))
+        except BaseException:
+            runner.close()
+            raise
+        return LoadedModel(spec=spec, runner=runner)
+
+    def load_newest(self, name: str, candidates: list[tuple[int, Path]],
+                    refused: list[Refusal]) -> LoadedModel | None:
+        """The first of `candidates` (newest first) that loads; each one refused is logged and
+        appended to `refused`. None when none loads."""
+        for version, path in candidates:
+            started = time.perf_counter()
+            try:
+                model = self.load_one(name, version, path)
+            except ModelLoadError as e:
+                log.error("skipping model %s v%d (%s): %s", name, version, path, e)
+                refused.append(Refusal(name, version, str(e)))
+                continue
+            log_loaded(model, time.perf_counter() - started)
+            if version != candidates[0][0]:
+                log.warning("serving %s v%d instead of v%d: the newer version(s) cannot be "
+                            "served (reasons above)", name, version, candidates[0][0])
+            return model
+        if len(candidates) > 1:
+            log.error("no version of %s could be served (tried %s)", name,
+                      ", ".join(str(v) for v, _ in candidates))
+        return None
+
+    def load_all(self, models_dir: str | Path, wanted: dict[str, set[int]] | None = None,
+                 refused: list[Refusal] | None = None) -> list[LoadedModel]:
+        """Load, warm up and verify every picked model; skip (with one log line) those that
+        cannot be served, appending each version found but not served to `refused`."""
+        refused = [] if refused is None else refused
+        found = scan(models_dir, refused)
+        if not found:
+            log.warning("no models found in %s (expected <name>/<version>/%s)", models_dir,
+                        mc.MODEL_FILE)
+        loaded = [m for name, candidates in pick_versions(found, wanted)
+                  if (m := self.load_newest(name, candidates, refused)) is not None]
+        if self.policy.device == "cuda" and not loaded:
+            log.warning("--device cuda: no model was loaded, so no session could confirm that "
+                        "the CUDA provider is active")
+        return loaded
 
 
-def _variant_speedup(spec: ModelSpec, runner: Runner, policy: ProviderPolicy,
-                     runner_factory: RunnerFactory) -> float | None:
+def _variant_speedup(spec: ModelSpec, runner: Runner, loader: Loader) -> float | None:
     try:
-        ratio = speedup_vs_fp32(runner, spec.path.parent / mc.MODEL_FILE, policy.requested(),
-                                runner_factory)
+        ratio = speedup_vs_fp32(runner, spec.path.parent / mc.MODEL_FILE,
+                                loader.policy.requested(), loader.runner_factory)
     except Exception as e:  # noqa: BLE001 - a broken fp32 file beside it is its own refusal
         log.warning("%s v%d: speed against fp32 not measured: %s: %s", spec.name, spec.version,
                     type(e).__name__, e)
@@ -74,32 +123,9 @@ def _variant_speedup(spec: ModelSpec, runner: Runner, policy: ProviderPolicy,
     return ratio
 
 
-def load_newest(name: str, candidates: list[tuple[int, Path]], policy: ProviderPolicy,
-                runner_factory: RunnerFactory, refused: list[Refusal]) -> LoadedModel | None:
-    """The first of `candidates` (newest first) that loads; each one refused is logged and
-    appended to `refused`. None when none loads."""
-    for version, path in candidates:
-        started = time.perf_counter()
-        try:
-            model = load_one(name, version, path, policy, runner_factory)
-        except ModelLoadError as e:
-            log.error("skipping model %s v%d (%s): %s", name, version, path, e)
-            refused.append(Refusal(name, version, str(e)))
-            continue
-        log_loaded(model, time.perf_counter() - started)
-        if version != candidates[0][0]:
-            log.warning("serving %s v%d instead of v%d: the newer version(s) cannot be served "
-                        "(reasons above)", name, version, candidates[0][0])
-        return model
-    if len(candidates) > 1:
-        log.error("no version of %s could be served (tried %s)", name,
-                  ", ".join(str(v) for v, _ in candidates))
-    return None
-
-
 def log_loaded(model: LoadedModel, seconds: float) -> None:
     spec = model.spec
-    verified = ("not verified (no fmnist.probe: exported before probes)"
+    verified = ("NOT verified (no fmnist.probe; served because of --allow-unverified)"
                 if spec.probe_max_abs_diff is None else
                 f"probe max|Δ|={spec.probe_max_abs_diff:.3g} "
                 f"(tolerance {spec.meta.probe_tolerance:g})")
@@ -115,20 +141,6 @@ def load_models(models_dir: str | Path, policy: ProviderPolicy,
                 wanted: dict[str, set[int]] | None = None,
                 runner_factory: RunnerFactory | None = None,
                 refused: list[Refusal] | None = None) -> list[LoadedModel]:
-    """Load, warm up and verify every picked model; skip (with one log line) those that cannot be
-    served, appending each version found but not served to `refused` when it is given."""
-    runner_factory = runner_factory or default_runner_factory
-    refused = [] if refused is None else refused
-    found = scan(models_dir, refused)
-    if not found:
-        log.warning("no models found in %s (expected <name>/<version>/%s)", models_dir,
-                    mc.MODEL_FILE)
-    loaded = []
-    for name, candidates in pick_versions(found, wanted):
-        model = load_newest(name, candidates, policy, runner_factory, refused)
-        if model is not None:
-            loaded.append(model)
-    if policy.device == "cuda" and not loaded:
-        log.warning("--device cuda: no model was loaded, so no session could confirm that the CUDA "
-                    "provider is active")
-    return loaded
+    """`Loader(...).load_all(...)` for a one-off load (benchmarks, tests)."""
+    return Loader(policy, runner_factory or default_runner_factory).load_all(models_dir, wanted,
+                                                                             refused)

@@ -1,6 +1,6 @@
 """The live model repository: the models folder is watched, and the served versions follow it.
 
-    repo = Repository("artifacts/models", policy, runner_factory, keep_versions=1)
+    repo = Repository("artifacts/models", Loader(ProviderPolicy("auto")), keep_versions=1)
     core = Core(repo.load_all(), limits, batching, repo.refused())
     repo.attach(core)
     repo.start(poll_seconds=5)           # a thread polls the folder
@@ -9,12 +9,13 @@
 Each poll, per model:
 - a version folder newer than the newest served appears (the exporter renames a finished folder
   into place, so a folder is whole when it appears): it is loaded, warmed, probe-verified
-  (server/models/loading.py) and only then becomes the newest; the older ones beyond `keep_versions` are
-  drained and unloaded (`Core.remove` waits for the requests that chose them). A request never
-  fails because of a swap;
+  (server/models/loading.py) and only then becomes the newest; the older ones beyond
+  `keep_versions` are drained and unloaded (`Core.remove` waits for the requests that chose
+  them). A request never fails because of a swap;
 - a version that fails to load is logged, listed as refused, and not tried again until its file
   changes; what was served keeps serving;
-- a served version whose folder is gone is drained and unloaded.
+- a served version whose folder is gone is drained and unloaded; one whose folder is there but
+  damaged (unreadable, its model file gone or corrupted) keeps serving what was loaded.
 Models pinned with --model-version are left as they are; a model unloaded on demand stays
 unloaded until it is loaded on demand.
 """
@@ -26,12 +27,11 @@ import threading
 import time
 from pathlib import Path
 
+from model_contract import split_name
 from server.errors import ModelLoadError, ModelNotFound, ServingError
-from server.models.providers import ProviderPolicy
-from server.models.loading import LoadedModel, load_models, load_one
-from server.models.scan import scan
+from server.models.loading import LoadedModel, Loader
+from server.models.scan import Found, scan
 from server.models.spec import Refusal
-from server.models.verify import RunnerFactory
 
 log = logging.getLogger(__name__)
 
@@ -42,20 +42,19 @@ def _signature(path: Path) -> tuple[int, int]:
 
 
 class Repository:
-    def __init__(self, models_dir: str | Path, policy: ProviderPolicy,
-                 runner_factory: RunnerFactory, wanted: dict[str, set[int]] | None = None,
-                 keep_versions: int = 1):
+    def __init__(self, models_dir: str | Path, loader: Loader,
+                 wanted: dict[str, set[int]] | None = None, keep_versions: int = 1):
         if keep_versions < 1:
             raise ValueError(f"keep_versions must be at least 1, got {keep_versions}")
         self.models_dir = Path(models_dir)
-        self.policy = policy
-        self.runner_factory = runner_factory
+        self.loader = loader
         self.wanted = wanted or {}
         self.keep_versions = keep_versions
         self._core = None
         self._refused: dict[tuple[str, int], Refusal] = {}
         self._failed: dict[tuple[str, int], tuple[int, int]] = {}  # file signature that failed
         self._unloaded: set[str] = set()  # unloaded on demand: polling leaves them alone
+        self._unreadable = False  # the models folder could not be read at the last poll
         self._lock = threading.Lock()  # one poll or on-demand change at a time
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -63,8 +62,7 @@ class Repository:
     def load_all(self) -> list[LoadedModel]:
         """The start-up load (newest loadable version of each model, or the pinned ones)."""
         refused: list[Refusal] = []
-        models = load_models(self.models_dir, self.policy, self.wanted, self.runner_factory,
-                             refused)
+        models = self.loader.load_all(self.models_dir, self.wanted, refused)
         for r in refused:
             self._refuse(r)
         return models
@@ -90,31 +88,56 @@ class Repository:
     def poll(self) -> None:
         """Bring the served versions in line with the folder, once."""
         with self._lock:
-            refused: list[Refusal] = []
-            found = scan(self.models_dir, refused)
-            for r in refused:
+            scanned: list[Refusal] = []
+            try:
+                found = scan(self.models_dir, scanned)
+            except OSError as e:  # the whole folder: what is loaded keeps serving
+                if not self._unreadable:
+                    log.error("cannot read the models folder %s (%s); the %d version(s) loaded "
+                              "keep serving", self.models_dir, e.strerror or e,
+                              len(self._core.list_models()))
+                self._unreadable = True
+                return
+            self._unreadable = False
+            present = _present(found, scanned)
+            for r in scanned:
                 self._refuse(r)
             for name, versions in sorted(found.items()):
                 if name not in self.wanted and name not in self._unloaded:
-                    self._update(name, versions)
-            self._drop_missing(found)
+                    self._update(name, versions, present)
+            self._drop_gone(present)
+            self._refused = {k: r for k, r in self._refused.items()
+                             if _exists(present, *k) and k[1] not in self._core.versions(k[0])}
             self._core.refused = self.refused()
 
     def load(self, name: str) -> None:
-        """Load (or reload) the newest loadable version of `name` now."""
+        """Load (or reload) the newest loadable version of `name` now; ModelLoadFailed (with
+        the reason) when the newest version on disk could not be served, so that a rollout
+        script learns that its version failed even while an older one keeps serving."""
         with self._lock:
             self._unloaded.discard(name)
-            found = scan(self.models_dir).get(name)
-            if not found:
+            scanned: list[Refusal] = []
+            try:
+                everything = scan(self.models_dir, scanned)
+            except OSError as e:
+                raise ModelLoadFailed(f"cannot read the models folder: {e.strerror or e}") from None
+            found = everything.get(name, {})
+            on_disk = set(found) | {r.version for r in scanned if r.name == name}
+            if not on_disk:
                 raise ModelNotFound(f"no model {name!r} in the models folder")
+            for r in scanned:
+                self._refuse(r)
             for version in found:  # an explicit load retries what failed before
                 self._failed.pop((name, version), None)
-            self._update(name, found)
+            self._update(name, found, _present(everything, scanned))
             self._core.refused = self.refused()
-            if not self._core.versions(name):
-                reasons = "; ".join(f"v{r.version}: {r.reason}" for r in self.refused()
-                                    if r.name == name)
-                raise ModelLoadFailed(f"model {name!r} could not be loaded ({reasons})")
+            served, newest = self._core.versions(name), max(on_disk)
+            if newest not in served:
+                reason = self._refused.get((name, newest))
+                raise ModelLoadFailed(
+                    f"model {name!r} v{newest} was not loaded: "
+                    f"{reason.reason if reason else 'its folder cannot be read'}; "
+                    + (f"v{served[-1]} keeps serving" if served else "no version is served"))
 
     def unload(self, name: str) -> None:
         """Stop serving every version of `name` (drained first) until it is loaded again."""
@@ -136,7 +159,8 @@ class Repository:
             except Exception:  # noqa: BLE001 - polling must go on; the next poll may succeed
                 log.exception("polling %s failed", self.models_dir)
 
-    def _update(self, name: str, versions: dict[int, Path]) -> None:
+    def _update(self, name: str, versions: dict[int, Path],
+                present: dict[str, set[int] | None]) -> None:
         """Load the newest new version that loads; then unload the versions whose folder is gone
         and those beyond keep_versions. In that order, so that a model is never without one."""
         newest = max((v for v in self._core.versions(name) if v in versions), default=0)
@@ -149,7 +173,7 @@ class Repository:
                 continue  # gone since the scan
             started = time.perf_counter()
             try:
-                model = load_one(name, version, path, self.policy, self.runner_factory)
+                model = self.loader.load_one(name, version, path)
             except ModelLoadError as e:
                 log.error("new version %s v%d not served (%s): %s; %s", name, version, path, e,
                           f"v{newest} keeps serving" if newest else "nothing served")
@@ -158,30 +182,52 @@ class Repository:
                 continue
             self._core.add(model)
             self._refused.pop((name, version), None)
-            log.info("now serving %s v%d (%s, loaded and verified in %.2fs)", name, version,
-                     model.provider, time.perf_counter() - started)
+            log.info("now serving %s v%d (%s, loaded and %s in %.2fs)", name, version,
+                     model.provider, "verified" if model.spec.verified else
+                     "NOT verified: no probe, --allow-unverified", time.perf_counter() - started)
             break
-        for gone in [v for v in self._core.versions(name) if v not in versions]:
-            self._core.remove(name, gone)
-            log.info("unloaded %s v%d: its folder is gone", name, gone)
+        self._drop_gone(present, name)
         for old in self._core.versions(name)[:-self.keep_versions]:
             self._core.remove(name, old)
             log.info("unloaded %s v%d (--keep-versions %d)", name, old, self.keep_versions)
 
-    def _drop_missing(self, found: dict[str, dict[int, Path]]) -> None:
-        """Models whose folder is gone altogether (the others are handled by _update)."""
+    def _drop_gone(self, present: dict[str, set[int] | None], only: str | None = None) -> None:
+        """Unload the served versions (of `only`, or of every model) whose folder is gone. A
+        folder that is there but cannot be read, or lost its model file, is damaged, not gone:
+        its loaded session keeps serving."""
         for view in self._core.list_models():
-            if view.name not in found and view.name not in self.wanted:
+            if only is not None and view.name != only:
+                continue
+            if view.name not in self.wanted and not _exists(present, view.name, view.version):
                 self._core.remove(view.name, view.version)
                 log.info("unloaded %s v%d: its folder is gone", view.name, view.version)
-        for key in [k for k in self._refused if k[1] not in found.get(k[0], {})]:
-            del self._refused[key]
 
     def _refuse(self, refusal: Refusal) -> None:
         self._refused[(refusal.name, refusal.version)] = refusal
 
 
+def _present(found: Found, scanned: list[Refusal]) -> dict[str, set[int] | None]:
+    """Model name -> the versions whose folder is on disk (None: all of them, its folder could
+    not be read), from a scan's servable files and refusals."""
+    present: dict[str, set[int] | None] = {name: set(versions) for name, versions in found.items()}
+    for r in scanned:
+        if r.version == 0:
+            present[r.name] = None
+        elif present.get(r.name, set()) is not None:
+            present.setdefault(r.name, set()).add(r.version)
+    return present
+
+
+def _exists(present: dict[str, set[int] | None], name: str, version: int) -> bool:
+    """Whether `name` v`version` (or, for a variant, its architecture's version) is on disk."""
+    for key in dict.fromkeys((name, split_name(name)[0])):
+        versions = present.get(key, set())
+        if versions is None or version in versions:
+            return True
+    return False
+
+
 class ModelLoadFailed(ServingError):
-    """RepositoryModelLoad of a model none of whose versions loads."""
+    """RepositoryModelLoad of a model whose newest version on disk could not be served."""
 
     code = "FAILED_PRECONDITION"

@@ -27,33 +27,45 @@ Found = dict[str, dict[int, Path]]  # name -> {version: path of its model file}
 
 
 def scan(models_dir: str | Path, refused: list[Refusal] | None = None) -> Found:
-    """Every version folder holding a model file inside the models folder. Version folders
-    refused here (no model file, outside) go to `refused`."""
+    """Every version folder holding a model file inside the models folder. A version folder found
+    but not servable (no model file, unreadable, outside) goes to `refused`, as version 0 a model
+    folder that cannot be read at all: the repository keeps serving what it loaded from them
+    (they are damaged, not gone). OSError when the models folder itself cannot be read."""
     root = Path(models_dir)
     found: Found = {}
     if not root.is_dir():
         return found
     real_root = root.resolve()
     ignored: list[str] = []
-    for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if mc.VARIANT_SEPARATOR in model_dir.name:  # would clash with "<arch>:<variant>" names
-            ignored.append(f"{model_dir.name!r} ({mc.VARIANT_SEPARATOR!r} is reserved for variants)")
+    refused = [] if refused is None else refused
+    for model_dir in sorted(p for p in root.iterdir()
+                            if not p.name.startswith(".") and _is_dir(p)):
+        why = mc.unservable_name(model_dir.name) or (
+            f"{mc.VARIANT_SEPARATOR!r} is reserved for variants"
+            if mc.VARIANT_SEPARATOR in model_dir.name else None)
+        if why:  # never a Refusal: ListModels could not carry the name
+            ignored.append(f"{_shown(model_dir.name)} (a model name: {why})")
             continue
         if where := _outside(model_dir, real_root):
-            ignored.append(f"{model_dir.name!r} ({where})")
+            ignored.append(f"{_shown(model_dir.name)} ({where})")
             continue
-        _scan_versions(model_dir, real_root, found, ignored, refused)
+        try:
+            _scan_versions(model_dir, real_root, found, ignored, refused)
+        except OSError as e:
+            ignored.append(f"{_shown(model_dir.name)} (cannot read it: {e.strerror or e})")
+            refused.append(Refusal(model_dir.name, 0, f"cannot read its folder: {e.strerror or e}"))
     if ignored:
-        log.warning("ignored in %s: %s. Versions are folders named 1, 2, 3, ... (ASCII digits, no "
-                    "leading zero, at most 18 digits) inside the models folder",
-                    root, ", ".join(ignored))
+        log.warning("ignored in %s: %s. Models are folders named as served (printable UTF-8, at "
+                    "most %d bytes) holding versions: folders named 1, 2, 3, ... (ASCII digits, "
+                    "no leading zero, at most 18 digits)", _shown(str(root)), ", ".join(ignored),
+                    mc.MAX_NAME_BYTES)
     return found
 
 
 def _scan_versions(model_dir: Path, real_root: Path, found: Found, ignored: list[str],
-                   refused: list[Refusal] | None) -> None:
-    for version_dir in sorted(p for p in model_dir.iterdir() if p.is_dir()):
-        shown = repr(f"{model_dir.name}/{version_dir.name}")
+                   refused: list[Refusal]) -> None:
+    for version_dir in sorted(p for p in model_dir.iterdir() if _is_dir(p)):
+        shown = _shown(f"{model_dir.name}/{version_dir.name}")
         version = mc.parse_version(version_dir.name)
         if version is None:
             if not version_dir.name.startswith("."):  # the exporter's folders before rename
@@ -61,18 +73,41 @@ def _scan_versions(model_dir: Path, real_root: Path, found: Found, ignored: list
             continue
         path = version_dir / mc.MODEL_FILE
         reason = (_outside(version_dir, real_root) or _outside(path, real_root)
-                  or (None if path.is_file() else f"no {mc.MODEL_FILE} inside"))
+                  or _not_a_file(path))
         if reason:
             ignored.append(f"{shown} ({reason})")
-            if refused is not None:
-                refused.append(Refusal(model_dir.name, version, reason))
+            refused.append(Refusal(model_dir.name, version, reason))
             continue
         found.setdefault(model_dir.name, {})[version] = path
         for variant in mc.VARIANTS:
             variant_path = version_dir / mc.variant_file(variant)
-            if variant_path.is_file() and not _outside(variant_path, real_root):
+            if not _not_a_file(variant_path) and not _outside(variant_path, real_root):
                 found.setdefault(mc.served_name(model_dir.name, variant), {})[version] = \
                     variant_path
+
+
+def _shown(name: str) -> str:
+    """A name as a log line shows it: quoted, with control characters and bytes that are not
+    UTF-8 escaped, so no folder name can forge a line."""
+    return repr(name)
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
+def _not_a_file(path: Path) -> str | None:
+    """Why `path` is not a model file that can be read, or None."""
+    try:
+        if not path.is_file():
+            return f"no {path.name} inside"
+        with open(path, "rb"):
+            return None
+    except OSError as e:
+        return f"cannot read {path.name}: {e.strerror or e}"
 
 
 def _outside(path: Path, real_root: Path) -> str | None:

@@ -30,5 +30,5 @@ def test_demo_classifies_the_samples_with_every_model(models_dir):
 def test_demo_fails_without_models(tmp_path):
     out = demo("--models-dir", str(tmp_path), "--samples", str(SAMPLES), "--device", "cpu")
     assert out.returncode == 1
-    assert "error: the server lists no models" in out.stderr
+    assert "error: the server exited with status 1: cannot start: no model in" in out.stderr
     assert "Traceback" not in out.stderr

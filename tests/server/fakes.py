@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+import model_contract
 from server.models.providers import CUDA, cuda_driver_present
 from server.models.runner import RunOutput
 from server.models.loading import LoadedModel
@@ -26,11 +27,22 @@ LABELS = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 
+def fake_probabilities(images: np.ndarray) -> np.ndarray:
+    """What FakeRunner answers: class (mean pixel value % 10) at 0.91, the rest 0.01 each."""
+    probabilities = np.full((len(images), 10), 0.01, np.float32)
+    classes = images.reshape(len(images), -1).mean(axis=1).astype(int) % 10
+    probabilities[np.arange(len(images)), classes] = 0.91
+    return probabilities
+
+
 def metadata(name: str, accuracy: float = 0.5) -> dict[str, str]:
+    """A fake model file's metadata, with a probe of what FakeRunner answers (so it verifies)."""
+    probe = np.arange(4 * 784, dtype=np.uint32).astype(np.uint8).reshape(4, 1, 28, 28)
     return {"fmnist.arch": name, "fmnist.labels": json.dumps(LABELS), "fmnist.input_side": "28",
             "fmnist.test_accuracy": str(accuracy), "fmnist.bn_folded": "{}",
             "fmnist.bn_remaining": "{}", "fmnist.source_checkpoint_sha256": "0" * 64,
-            "fmnist.exported_at": "2026-01-01T00:00:00Z", "fmnist.torch_version": "fake"}
+            "fmnist.exported_at": "2026-01-01T00:00:00Z", "fmnist.torch_version": "fake",
+            "fmnist.probe": model_contract.encode_probe(probe, fake_probabilities(probe))}
 
 
 class FakeRunner:
@@ -58,9 +70,7 @@ class FakeRunner:
         time.sleep(self.delay + self.delay_per_image * len(images))
         if self.error is not None:
             raise self.error
-        probabilities = np.full((len(images), 10), 0.01, np.float32)
-        classes = images.reshape(len(images), -1).mean(axis=1).astype(int) % 10
-        probabilities[np.arange(len(images)), classes] = 0.91
+        probabilities = fake_probabilities(images)
         return RunOutput(probabilities=probabilities, logits=np.log(probabilities))
 
     def warmup(self, batch_size: int = 1) -> None:

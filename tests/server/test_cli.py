@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from concurrent import futures
 
 import grpc
@@ -18,88 +17,10 @@ from fmnist.v1 import classifier_pb2 as pb
 from fmnist.v1 import classifier_pb2_grpc as pb_grpc
 from PIL import Image
 
-from tests.server.images import encode
 from tests.server.fakes import needs_no_gpu
+from tests.server.images import encode
+from tests.server.processes import ServerProcess
 from tests.serving_fixtures import REPO
-
-LISTENING = re.compile(r"listening on (\S+):(\d+)")
-
-
-def free_port() -> int:
-    """A port nothing listens on now (the kernel's pick for a socket bound to port 0)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def scrape(port: int) -> dict[str, float]:
-    """The server's /metrics as {'name{labels}': value}."""
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines() if line and not line.startswith("#")}
-
-
-class ServerProcess:
-    """`python -m server ...` with its stderr collected line by line (so the pipe never fills).
-    Metrics are off (--metrics-port 0) unless asked for (`metrics=True` picks a free port, kept
-    in `metrics_port`): the default port is one per machine."""
-
-    def __init__(self, *args: str, metrics: bool = False):
-        self.metrics_port = free_port() if metrics else 0
-        metrics_flags = (() if "--metrics-port" in args
-                         else ("--metrics-port", str(self.metrics_port)))
-        self.proc = subprocess.Popen([sys.executable, "-m", "server", *args, *metrics_flags], cwd=REPO,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def log(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait_for_port(self, timeout: float = 120) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.lines:
-                if m := LISTENING.search(line):
-                    return int(m.group(2))
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.proc.kill()
-        raise AssertionError(f"the server did not log its port:\n{self.log}")
-
-    def wait_for_log(self, text: str, timeout: float = 60) -> None:
-        """Until a log line holds `text` (the server's own account of a state it reached)."""
-        deadline = time.monotonic() + timeout
-        while not any(text in line for line in self.lines):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"no log line with {text!r}:\n{self.log}")
-            time.sleep(0.02)
-
-    def wait_for_metric(self, name: str, predicate, timeout: float = 60) -> float:
-        """Until the scraped `name` (with its labels) satisfies `predicate`; returns its value."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = scrape(self.metrics_port).get(name, 0.0)
-            if predicate(value):
-                return value
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"{name} stayed at {value}:\n{self.log}")
-            time.sleep(0.05)
-
-    def wait(self, timeout: float = 60) -> int:
-        rc = self.proc.wait(timeout)
-        self._reader.join(10)
-        return rc
 
 
 def test_help():
@@ -175,7 +96,8 @@ def test_sigterm_lets_requests_in_flight_finish_then_exits_0(models_dir):
 
 
 def test_sigint_on_an_idle_server_exits_0(tmp_path):
-    server = ServerProcess("--models-dir", str(tmp_path), "--port", "0", "--device", "cpu")
+    server = ServerProcess("--models-dir", str(tmp_path), "--port", "0", "--device", "cpu",
+                           "--allow-empty")
     server.wait_for_port()
     server.proc.send_signal(signal.SIGINT)
     assert server.wait() == 0

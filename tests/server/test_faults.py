@@ -24,7 +24,8 @@ from fmnist.v1 import classifier_pb2 as pb
 from fmnist.v1 import classifier_pb2_grpc as pb_grpc
 
 from server.app import create_server
-from tests.server.test_cli import ServerProcess, big_request
+from tests.server.processes import ServerProcess
+from tests.server.test_cli import big_request
 from tests.serving_fixtures import REPO
 
 SEED = int(os.environ.get("FAULT_SEED", time.time_ns() % 10_000))

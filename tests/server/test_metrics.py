@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import urllib.request
 
 import grpc
 import pytest
 from fmnist.v1 import classifier_pb2 as pb
 from fmnist.v1 import classifier_pb2_grpc as pb_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from server.app import create_server
 from server.batching.batcher import BatchPolicy
@@ -24,25 +22,9 @@ from server.dataplane.types import Batching, ImageData
 from server.metrics import Metrics
 from server.models.spec import Refusal
 from tests.server.fakes import fake_model
-from tests.server.test_cli import ServerProcess
+from tests.server.processes import ServerProcess, by_labels, scrape
 
 RAW = bytes(range(200)) * 3 + bytes(184)  # 784 bytes: one 28x28 image
-
-
-def scrape(port: int) -> dict[str, list]:
-    """/metrics as {sample name: [(labels, value), ...]}."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    samples: dict[str, list] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            samples.setdefault(s.name, []).append((s.labels, s.value))
-    return samples
-
-
-def by_labels(samples: dict, name: str, *keys: str) -> dict[tuple, float]:
-    """The samples of `name` as {label values in `keys` order: value}."""
-    return {tuple(labels[k] for k in keys): value for labels, value in samples.get(name, [])}
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +166,7 @@ def test_no_metrics_port_no_metrics():
 def test_cli_metrics_port_0_serves_no_metrics(tmp_path):
     assert get_args_parser().parse_args([]).metrics_port == 8002
     process = ServerProcess("--models-dir", str(tmp_path), "--port", "0", "--device", "cpu",
-                            "--metrics-port", "0")
+                            "--metrics-port", "0", "--allow-empty")
     process.wait_for_port()
     process.proc.terminate()
     assert process.wait() == 0

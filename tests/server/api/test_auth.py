@@ -18,6 +18,7 @@ from server.api import security
 from server.app import create_server
 from server.errors import StartupError
 from server.api.security import OPEN_SERVICES, Security, TokenFile
+from tests.server.fakes import fake_model
 
 TOKEN = "s3cret-token-AAAA"
 OTHER = "other-token-BBBB"
@@ -25,8 +26,9 @@ OTHER = "other-token-BBBB"
 
 @contextlib.contextmanager
 def serving(token_file, open_services=OPEN_SERVICES):
-    """A started server with no models: auth happens before any model is looked up."""
-    srv, port = create_server(models=[], port=0,
+    """A started server with one fake model (health SERVING needs one); auth happens before any
+    model is looked up."""
+    srv, port = create_server(models=[fake_model("fake")], port=0,
                               security=Security(token_file=token_file, open_services=open_services))
     srv.start()
     try:

@@ -20,6 +20,7 @@ from PIL import Image
 
 from server.dataplane import decode
 from server.app import create_server
+from server.errors import StartupError
 from server.dataplane.types import Limits
 from server.models.runner import OnnxRunner
 from tests.server.conftest import TEST_LIMITS
@@ -268,8 +269,17 @@ def serve(models, limits=Limits(), **kw):
     return srv, grpc.insecure_channel(f"127.0.0.1:{port}")
 
 
-def test_server_without_models_starts_and_answers_not_found(tmp_path):
-    srv, port = create_server(tmp_path / "empty", port=0, device="cpu")
+def test_a_missing_or_empty_models_folder_is_refused(tmp_path):
+    with pytest.raises(StartupError, match="is not a folder"):
+        create_server(tmp_path / "missing", port=0, device="cpu")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StartupError, match="no model in .* could be served .*--allow-empty"):
+        create_server(tmp_path / "empty", port=0, device="cpu")
+
+
+def test_server_allowed_to_start_empty_answers_not_found_and_is_not_serving(tmp_path):
+    (tmp_path / "empty").mkdir()
+    srv, port = create_server(tmp_path / "empty", port=0, device="cpu", allow_empty=True)
     srv.start()
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
@@ -278,7 +288,7 @@ def test_server_without_models_starts_and_answers_not_found(tmp_path):
             e = rpc_error(stub.Classify, request(enc(sample()), model="lenet"))
             assert e.code() == grpc.StatusCode.NOT_FOUND and "none" in e.details()
             status = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
-            assert status.status == health_pb2.HealthCheckResponse.SERVING
+            assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
     finally:
         srv.stop(0)
 

@@ -295,7 +295,11 @@ def test_unload_and_load_through_the_live_repository(folder):
     with pytest.raises(V2Error) as e:
         client.infer(image_input(pixels(1)), model="lenet")
     assert e.value.code == "NOT_FOUND"
-    client.load_model("lenet")
+    with pytest.raises(V2Error) as e:  # its newest version on disk cannot be served: say so
+        client.load_model("lenet")
+    assert e.value.code == "FAILED_PRECONDITION", e.value
+    assert "'lenet' v2 was not loaded" in e.value.message and "onnx" in e.value.message.lower()
+    assert "v1 keeps serving" in e.value.message
     assert client.is_model_ready("lenet", "1")
     assert client.infer(image_input(pixels(1)), model="lenet")["model_version"] == "1"
     with pytest.raises(V2Error) as e:

@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 import model_contract as mc
 from server.models.providers import CUDA, ProviderPolicy
 from server.models.runner import OnnxRunner
-from server.models.loading import load_models
+from server.models.loading import Loader, default_runner_factory
 from server.models.spec import Refusal
 from tests.server.fakes import metadata
 
@@ -49,7 +49,8 @@ def tiny_model(name: str, probe: str | None) -> onnx.ModelProto:
         [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", 10]) for out in mc.OUTPUTS],
         inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
-    props = metadata(name) | ({} if probe is None else {mc.PROBE: probe})
+    props = ({k: v for k, v in metadata(name).items() if k != mc.PROBE}
+             | ({} if probe is None else {mc.PROBE: probe}))
     helper.set_model_props(model, props)
     return model
 
@@ -67,10 +68,12 @@ TAMPERED_PROBABILITIES[3, 7] += 0.01
 TAMPERED = mc.encode_probe(IMAGES, TAMPERED_PROBABILITIES)
 
 
-def load(root: Path, caplog, **kw) -> tuple[list, list[Refusal]]:
+def load(root: Path, caplog, runner_factory=default_runner_factory,
+         allow_unverified: bool = False) -> tuple[list, list[Refusal]]:
     refused: list[Refusal] = []
     with caplog.at_level(logging.INFO):
-        loaded = load_models(root, ProviderPolicy("cpu"), refused=refused, **kw)
+        loaded = Loader(ProviderPolicy("cpu"), runner_factory, allow_unverified).load_all(
+            root, refused=refused)
     return loaded, refused
 
 
@@ -110,11 +113,19 @@ def test_a_refused_newest_version_falls_back_to_a_verified_older_one(tmp_path, c
     assert "serving m v1 instead of v2" in caplog.text
 
 
-def test_without_a_probe_it_is_served_and_says_it_was_not_verified(tmp_path, caplog):
+def test_without_a_probe_it_is_refused(tmp_path, caplog):
     write(tmp_path, "m", 1, None)
     loaded, refused = load(tmp_path, caplog)
+    assert loaded == [] and [(r.name, r.version) for r in refused] == [("m", 1)]
+    assert "no fmnist.probe" in refused[0].reason and "--allow-unverified" in refused[0].reason
+
+
+def test_without_a_probe_it_is_served_when_allowed_and_says_it_was_not_verified(tmp_path, caplog):
+    write(tmp_path, "m", 1, None)
+    loaded, refused = load(tmp_path, caplog, allow_unverified=True)
     assert [m.spec.probe_max_abs_diff for m in loaded] == [None] and refused == []
-    assert "loaded model m v1" in caplog.text and "not verified" in caplog.text
+    assert "loaded model m v1" in caplog.text and "NOT verified" in caplog.text
+    assert "probe max" not in caplog.text
 
 
 def nan_probe() -> str:
@@ -161,8 +172,8 @@ def test_the_probe_runs_on_the_provider_in_use_mock(tmp_path, caplog, drift, ser
     policy = ProviderPolicy("cuda", driver_present=lambda: True)
     refused: list[Refusal] = []
     with caplog.at_level(logging.INFO):
-        loaded = load_models(tmp_path, policy, refused=refused,
-                             runner_factory=lambda path, _: DriftingRunner(path, drift))
+        loaded = Loader(policy, lambda path, _: DriftingRunner(path, drift)).load_all(
+            tmp_path, refused=refused)
     assert len(loaded) == int(served) and len(refused) == int(not served)
     if served:
         assert loaded[0].spec.probe_max_abs_diff == pytest.approx(drift, abs=1e-5)

@@ -1,0 +1,102 @@
+"""A real `python -m server` process for tests: its log collected line by line, its port and its
+metrics read from what it says and serves, and waits on those observable states (never sleeps
+that guess how long something takes)."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.serving_fixtures import REPO
+
+LISTENING = re.compile(r"listening on (\S+):(\d+)")
+
+
+def free_port() -> int:
+    """A port nothing listens on now (the kernel's pick for a socket bound to port 0)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """`python -m server ...` with its stderr collected line by line (so the pipe never fills).
+    Metrics are off (--metrics-port 0) unless asked for (`metrics=True` picks a free port, kept
+    in `metrics_port`): the default port is one per machine."""
+
+    def __init__(self, *args: str, metrics: bool = False):
+        self.metrics_port = free_port() if metrics else 0
+        metrics_flags = (() if "--metrics-port" in args
+                         else ("--metrics-port", str(self.metrics_port)))
+        self.proc = subprocess.Popen([sys.executable, "-m", "server", *args, *metrics_flags], cwd=REPO,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for_port(self, timeout: float = 120) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines:
+                if m := LISTENING.search(line):
+                    return int(m.group(2))
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.proc.kill()
+        raise AssertionError(f"the server did not log its port:\n{self.log}")
+
+    def wait_for_log(self, text: str, timeout: float = 60) -> None:
+        """Until a log line holds `text` (the server's own account of a state it reached)."""
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"no log line with {text!r}:\n{self.log}")
+            time.sleep(0.02)
+
+    def wait_for_metric(self, name: str, predicate, timeout: float = 60) -> float:
+        """Until the scraped `name` (with its labels) satisfies `predicate`; returns its value."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = by_labels(scrape(self.metrics_port), name).get((), 0.0)
+            if predicate(value):
+                return value
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"{name} stayed at {value}:\n{self.log}")
+            time.sleep(0.05)
+
+    def wait(self, timeout: float = 60) -> int:
+        rc = self.proc.wait(timeout)
+        self._reader.join(10)
+        return rc
+
+
+def scrape(port: int) -> dict[str, list]:
+    """/metrics as {sample name: [(labels, value), ...]}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples: dict[str, list] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples.setdefault(s.name, []).append((s.labels, s.value))
+    return samples
+
+
+def by_labels(samples: dict, name: str, *keys: str) -> dict[tuple, float]:
+    """The samples of `name` as {label values in `keys` order: value}."""
+    return {tuple(labels[k] for k in keys): value for labels, value in samples.get(name, [])}
