@@ -6,20 +6,22 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
 
-from reporting import benchmarks, card, html, plots, predict, sources
+from reporting import benchmarks, card, html, plots, sources
 from trainer import data as fmnist
 
 
 def build(artifacts: Path, out: Path, data_dir: Path | None, test_images: int | None,
-          progress: bool = True) -> Path:
+          near_chance_images: int = card.NEAR_CHANCE_IMAGES, progress: bool = True) -> Path:
     """Write `out`/index.html and one `out`/<arch>.html per architecture; returns index.html."""
+    started = time.monotonic()
     test, test_note = load_test_set(data_dir, test_images)
-    header = _header(artifacts, test, test_note)
-    cards = [card.make(sources.read(artifacts, arch), test, test_note, out, progress)
+    plan = card.Plan(test, test_note, out, near_chance_images, progress)
+    cards = [card.make(sources.read(artifacts, arch), plan)
              for arch in sources.architectures(artifacts)]
     benches, notes = benchmarks.read(artifacts)
     points = benchmarks.plot_points(benches)
@@ -29,6 +31,7 @@ def build(artifacts: Path, out: Path, data_dir: Path | None, test_images: int | 
         plot = "img/bench-throughput-latency.png"
     if test is None:
         notes.append(f"no confusion matrices: {test_note}")
+    header = _header(artifacts, test, test_note, time.monotonic() - started)
     for c in cards:
         write_text(out / f"{c.arch}.html", html.card_page(c, header))
     index = out / "index.html"
@@ -43,16 +46,26 @@ def load_test_set(data_dir: Path | None, count: int | None) -> tuple[card.TestSe
         data = fmnist.load(data_dir, download=False)
     except fmnist.DataError as err:
         return None, f"{err}; pass --data-dir (or set FASHION_MNIST_DIR)"
-    images = data.test_images[:count].numpy()
-    labels = data.test_labels[:count].numpy()
-    return card.TestSet(images, labels, data.source, predict.data_key(images, labels)), ""
+    return card.TestSet.of(data.test_images[:count].numpy(), data.test_labels[:count].numpy(),
+                           data.source, chosen=count is not None), ""
 
 
-def _header(artifacts: Path, test: card.TestSet | None, test_note: str) -> str:
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    data = (escape(f"models measured on the first {len(test.labels):,} test images of "
-                   f"{test.source}") if test else html.text(f"no test set: {test_note}"))
-    return (f"Built {when} from <code>{escape(str(artifacts.resolve()))}</code> by "
+def _header(artifacts: Path, test: card.TestSet | None, test_note: str, seconds: float) -> str:
+    """When the report was finished (the pages are written right after), how long it took, from
+    what, and on which test images."""
+    end = datetime.now(timezone.utc)
+    when = (f'<time datetime="{end.isoformat(timespec="seconds")}">'
+            f'{end.strftime("%Y-%m-%d %H:%M:%S UTC")}</time>')
+    if test is None:
+        data = html.text(f"no test set: {test_note}")
+    elif test.chosen:
+        data = escape(f"every model run on the first {len(test.labels):,} test images of "
+                      f"{test.source}")
+    else:
+        data = escape(f"models run on up to {len(test.labels):,} test images of {test.source}, "
+                      f"each card says how many")
+    return (f"Built {when} in {html.duration(seconds)} from "
+            f"<code>{escape(str(artifacts.resolve()))}</code> by "
             f"<code>python -m reporting</code>; {data}.")
 
 

@@ -14,7 +14,8 @@ from typing import Iterable
 
 import model_contract as contract
 from reporting.benchmarks import Bench
-from reporting.card import Card
+from reporting.card import CHANCE, NEAR_CHANCE, Card
+from reporting.plots import THUMBNAIL_SCALE
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; color: #222; margin: 1.5em auto; max-width: 1240px;
@@ -31,6 +32,10 @@ tr:nth-child(even) td { background: #fafbfc; }
 code { background: #f3f3f3; padding: 0 3px; border-radius: 3px; }
 img { max-width: 100%; border: 1px solid #eee; }
 .row { display: flex; gap: 2em; flex-wrap: wrap; align-items: flex-start; }
+.badge { background: #b3261e; color: #fff; border-radius: 0.7em; padding: 0 0.55em;
+         font-size: 0.72em; font-weight: 600; white-space: nowrap; vertical-align: middle; }
+img.thumb { width: 84px; height: 84px; image-rendering: pixelated; vertical-align: middle;
+            border: 0; margin-right: 0.4em; }
 """
 
 
@@ -42,47 +47,58 @@ def page(title: str, body: str) -> str:
 
 # --- the summary page -----------------------------------------------------------------------------
 
+INDEX_HEADERS = ["arch", "input side", "parameters", "checkpoint acc (run log)",
+                 "ONNX acc (metadata)", "ONNX acc (this report)", "d2l floor",
+                 "BN folded / remaining", "max |Δ logits|", "top-1 agreement", "model size",
+                 "training time", "examples/s", "version"]
+
+
 def index(cards: list[Card], benches: list[Bench], plot: str | None, header: str,
           notes: list[str]) -> str:
-    floors = any(c.sources.floor is not None for c in cards)
-    headers = ["arch", "input side", "parameters", "checkpoint acc (run log)",
-               "ONNX acc (metadata)", "ONNX acc (this report)", *(["d2l floor"] if floors else []),
-               "BN folded / remaining", "max |Δ logits|", "top-1 agreement", "model size",
-               "training time", "examples/s", "version"]
-    floor_note = ("" if floors else " The d2l floor is not shown: trainer/models.py's registry "
-                  "does not record it (docs/DESIGN.md lists it by hand).")
     body = [f"<h1>fmnist-serve report</h1>\n<p class=meta>{header}</p>",
-            "<h2>Architectures</h2>", table(headers, [_summary_row(c, floors) for c in cards]),
+            "<h2>Architectures</h2>", table(INDEX_HEADERS, [_summary_row(c) for c in cards]),
             "<p class=note>Checkpoint accuracy: the best epoch's test accuracy in the run log of "
             "the run that wrote <code>best.pt</code>. ONNX accuracy (metadata): measured by the "
             "exporter on the number of test images shown. ONNX accuracy (this report): the served "
-            "<code>model.onnx</code> run with onnxruntime on this report's test images."
-            f"{floor_note}</p>",
+            "<code>model.onnx</code> run with onnxruntime on this report's test images. d2l floor: "
+            "the test accuracy d2l's own notebooks reach after 10 epochs of the d2l recipe. "
+            f"{badge()}: a test accuracy under {NEAR_CHANCE:.2f}, twice what guessing one of "
+            f"{contract.NUM_CLASSES} classes scores; such a model has barely trained.</p>",
             "<h2>Benchmarks</h2>", benchmarks(benches, plot)]
     if notes:
         body += ["<h2>Notes</h2>", "<ul>" + "".join(f"<li>{text(n)}</li>" for n in notes) + "</ul>"]
     return page("fmnist-serve report", "\n".join(body))
 
 
-def _summary_row(card: Card, floors: bool) -> list[str]:
+def _summary_row(card: Card) -> list[str]:
     s, e, run, ev = card.sources, card.sources.export, card.sources.run, card.evaluation
-    meta = e.metadata if e else {}
-    folded, remaining = _bn(meta)
+    meta = e.metadata if e else None
     parity = _parity(e)
-    floor = [num(acc(s.floor) if s.floor is not None else "—")] if floors else []
-    return [f'<a href="{escape(card.arch)}.html">{escape(card.arch)}</a>',
+    name = f'<a href="{escape(card.arch)}.html">{escape(card.arch)}</a>'
+    return [name + (f" {badge()}" if card.near_chance else ""),
             num(_side(card)), num(f"{s.parameters:,}" if s.parameters is not None else "—"),
-            num(f"{acc(run.best['test_acc'])} (epoch {run.best['epoch']})" if run else "—"),
-            num(_meta_accuracy(meta) if e else "—"),
+            num(f"{acc(run.best['test_acc'])} ({_after(run.best)})" if run else "—"),
+            num(_meta_accuracy(e)),
             num(f"{acc(ev.accuracy)} on {ev.images:,}" if ev else "—"),
-            *floor,
-            num(f"{len(folded)} / {len(remaining)}" if e else "—"),
+            num(acc(s.floor) if s.floor is not None else "—"),
+            num(_bn_counts(card, meta) if e else "—"),
             num(f"{parity['max_abs_diff']:.2g}" if parity else "—"),
             num(f"{parity['top1_agreement']:.2%}" if parity else "—"),
             num(megabytes(e.model.stat().st_size) if e else "—"),
             num(duration(run.train_seconds) if run else "—"),
             num(f"{run.examples_per_s:,.0f}" if run else "—"),
             num(str(e.version) if e else "—")]
+
+
+def _bn_counts(card: Card, meta) -> str:
+    """"folded / remaining", and a link to the card's reasons when some remain."""
+    if meta is None:
+        return "—"
+    counts = f"{len(meta.bn_folded)} / {len(meta.bn_remaining)}"
+    if not meta.bn_remaining:
+        return counts
+    return (f'{counts} <br><a href="{escape(card.arch)}.html#batchnorm">why '
+            f"{len(meta.bn_remaining)} stay</a>")
 
 
 def benchmarks(benches: list[Bench], plot: str | None) -> str:
@@ -110,49 +126,85 @@ def benchmarks(benches: list[Bench], plot: str | None) -> str:
 
 def card_page(card: Card, header: str) -> str:
     s = card.sources
-    description = s.spec.description if s.spec else "not in trainer/models.py's registry"
+    description = (s.spec.description if s.spec else
+                   "an architecture this trainer does not know: found in the artifacts folder")
+    name = escape(card.arch) + (f" {badge()}" if card.near_chance else "")
     body = [f'<p><a href="index.html">← all architectures</a></p>',
-            f"<h1>{escape(card.arch)}</h1>\n<p>{escape(description)}</p>"
-            f"<p class=meta>{header}</p>",
+            f"<h1>{name}</h1>\n<p>{escape(description)}</p>"
+            f"<p class=meta>{header}</p>{_near_chance(card)}",
             "<h2>Facts</h2>", _facts(card),
             "<h2>Test accuracy</h2>", _accuracies(card),
             "<h2>Training curves</h2>",
             _img(card, "curves", "training curves") if "curves" in card.images else na(s.run_note),
             "<h2>Confusion matrix and per-class accuracy</h2>", _confusion(card),
             "<h2>Most confused pairs</h2>", _pairs(card),
-            "<h2>BatchNorm folding</h2>", _batchnorm(card),
+            "<h2>Sample predictions</h2>", _samples(card),
+            "<h2 id=batchnorm>BatchNorm folding</h2>", _batchnorm(card),
             "<h2>Parity with PyTorch</h2>", _parity_table(card)]
     return page(f"{card.arch}: fmnist-serve report", "\n".join(body))
 
 
+def _near_chance(card: Card) -> str:
+    """Why the badge: the figure it rests on, and how little the model was trained."""
+    if not card.near_chance:
+        return ""
+    run = card.sources.run
+    trained = (f" It was trained for {epochs(run.records[-1]['epoch_float'])}: the figures "
+               f"below describe a network that has learnt next to nothing." if run else "")
+    return warn(f"Near chance: its test accuracy, {acc(card.accuracy)}, is under "
+                f"{NEAR_CHANCE:.2f}, twice the {CHANCE:.2f} that guessing one of "
+                f"{contract.NUM_CLASSES} classes scores.{trained}")
+
+
 def _facts(card: Card) -> str:
-    s, e, run = card.sources, card.sources.export, card.sources.run
-    rows = [["input side", _side(card)], ["parameters", _params(s.parameters)],
-            ["d2l floor", acc(s.floor) if s.floor is not None else
-             "not in the registry (docs/DESIGN.md lists the d2l figures by hand)"]]
+    s, run = card.sources, card.sources.run
+    rows = [["input side", _side(card)], ["parameters", _params(s.parameters)]]
+    if s.floor is not None:
+        rows.append(["d2l floor", f"{acc(s.floor)} (d2l's test accuracy after 10 epochs of its "
+                                  f"recipe)"])
     if run:
         rows += [["run log", f"<code>{escape(str(run.path))}</code>"],
-                 ["epochs", f"{run.records[-1]['epoch_float']:g}"],
+                 ["epochs trained", _trained(run)],
                  ["training time", duration(run.train_seconds)],
                  ["examples/s (whole run)", f"{run.examples_per_s:,.0f}"]]
     else:
         rows.append(["run", na(s.run_note)])
-    if e:
-        rows += [["served model", f"<code>{escape(str(e.model))}</code> (version {e.version})"],
-                 ["model size", megabytes(e.model.stat().st_size)],
-                 ["exported", escape(e.metadata.get(contract.EXPORTED_AT, "?"))],
-                 ["source checkpoint sha256",
-                  f"<code>{escape(e.metadata.get(contract.SOURCE_SHA256, '?')[:16])}…</code>"
-                  + _stale(card)]]
-    else:
-        rows.append(["export", na(s.export_note)])
+    rows += _export_facts(card)
     return table(["", ""], rows, head=False)
+
+
+def _trained(run) -> str:
+    """Epochs trained, against the plan, and why a run stopped part-way through an epoch."""
+    last = run.records[-1]
+    steps = last["step"]
+    out = (f"{last['epoch_float']:g}" + (f" of {run.planned_epochs} planned" if run.planned_epochs
+                                         else "")
+           + f" ({steps:,} training step{'s' if steps != 1 else ''})")
+    if last.get("partial"):
+        why = (f"its {duration(run.time_budget)} time budget ended it"
+               if run.time_budget is not None else "it was stopped")
+        out += f"; the run stopped part-way through epoch {last['epoch']}: {why}"
+    return escape(out)
+
+
+def _export_facts(card: Card) -> list[list[str]]:
+    e = card.sources.export
+    if e is None:
+        return [["export", na(card.sources.export_note)]]
+    rows = [["served model", f"<code>{escape(str(e.model))}</code> (version {e.version})"],
+            ["model size", megabytes(e.model.stat().st_size)]]
+    if e.metadata is None:
+        return rows + [["metadata", warn(f"invalid, so the server refuses this file: "
+                                         f"{e.metadata_error}")]]
+    return rows + [["exported", escape(e.metadata.exported_at)],
+                   ["source checkpoint sha256",
+                    f"<code>{escape(e.metadata.source_sha256[:16])}…</code>" + _stale(card)]]
 
 
 def _stale(card: Card) -> str:
     """Say so when best.pt is no longer the checkpoint the served model came from."""
     s, e = card.sources, card.sources.export
-    if s.best_sha256 is None or s.best_sha256 == e.metadata.get(contract.SOURCE_SHA256):
+    if s.best_sha256 is None or s.best_sha256 == e.metadata.source_sha256:
         return ""
     return warn(f"best.pt has changed since version {e.version} was exported: "
                 f"`make export MODELS={card.arch}` serves it")
@@ -163,22 +215,21 @@ def _accuracies(card: Card) -> str:
     rows = []
     if run:
         best = run.best
+        on = f", {best['test_images']:,} test images" if best.get("test_images") else ""
         rows.append(["checkpoint (run log, best epoch)", num(acc(best["test_acc"])),
-                     f"epoch {best['epoch']}, whole test set as the trainer ran it"])
+                     f"{_after(best)}{on}, as the trainer measured it"])
     exported = (e.report or {}).get("checkpoint", {}) if e else {}
     if isinstance(exported.get("test_accuracy"), float):
         rows.append(["exported checkpoint (report.json)", num(acc(exported["test_accuracy"])),
-                     f"epoch {escape(str(exported.get('epoch')))}, as the trainer measured it"])
+                     f"{_exported_after(exported, run)}, as the trainer measured it"])
     if e:
-        rows.append([f"ONNX <code>{contract.MODEL_FILE}</code> (metadata)",
-                     num(escape(e.metadata.get(contract.TEST_ACCURACY, "?"))),
-                     f"{_count(e.metadata.get(contract.TEST_IMAGES))} test images, exporter"])
+        rows.append(_metadata_row(e))
     if ev:
         rows.append([f"ONNX <code>{contract.MODEL_FILE}</code> (this report)",
-                     num(acc(ev.accuracy)), f"{ev.images:,} test images, onnxruntime CPU"])
+                     num(acc(ev.accuracy)), _measured_on(ev)])
     rows += [_variant_row(e, ev, name) for name in (e.variants if e else ())]
     if s.floor is not None:
-        rows.append(["d2l floor", num(acc(s.floor)), "trainer/models.py"])
+        rows.append(["d2l floor", num(acc(s.floor)), "d2l's notebooks, 10 epochs of its recipe"])
     if not rows:
         return na(s.run_note) + na(s.export_note)
     extra = "" if (e is None or ev is not None) else na(card.evaluation_note)
@@ -187,20 +238,49 @@ def _accuracies(card: Card) -> str:
     return table(["what", "accuracy", "measured on"], rows) + extra
 
 
+def _after(record: dict) -> str:
+    """When a run-log record was measured, in epochs trained: the one numbering the card uses
+    (the log's 1-based "epoch" and a checkpoint's count of completed epochs differ by one for a
+    partial epoch)."""
+    return f"after {epochs(record['epoch_float'])}"
+
+
+def _exported_after(exported: dict, run) -> str:
+    """The exported checkpoint is a run-log record when its accuracy is one; else only its count
+    of completed epochs is known."""
+    for record in (run.records if run else []):
+        if record["test_acc"] == exported["test_accuracy"]:
+            return _after(record)
+    return f"after at least {escape(str(exported.get('epoch')))} complete epochs"
+
+
+def _metadata_row(export) -> list[str]:
+    label = f"ONNX <code>{contract.MODEL_FILE}</code> (metadata)"
+    meta = export.metadata
+    if meta is None:
+        return [label, num("—"), warn(f"invalid metadata: {export.metadata_error}")]
+    return [label, num(acc(meta.test_accuracy)), f"{_count(meta)} test images, exporter"]
+
+
+def _measured_on(ev) -> str:
+    on = f"{ev.images:,} test images, onnxruntime CPU"
+    return on + (f" (the first {ev.images:,} only: {text(ev.subset)})" if ev.subset else "")
+
+
 def _variant_row(export, evaluation, name: str) -> list[str]:
     """A model.<variant>.onnx: as this report measured it (beside its own metadata's figure), or
     only its metadata's figure when there was no test set to measure on."""
-    meta = export.variant_metadata.get(name, {})
-    claimed = meta.get(contract.TEST_ACCURACY)
-    on = f"{_count(meta.get(contract.TEST_IMAGES))}"
+    meta = export.variant_metadata.get(name)
+    claimed = acc(meta.test_accuracy) if meta else None
+    on = _count(meta) if meta else "?"
     label = f"variant <code>model.{escape(name)}.onnx</code>"
     if evaluation is None:
-        return [label, num(escape(claimed or "—")),
+        return [label, num(claimed or "—"),
                 f"{on} test images, its metadata" if claimed else "no accuracy in its metadata"]
     value = evaluation.variants[name]
-    note = f"; its metadata says {escape(claimed)} on {on}" if claimed else ""
+    note = f"; its metadata says {claimed} on {on}" if claimed else ""
     return [label, num(acc(value)) if isinstance(value, float) else na(value),
-            f"{evaluation.images:,} test images, onnxruntime CPU{note}"]
+            f"{_measured_on(evaluation)}{note}"]
 
 
 def _confusion(card: Card) -> str:
@@ -210,7 +290,14 @@ def _confusion(card: Card) -> str:
     per_class = table(["class", "test images", "accuracy"],
                       [[escape(label), num(f"{int(ev.matrix[i].sum()):,}"),
                         num(acc(ev.per_class[i]))] for i, label in enumerate(card.labels)])
-    return f'<div class=row>{_img(card, "confusion", "confusion matrix")}{per_class}</div>'
+    return (_subset_note(ev)
+            + f'<div class=row>{_img(card, "confusion", "confusion matrix")}{per_class}</div>')
+
+
+def _subset_note(ev) -> str:
+    if not ev.subset:
+        return ""
+    return f"<p class=note>On the first {ev.images:,} test images only: {text(ev.subset)}.</p>"
 
 
 def _pairs(card: Card) -> str:
@@ -225,11 +312,42 @@ def _pairs(card: Card) -> str:
             + _img(card, "pairs", "examples of the most confused pairs"))
 
 
+def _samples(card: Card) -> str:
+    """A few test images with the served model's answer: the first it got right and the first it
+    got wrong, one per true class where it can."""
+    ev = card.evaluation
+    if ev is None:
+        return na(card.evaluation_note)
+    right = [x for x in ev.samples if x.truth == x.predicted]
+    wrong = [x for x in ev.samples if x.truth != x.predicted]
+    intro = (f"<p class=note>Test images as the served model sees them (28×28 pixels, shown "
+             f"{THUMBNAIL_SCALE}× larger), with the class it predicts: the first it gets right and "
+             f"the first it gets wrong among the {ev.images:,} it was run on, one per true class "
+             f"where it can.</p>")
+    return (intro + "<div class=row>" + _sample_table(card, "right", right, ev.images)
+            + _sample_table(card, "wrong", wrong, ev.images) + "</div>")
+
+
+def _sample_table(card: Card, title: str, samples: list, images: int) -> str:
+    if not samples:
+        return f"<div><h3>Predicted {title}</h3><p>None of the {images:,} test images.</p></div>"
+    rows = []
+    for x in samples:
+        truth, predicted = card.labels[x.truth], card.labels[x.predicted]
+        picture = (f'<img class=thumb src="{escape(card.images[f"sample-{x.index}"])}" '
+                   f'alt="test image {x.index}, true class {escape(truth)}">')
+        rows.append([f"{picture} #{x.index}", escape(truth), escape(predicted)])
+    return (f"<div><h3>Predicted {title}</h3>"
+            + table(["test image", "true class", "predicted"], rows) + "</div>")
+
+
 def _batchnorm(card: Card) -> str:
     e = card.sources.export
     if e is None:
         return na(card.sources.export_note)
-    folded, remaining = _bn(e.metadata)
+    if e.metadata is None:
+        return na(f"invalid metadata: {e.metadata_error}")
+    folded, remaining = e.metadata.bn_folded, e.metadata.bn_remaining
     if not folded and not remaining:
         return "<p>No BatchNorm in this architecture.</p>"
     parts = [f"<p>{len(folded)} folded into the layer before them, {len(remaining)} remaining.</p>"]
@@ -238,6 +356,13 @@ def _batchnorm(card: Card) -> str:
                            [[f"<code>{escape(b)}</code>", f"<code>{escape(into)}</code>"]
                             for b, into in folded.items()]))
     if remaining:
+        parts.append(
+            f"<p>A BatchNorm folds into the convolution or linear layer whose output it "
+            f"normalises: its scale and shift become that layer's weights. These {len(remaining)} "
+            f"have no such layer right before them (a BatchNorm that normalises a block's input, "
+            f"a concatenation or a pooling result, as pre-activation designs do), so they stay in "
+            f"the served model as BatchNormalization nodes: the same answers, a little more time "
+            f"per image. The exporter's reason for each:</p>")
         parts.append(table(["BatchNorm", "remains because"],
                            [[f"<code>{escape(b)}</code>", escape(why)]
                             for b, why in remaining.items()]))
@@ -267,47 +392,35 @@ def _limit(parity: dict, key: str, spec: str) -> str:
 
 # --- reading the sources for display --------------------------------------------------------------
 
-def _bn(meta: dict) -> tuple[dict, dict]:
-    def load(key):
-        try:
-            return dict(json.loads(meta.get(key, "{}")))
-        except (TypeError, ValueError):
-            return {}
-    return load(contract.BN_FOLDED), load(contract.BN_REMAINING)
-
-
 def _parity(export) -> dict | None:
-    """report.json's parity; without report.json, the two figures the metadata also carries."""
+    """report.json's parity; without report.json, the figures the metadata also carries."""
     if export is None:
         return None
     if export.report and isinstance(export.report.get("parity"), dict):
         return export.report["parity"]
     meta = export.metadata
-    try:
-        return {"images": int(meta[contract.TEST_IMAGES]),
-                "max_abs_diff": float(meta[contract.MAX_ABS_DIFF]),
-                "top1_agreement": float(meta[contract.TOP1_AGREEMENT])}
-    except (KeyError, ValueError):
+    if meta is None or meta.max_abs_diff is None or meta.top1_agreement is None:
         return None
+    return {"images": meta.test_images, "max_abs_diff": meta.max_abs_diff,
+            "top1_agreement": meta.top1_agreement}
 
 
-def _meta_accuracy(meta: dict) -> str:
-    value = meta.get(contract.TEST_ACCURACY)
-    if value is None:
-        return "—"
-    return f"{escape(value)} on {_count(meta.get(contract.TEST_IMAGES))}"
+def _meta_accuracy(export) -> str:
+    if export is None or export.metadata is None:
+        return "—" if export is None else warn("invalid metadata")
+    return f"{acc(export.metadata.test_accuracy)} on {_count(export.metadata)}"
 
 
-def _count(images: str | None) -> str:
-    """A metadata image count with thousands separators ("?" when the file does not say)."""
-    return f"{int(images):,}" if images and images.isascii() and images.isdigit() else "?"
+def _count(meta) -> str:
+    """The metadata's image count with thousands separators ("?" when the file does not say)."""
+    return f"{meta.test_images:,}" if meta.test_images else "?"
 
 
 def _side(card: Card) -> str:
     if card.sources.spec:
         return str(card.sources.spec.input_side)
     e = card.sources.export
-    return escape(e.metadata.get(contract.INPUT_SIDE, "—")) if e else "—"
+    return str(e.metadata.input_side) if e and e.metadata else "—"
 
 
 def _params(n: int | None) -> str:
@@ -364,6 +477,10 @@ def na(note: str) -> str:
     return f"<p class=na>not available: {text(note)}</p>"
 
 
+def badge() -> str:
+    return "<span class=badge>near chance</span>"
+
+
 def warn(note: str) -> str:
     return f"<p class=na>{text(note)}</p>"
 
@@ -375,6 +492,10 @@ def text(note: str) -> str:
 
 def acc(x: float) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
+
+
+def epochs(x: float) -> str:
+    return f"{x:g} epoch{'' if x == 1 else 's'}"
 
 
 def megabytes(n: int) -> str:

@@ -20,10 +20,18 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from reporting.stats import Pair  # noqa: E402
 
 DPI = 110
+THUMBNAIL_SCALE = 3  # 28 px -> 84 px on the page
 
 
 def curves(records: list[dict], title: str, path: Path) -> None:
-    """Train loss on its own axis, train and test accuracy on a 0-1 axis, against epochs."""
+    _save(curves_figure(records, title), path)
+
+
+def curves_figure(records: list[dict], title: str) -> plt.Figure:
+    """Train loss on its own axis, train and test accuracy on a 0-1 axis, against epochs trained.
+    The epoch axis always starts at 0 and spans at least one epoch, so its ticks are whole epochs
+    even for a run that stopped after a thousandth of one (its point then sits at 0, which is
+    what happened; the title gives the figure)."""
     x = [r["epoch_float"] for r in records]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(7.5, 2.8), dpi=DPI)
     loss_ax.plot(x, [r["train_loss"] for r in records], "-o", ms=3, color="tab:red")
@@ -33,14 +41,16 @@ def curves(records: list[dict], title: str, path: Path) -> None:
     acc_ax.set_title("accuracy", fontsize=9)
     acc_ax.set_ylim(0, 1)
     acc_ax.legend(fontsize=8, loc="lower right")
+    span = max(1.0, max(x))
     for ax in (loss_ax, acc_ax):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "epoch 2.5" ticks
-        ax.set_xlabel("epoch", fontsize=8)
+        ax.set_xlim(-0.04 * span, 1.04 * span)  # a point at 0 is drawn whole
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))  # no "epoch 2.5" ticks
+        ax.set_xlabel("epochs trained", fontsize=8)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
+    return fig
 
 
 def confusion(matrix: np.ndarray, labels: Sequence[str], title: str, path: Path) -> None:
@@ -101,11 +111,24 @@ def throughput_latency(points: list[dict], path: Path) -> None:
     _save(fig, path)
 
 
+def thumbnail(image: np.ndarray, path: Path) -> None:
+    """One test image (uint8 [1, 28, 28]) at THUMBNAIL_SCALE, pixel for pixel, as the model saw
+    it: no smoothing, no axes."""
+    big = np.kron(image[0], np.ones((THUMBNAIL_SCALE, THUMBNAIL_SCALE), np.uint8))
+    _atomic(path, lambda tmp: plt.imsave(tmp, big, cmap="gray", vmin=0, vmax=255, format="png"))
+
+
 def _save(fig: plt.Figure, path: Path) -> None:
+    def write(tmp: Path) -> None:
+        try:
+            fig.savefig(tmp, bbox_inches="tight", pad_inches=0.1)  # no empty margins around axes
+        finally:
+            plt.close(fig)
+    _atomic(path, write)
+
+
+def _atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
-    try:
-        fig.savefig(tmp, bbox_inches="tight", pad_inches=0.1)  # no empty margins around axes
-    finally:
-        plt.close(fig)
+    write(tmp)
     os.replace(tmp, path)

@@ -17,7 +17,6 @@ import onnxruntime as ort
 from tqdm import tqdm
 
 import model_contract as contract
-from reporting.sources import sha256_file
 
 # Images per onnxruntime call: bounds memory at 224x224 (~1.6 GB of activations per 100 images in
 # the exporter's measurements); larger batches buy nothing for the big models on a CPU.
@@ -34,7 +33,7 @@ def data_key(images: np.ndarray, labels: np.ndarray) -> str:
 def predictions(model: Path, images: np.ndarray, data: str, cache: Path,
                 progress: bool = True) -> np.ndarray:
     """Top-1 class per image (int64 [N]) of `model` on `images` (uint8 [N, 1, 28, 28])."""
-    path = cache / f"{sha256_file(model)[:16]}-{data}.npy"
+    path = cache / f"{contract.sha256_file(model)[:16]}-{data}.npy"
     if path.exists():
         return np.load(path)
     options = ort.SessionOptions()

@@ -49,3 +49,20 @@ def most_confused(truth: np.ndarray, predicted: np.ndarray, matrix: np.ndarray, 
         where = np.flatnonzero((truth == t) & (predicted == p))[:examples]
         out.append(Pair(int(t), int(p), int(off[t, p]), tuple(int(i) for i in where)))
     return out
+
+
+def samples(truth: np.ndarray, predicted: np.ndarray, count: int) -> tuple[list[int], list[int]]:
+    """Up to `count` indices of images predicted right and `count` predicted wrong, in test-set
+    order: the first image of each true class before a second of any, so a few examples show
+    several classes rather than the first few T-shirts."""
+    hits = truth == predicted
+    return (_spread(np.flatnonzero(hits), truth, count),
+            _spread(np.flatnonzero(~hits), truth, count))
+
+
+def _spread(where: np.ndarray, truth: np.ndarray, count: int) -> list[int]:
+    _, first = np.unique(truth[where], return_index=True)
+    chosen = [int(i) for i in where[np.sort(first)][:count]]
+    taken = set(chosen)
+    chosen += [int(i) for i in where[:2 * count] if int(i) not in taken][:count - len(chosen)]
+    return sorted(chosen)
