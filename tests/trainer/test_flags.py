@@ -65,6 +65,7 @@ def summary_archs(stdout: str) -> list[str]:
 
 
 def test_models_trains_those_named_in_order(main_run):
+    assert "test acc" in main_run.result.stdout
     assert summary_archs(main_run.result.stdout) == ["lenet_bn", "lenet"]
     assert sorted(p.name for p in (main_run.artifacts / "checkpoints").iterdir()) == [
         "lenet", "lenet_bn"]
