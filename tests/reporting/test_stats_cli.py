@@ -20,6 +20,16 @@ def test_confusion_rows_are_truth_and_pairs_are_largest_first():
         (2, 0, 3, (6, 7)), (0, 1, 2, (1, 2)), (1, 0, 1, (4,))]
 
 
+def test_samples_show_several_classes_right_and_wrong():
+    truth = np.array([0, 0, 0, 1, 1, 2, 2, 3])
+    pred = np.array([0, 0, 1, 1, 0, 2, 0, 3])
+    right, wrong = stats.samples(truth, pred, 3)
+    assert right == [0, 3, 5]  # the first right one of classes 0, 1 and 2, not images 0 and 1
+    assert wrong == [2, 4, 6]
+    assert stats.samples(truth, pred, 5)[1] == [2, 4, 6]  # only three are wrong
+    assert stats.samples(np.zeros(4, int), np.zeros(4, int), 2) == ([0, 1], [])
+
+
 def test_a_class_without_test_images_has_no_accuracy():
     matrix = stats.confusion(np.array([0, 0]), np.array([0, 1]), 3)
     assert np.isnan(stats.per_class_accuracy(matrix)[2])
@@ -40,5 +50,7 @@ def test_every_flag_has_help_and_bad_arguments_are_refused(tmp_path, capsys):
     assert not [a.option_strings for a in parser._actions if not a.help]
     assert "(default: None)" not in " ".join(parser.format_help().split())
     assert main(parser.parse_args(["--test-images", "0"])) == 2
+    assert main(parser.parse_args(["--near-chance-images", "0"])) == 2
+    assert "--near-chance-images must be at least 1, got 0" in capsys.readouterr().err
     assert main(parser.parse_args(["--artifacts", str(tmp_path / "none")])) == 1
     assert "make train" in capsys.readouterr().err
