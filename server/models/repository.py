@@ -74,8 +74,14 @@ class Repository:
         self._core = core
 
     def start(self, poll_seconds: float) -> None:
-        if poll_seconds <= 0 or self._thread is not None:
+        if self._thread is not None:
             return
+        if poll_seconds <= 0:
+            log.info("not watching %s (--poll-seconds 0): new versions are served after a "
+                     "restart or a v2 RepositoryModelLoad", self.models_dir)
+            return
+        log.info("watching %s every %gs for new and removed versions (--keep-versions %d)",
+                 self.models_dir, poll_seconds, self.keep_versions)
         self._thread = threading.Thread(target=self._run, args=(poll_seconds,),
                                         name="repository", daemon=True)
         self._thread.start()

@@ -54,12 +54,22 @@ def scan(models_dir: str | Path, refused: list[Refusal] | None = None) -> Found:
         except OSError as e:
             ignored.append(f"{_shown(model_dir.name)} (cannot read it: {e.strerror or e})")
             refused.append(Refusal(model_dir.name, 0, f"cannot read its folder: {e.strerror or e}"))
-    if ignored:
+    _report_ignored(root, ignored)
+    return found
+
+
+_last_ignored: dict[Path, list[str]] = {}  # per models folder: what the last scan ignored
+
+
+def _report_ignored(root: Path, ignored: list[str]) -> None:
+    """One log line for what a scan ignored, and none again until that changes (the repository
+    scans every --poll-seconds)."""
+    if ignored and ignored != _last_ignored.get(root):
         log.warning("ignored in %s: %s. Models are folders named as served (printable UTF-8, at "
                     "most %d bytes) holding versions: folders named 1, 2, 3, ... (ASCII digits, "
                     "no leading zero, at most 18 digits)", _shown(str(root)), ", ".join(ignored),
                     mc.MAX_NAME_BYTES)
-    return found
+    _last_ignored[root] = ignored
 
 
 def _scan_versions(model_dir: Path, real_root: Path, found: Found, ignored: list[str],

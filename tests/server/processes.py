@@ -31,15 +31,29 @@ class ServerProcess:
     Metrics are off (--metrics-port 0) unless asked for (`metrics=True` picks a free port, kept
     in `metrics_port`): the default port is one per machine."""
 
-    def __init__(self, *args: str, metrics: bool = False):
+    def __init__(self, *args: str, metrics: bool = False, entry: tuple[str, ...] = ("-m", "server")):
         self.metrics_port = free_port() if metrics else 0
         metrics_flags = (() if "--metrics-port" in args
                          else ("--metrics-port", str(self.metrics_port)))
-        self.proc = subprocess.Popen([sys.executable, "-m", "server", *args, *metrics_flags], cwd=REPO,
+        self.proc = subprocess.Popen([sys.executable, *entry, *args, *metrics_flags], cwd=REPO,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+
+    def __enter__(self) -> "ServerProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Stop it (SIGTERM, then SIGKILL) if the test left it running."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
+        self._reader.join(10)
 
     def _read(self):
         for line in self.proc.stdout:
