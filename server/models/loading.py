@@ -132,9 +132,10 @@ def log_loaded(model: LoadedModel, seconds: float) -> None:
     if spec.variant:
         verified += (f" fp32_agreement={spec.fp32_agreement:.4f} speedup_vs_fp32="
                      + ("n/a" if spec.speedup_vs_fp32 is None else f"{spec.speedup_vs_fp32:.2f}x"))
-    log.info("loaded model %s v%d provider=%s test_accuracy=%.4f input_side=%d %s file=%s "
-             "(%.2fs with warm-up)", spec.name, spec.version, model.provider, spec.test_accuracy,
-             spec.input_side, verified, spec.path, seconds)
+    log.info("loaded model %s v%d provider=%s %s test_accuracy=%.4f input_side=%d %s file=%s "
+             "(%.2fs with warm-up)", spec.name, spec.version, model.provider,
+             model.runner.settings, spec.test_accuracy, spec.input_side, verified, spec.path,
+             seconds)
 
 
 def load_models(models_dir: str | Path, policy: ProviderPolicy,

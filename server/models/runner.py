@@ -32,6 +32,7 @@ class Runner(Protocol):
 
     provider: str  # the execution provider actually active, e.g. "CPUExecutionProvider"
     metadata: dict[str, str]  # the model file's metadata_props
+    settings: str  # how the runtime was set up, for the log ("intra_op_threads=2 spinning=off")
 
     def run(self, images: np.ndarray) -> RunOutput:
         """uint8 [N, 1, 28, 28] -> probabilities and logits, float32 [N, 10]. Thread-safe."""
@@ -65,6 +66,8 @@ class OnnxRunner:
                                  f"{first_line}") from None
         _check_signature(self._session)
         self.path = Path(path)
+        self.settings = (f"intra_op_threads={intra_op_threads or 'default'} "
+                         f"spinning={'on' if spinning else 'off'}")
         self.provider = self._session.get_providers()[0]
         self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
 

@@ -53,6 +53,7 @@ class FakeRunner:
                  delay_per_image: float = 0.0):
         self.provider = provider
         self.metadata = metadata(name, accuracy)
+        self.settings = "fake"
         self.delay = delay
         self.delay_per_image = delay_per_image
         self.error = error

@@ -153,6 +153,7 @@ class DriftingRunner:
     def __init__(self, path: Path, drift: float):
         self._real = OnnxRunner(path, ["CPUExecutionProvider"])
         self.provider, self.metadata, self.drift = CUDA, self._real.metadata, drift
+        self.settings = "mock"
 
     def run(self, images):
         out = self._real.run(images)
