@@ -1,14 +1,19 @@
-"""deploy/: the container recipe and the KServe manifest agree with the server's flags and ports.
+"""deploy/: the container recipe and the KServe manifest agree with the server's flags and ports,
+and their command line does what they promise when it runs.
 
-Neither can be built or applied here (no Docker daemon or cluster in CI); this checks what can
-drift: every argument is one the server accepts, the ports line up, probes ask for health names
-the server registers, and the serving image needs no torch.
+Neither can be built or applied here (no Docker daemon or cluster in CI), so the container's own
+command line is started as a process with its flags as written (only the models folder and the
+ports moved to temporary ones): it picks up a new version by polling, answers the readiness
+probe's health name only with a model, and refuses to start on an empty models folder. Beside
+that: every argument is one the server accepts, the ports line up, probes ask for health names
+the server registers, the image copies every module the server imports, and it needs no torch.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +21,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from server.cli import get_args_parser
 from server.api.classifier import SERVICE_NAME
+from server.cli import get_args_parser
+from tests.server.processes import ServerProcess, free_port
+from tests.serving_fixtures import models_dir  # noqa: F401 - fixture
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -74,3 +81,67 @@ def test_the_serving_image_needs_no_torch():
                "import server.app, server.cli, client.predict")
     out = subprocess.run([sys.executable, "-c", blocked], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def container_env() -> dict[str, str]:
+    """The image's ENV, but for the paths that point into the image."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    pairs = [p.split("=", 1) for line in re.findall(r"^ENV (.*)$", text, re.M) for p in line.split()]
+    return {k: v for k, v in pairs if k != "PYTHONPATH"}
+
+
+def as_run_here(args: list[str], models: Path) -> tuple[list[str], int, int]:
+    """The container's arguments with the models folder and both ports moved; the rest as written."""
+    moved = {"--models-dir": str(models), "--port": str(free_port()),
+             "--metrics-port": str(free_port())}
+    out = [moved.get(args[i - 1], a) if i else a for i, a in enumerate(args)]
+    return out, int(moved["--port"]), int(moved["--metrics-port"])
+
+
+def health(port: int, service: str) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        return health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=30).status
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["Dockerfile", "inferenceservice.yaml"])
+def test_the_containers_command_line_polls_and_is_ready_only_with_models(predictor, models_dir,  # noqa: F811
+                                                                         tmp_path, source):
+    from grpc_health.v1 import health_pb2
+
+    written = (dockerfile_cmd() if source == "Dockerfile"
+               else predictor["spec"]["predictor"]["containers"][0]["args"])
+    poll = float(get_args_parser().parse_args(written).poll_seconds)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args, _, _ = as_run_here(written, empty)
+    with ServerProcess(*args, env=container_env()) as server:
+        assert server.wait(60) == 1  # no model: never ready, and it says why
+    assert "no model in" in server.log
+    models = tmp_path / "models"
+    shutil.copytree(models_dir, models)
+    args, port, _ = as_run_here(written, models)
+    with ServerProcess(*args, env=container_env()) as server:
+        assert server.wait_for_port() == port
+        assert health(port, SERVICE_NAME) == health_pb2.HealthCheckResponse.SERVING
+        shutil.copytree(models / "lenet_bn" / "1", models / "lenet_bn" / "2")
+        server.wait_for_log("now serving lenet_bn v2", timeout=poll + 60)
+    assert '"level": "ERROR"' not in server.log
+
+
+def test_the_image_copies_every_top_level_module_the_server_imports():
+    text = (DEPLOY / "Dockerfile").read_text()
+    copied = {name for line in re.findall(r"^COPY (.*) \S+$", text, re.M) for name in line.split()}
+    code = ("import sys; import server.app, server.cli, client.predict; "
+            "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         check=True)
+    ours = {p.stem if p.is_file() else p.name for p in REPO.iterdir()
+            if (p.suffix == ".py" or (p / "__init__.py").exists())}
+    needed = ours & set(out.stdout.split())
+    assert needed and all(any(c.rstrip("/").removesuffix(".py") == m for c in copied)
+                          for m in needed), (needed, copied)

@@ -4,6 +4,7 @@ that guess how long something takes)."""
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -31,12 +32,14 @@ class ServerProcess:
     Metrics are off (--metrics-port 0) unless asked for (`metrics=True` picks a free port, kept
     in `metrics_port`): the default port is one per machine."""
 
-    def __init__(self, *args: str, metrics: bool = False, entry: tuple[str, ...] = ("-m", "server")):
+    def __init__(self, *args: str, metrics: bool = False, entry: tuple[str, ...] = ("-m", "server"),
+                 env: dict[str, str] | None = None):
         self.metrics_port = free_port() if metrics else 0
         metrics_flags = (() if "--metrics-port" in args
                          else ("--metrics-port", str(self.metrics_port)))
         self.proc = subprocess.Popen([sys.executable, *entry, *args, *metrics_flags], cwd=REPO,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env=None if env is None else {**os.environ, **env})
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
