@@ -48,19 +48,15 @@ def cpu_session(model_bytes: bytes,
     return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
 
-def measure(session: ort.InferenceSession, reference: Servable, images: torch.Tensor,
-            labels: torch.Tensor, batch_size: int = 100, desc: str | None = None) -> Parity:
-    """Run both models over `images` (uint8 [N, 1, 28, 28]) in batches; `desc` shows a progress bar.
-
-    One runtime after the other, not batch by batch in turns: their thread pools spin-wait after
-    each call, and taking turns makes each wait on the other's spinning (3x slower on 2 cores)."""
-    return measure_logits(session, reference, images, labels, batch_size, desc)[0]
-
-
 def measure_logits(session: ort.InferenceSession, reference: Servable, images: torch.Tensor,
                    labels: torch.Tensor, batch_size: int = 100,
                    desc: str | None = None) -> tuple[Parity, np.ndarray]:
-    """`measure`, and the ONNX model's logits (the precision variants are compared with them)."""
+    """Run both models over `images` (uint8 [N, 1, 28, 28]) in batches; `desc` shows a progress
+    bar. Returns the comparison and the ONNX model's logits (the precision variants are compared
+    with them).
+
+    One runtime after the other, not batch by batch in turns: their thread pools spin-wait after
+    each call, and taking turns makes each wait on the other's spinning (3x slower on 2 cores)."""
     with tqdm(total=2 * len(images), desc=desc, unit="img", disable=desc is None,
               leave=False) as bar:
         onnx_logits = _onnx_logits(session, images, batch_size, bar)
@@ -93,12 +89,13 @@ def _torch_logits(reference: Servable, images: torch.Tensor, batch_size: int,
     return np.concatenate(out)
 
 
-def probe(session: ort.InferenceSession, images: torch.Tensor) -> str:
-    """The `fmnist.probe` value: the first PROBE_IMAGES of `images` and the probabilities this
-    session (the written graph on the CPU provider) gives for them in one batch. The server runs
-    them on the provider it serves with, so a file or provider that answers differently from what
-    was checked here is refused where it is served (model_contract.PROBE_TOLERANCE)."""
-    batch = images[:contract.PROBE_IMAGES].numpy()
+def probe(session: ort.InferenceSession, images: np.ndarray) -> str:
+    """The `fmnist.probe` value: the first PROBE_IMAGES of `images` (uint8) and the probabilities
+    this session (the file to be written, on the provider it was checked on) gives for them in one
+    batch. The server runs them on the provider it serves with, so a file or provider that answers
+    differently from what was checked here is refused where it is served
+    (model_contract.PROBE_TOLERANCE, VARIANT_PROBE_TOLERANCE)."""
+    batch = np.ascontiguousarray(images[:contract.PROBE_IMAGES])
     (probabilities,) = session.run([contract.PROBABILITIES], {contract.INPUT: batch})
     return contract.encode_probe(batch, probabilities)
 

@@ -9,6 +9,7 @@ import contextlib
 import functools
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,9 +27,9 @@ from exporter import metadata, to_onnx, versions
 from exporter import variants as precision
 from exporter.checks import check_graph
 from exporter.errors import ExportError
-from exporter.fold import fold_batchnorm
-from exporter.parity import (MAX_ABS_DIFF, MIN_AGREEMENT, cpu_session, failures, measure_logits,
-                             probe)
+from exporter.fold import FoldResult, fold_batchnorm
+from exporter.parity import (MAX_ABS_DIFF, MIN_AGREEMENT, Parity, cpu_session, failures,
+                             measure_logits, probe)
 from exporter.report import ExportReport, Skipped
 from exporter.wrap import Servable
 from trainer import checkpoint, models
@@ -51,6 +52,7 @@ class Options:
     calibration_images: int = precision.CALIBRATION_IMAGES
     int8_recipes: tuple[precision.Recipe, ...] = precision.INT8_RECIPES
     log: Callable[[str], None] = print
+    warn: Callable[[str], None] = functools.partial(print, file=sys.stderr)
 
 
 def parity_batch_size(input_side: int) -> int:
@@ -122,80 +124,112 @@ def export_arch(arch: str, artifacts: str | os.PathLike, data: Callable[[], Fash
                 options: Options = Options()) -> ExportReport | Skipped:
     """Export `arch`'s best.pt as the next version, or skip it when the latest version already
     holds this very checkpoint (same sha256), was checked on as many test images, and
-    `options.force` is off."""
+    `options.force` is off. What can be refused cheaply (no checkpoint, a models folder that
+    cannot be written, an unreadable checkpoint) is refused before the minutes of work; what a
+    killed exporter left in the arch folder is removed first."""
     clock = _Clock()
     ckpt_path = best_checkpoint(artifacts, arch)
     arch_dir = model_dir(artifacts, arch)
+    problem = versions.unwritable(arch_dir)
+    if problem:
+        raise ExportError(f"{arch}: not exported: {problem}")
+    stale = versions.remove_stale(arch_dir)
+    if stale:
+        options.log(f"{arch}: removed {len(stale)} temporary folder(s) left by an exporter that "
+                    f"did not finish: {', '.join(stale)}")
     with clock("load"):
         dataset = _test_subset(data(), options.test_images)
-        sha = versions.sha256_file(ckpt_path)
+        sha = contract.sha256_file(ckpt_path)
         unchanged = (None if options.force
                      else _version_holding(arch_dir, sha, len(dataset.test_labels),
                                            options.variants))
         if unchanged is not None:
             return Skipped(arch, unchanged, str(ckpt_path), sha)
         net, ckpt = load_net(ckpt_path, arch)
+    built = _build(arch, net, dataset, sha, options, clock)
+    report = functools.partial(
+        ExportReport, **_report_fields(built, options, clock), arch=arch,
+        checkpoint={"path": str(ckpt_path), "sha256": sha, "epoch": ckpt.get("epoch"),
+                    "test_accuracy": ckpt.get("test_accuracy")},
+        data_source=dataset.source)
+    extra = {contract.variant_file(v.variant): v.model_bytes for v in built.variants if v.written}
+    return _publish(arch_dir, built.model_bytes, report, extra)
+
+
+@dataclass(frozen=True)
+class _Built:
+    """Everything an export made and measured before it is written."""
+
+    fold: FoldResult
+    graphs: dict[str, onnx.ModelProto]   # "unfolded", "folded", "written"
+    parity: Parity
+    batch_size: int                      # images per parity batch
+    props: dict[str, str]                # the metadata_props written into model.onnx
+    model_bytes: bytes
+    variants: list[precision.Variant]
+
+
+def _build(arch: str, net: nn.Module, dataset: FashionMNIST, sha: str, options: Options,
+           clock: "_Clock") -> _Built:
+    """fold -> wrap -> export -> check -> compare (refused: ExportError) -> variants -> metadata."""
     side = models.get(arch).input_side
     with clock("fold"):
         fold = fold_batchnorm(net)
     reference = Servable(net, side).eval()
     graphs = _export_and_check(reference, Servable(fold.model, side).eval(), arch, options.opset,
                                clock)
-    model = graphs["written"]
+    model, batch_size = graphs["written"], options.batch_size or parity_batch_size(side)
     with clock("parity"):
         session = cpu_session(model.SerializeToString())
         parity, onnx_logits = measure_logits(
-            session, reference, dataset.test_images, dataset.test_labels,
-            options.batch_size or parity_batch_size(side),
+            session, reference, dataset.test_images, dataset.test_labels, batch_size,
             desc=f"{arch} parity" if options.progress else None)
-        probe_value = probe(session, dataset.test_images)
+        images = dataset.test_images.numpy()
+        probe_value = probe(session, images)
     missed = failures(parity, options.max_abs_diff, options.min_agreement)
     if missed:
         raise ExportError(f"{arch}: parity check failed, nothing written: {'; '.join(missed)} "
                           f"(ONNX accuracy {parity.onnx_accuracy:.4f}, PyTorch "
                           f"{parity.torch_accuracy:.4f}, {parity.images} test images)")
-    meta = metadata.build(arch, side, fold, parity, sha, probe_value)
+    record = metadata.build(arch, side, fold, parity, sha, probe_value)
+    ref = precision.Reference(model, session, record, images, dataset.test_labels.numpy(),
+                              onnx_logits, dataset.train_images)
     with clock("variants"):
-        built = _variants(arch, model, session, meta, dataset, onnx_logits, options)
-    metadata.attach(model, meta)
-    model_bytes = model.SerializeToString()
-    report = functools.partial(
-        ExportReport, arch=arch,
-        checkpoint={"path": str(ckpt_path), "sha256": sha, "epoch": ckpt.get("epoch"),
-                    "test_accuracy": ckpt.get("test_accuracy")},
-        data_source=dataset.source,
+        built = _variants(arch, ref, options)
+    props = metadata.attach(model, record)
+    return _Built(fold, graphs, parity, batch_size, props, model.SerializeToString(), built)
+
+
+def _report_fields(built: _Built, options: Options, clock: "_Clock") -> dict:
+    """The report's figures from the build (the caller adds the checkpoint and the data)."""
+    fold = built.fold
+    return dict(
         bn_folded=[{"bn": f.bn, "into": f.into} for f in fold.folded],
         bn_remaining=[{"bn": r.bn, "reason": r.reason} for r in fold.remaining],
-        parity={**parity.as_dict(), "limit_max_abs_diff": options.max_abs_diff,
+        parity={**built.parity.as_dict(), "batch_size": built.batch_size,
+                "limit_max_abs_diff": options.max_abs_diff,
                 "limit_top1_agreement": options.min_agreement},
-        nodes={name: to_onnx.op_counts(graph) for name, graph in graphs.items()},
-        opset=options.opset, ir_version=model.ir_version, file_bytes=len(model_bytes),
-        seconds={**clock.seconds, "total": clock.total()}, metadata=meta,
-        variants=[v.as_report() for v in built],
+        nodes={name: to_onnx.op_counts(graph) for name, graph in built.graphs.items()},
+        opset=options.opset, ir_version=built.graphs["written"].ir_version,
+        file_bytes=len(built.model_bytes), seconds={**clock.seconds, "total": clock.total()},
+        metadata=built.props, variants=[v.as_report() for v in built.variants],
         versions={"torch": str(torch.__version__), "onnx": onnx.__version__,
                   "onnxscript": onnxscript.__version__, "onnxruntime": onnxruntime.__version__})
-    extra = {contract.variant_file(v.variant): v.model_bytes for v in built if v.written}
-    return _publish(arch_dir, model_bytes, report, extra)
 
 
-def _variants(arch: str, model: onnx.ModelProto, session: onnxruntime.InferenceSession,
-              meta: dict[str, str], dataset: FashionMNIST, onnx_logits, options: Options
-              ) -> list[precision.Variant]:
-    """Build and gate each requested variant; one line each says what became of it."""
+def _variants(arch: str, ref: precision.Reference, options: Options) -> list[precision.Variant]:
+    """Build and gate each requested variant; one line each says what became of it, and one
+    warning line more when it is written although slower than fp32."""
     built = []
-    images, labels = dataset.test_images.numpy(), dataset.test_labels.numpy()
     for name in options.variants:
         if name == "int8":
-            v = precision.int8(model, session, meta, dataset.train_images, images, labels,
-                              onnx_logits, options.gate, options.int8_recipes,
-                              options.calibration_images, log=options.log)
+            v = precision.int8(ref, options.gate, options.int8_recipes,
+                               options.calibration_images, log=options.log)
         else:
-            v = precision.fp16(model, meta, images, labels, options.gate)
-        f = v.figures
-        options.log(f"{arch}: {name} written ({f['recipe'].get('name', f['recipe'].get('converter'))}"
-                    f": accuracy {f['accuracy']:.4f} vs fp32 {f['fp32_accuracy']:.4f}, agreement "
-                    f"{f['fp32_agreement']:.2%}, batch 32 {f['speed']['batch32']['ratio']:.2f}x fp32)"
-                    if v.written else f"{arch}: {name} not written: {v.reason}")
+            v = precision.fp16(ref, options.gate)
+        options.log(v.line(arch))
+        if v.warning:
+            options.warn(f"warning: {arch}: {v.warning}")
         built.append(v)
     return built
 
@@ -206,7 +240,8 @@ def _publish(arch_dir: Path, model_bytes: bytes, report: Callable[..., ExportRep
     as the next version, in one locked, atomic publish. The report names its version and path,
     which only versions.publish knows, once it holds the arch folder's lock."""
     def placed(version: int) -> ExportReport:
-        return report(version=version, model=str(arch_dir / str(version) / contract.MODEL_FILE))
+        return report(version=version,
+                      model=str(contract.model_path(arch_dir.parent, arch_dir.name, version)))
 
     version, _ = versions.publish(arch_dir, lambda v: {contract.MODEL_FILE: model_bytes,
                                                        **(extra or {}),
@@ -246,14 +281,13 @@ def _version_holding(arch_dir: Path, sha: str, test_images: int,
         return None
     folder = arch_dir / str(published[-1])
     try:
-        meta = metadata.read(folder / contract.MODEL_FILE)
+        record = metadata.read_record(folder / contract.MODEL_FILE)
         tried = ({v.get("variant") for v in
                   json.loads((folder / contract.REPORT_FILE).read_text()).get("variants", [])}
                  if wanted_variants else set())
     except (OSError, DecodeError, ValueError, AttributeError):
         return None  # an unreadable latest version never blocks a new export
-    same = (meta.get(contract.SOURCE_SHA256) == sha
-            and meta.get(contract.TEST_IMAGES) == str(test_images)
+    same = (record.source_sha256 == sha and record.test_images == test_images
             and set(wanted_variants) <= tried)
     return published[-1] if same else None
 

@@ -4,7 +4,12 @@ A variant keeps the fp32 model's contract (uint8 `image` in, float32 `logits`/`p
 out; the preprocessing and the softmax stay float) and is written beside it in the same version
 folder, in the same atomic publish, only when it passes the gate: on the export's test images its
 accuracy is at most `max_drop` points below the fp32 ONNX model's and it picks the fp32 model's
-class on at least `min_agreement` of them. Otherwise it is not written and the report says why.
+class on at least `min_agreement` of them; with `min_speedup` (--variant-min-speedup) it must also
+run at least that many times as fast as fp32 at batch 32 where it was measured. Otherwise it is
+not written and the report says why. Quantized is not always faster: on a CPU whose fp32 kernels
+are strong (AVX-512, AMX) a small network's INT8 file can run at 0.4-0.9x of fp32, since the
+Quantize/Dequantize steps cost more than the int8 products save; such a variant is written with a
+warning unless `min_speedup` refuses it, because only the machine that serves it can say.
 
 INT8: onnxruntime's static quantization, QDQ format. The recipe is chosen per architecture by
 measurement, never on test images: each candidate (INT8_RECIPES: activation type, per-channel,
@@ -20,14 +25,14 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import platform
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -35,7 +40,9 @@ import onnxruntime as ort
 import torch
 
 import model_contract as contract
-from exporter.parity import cpu_session
+from exporter import metadata
+from exporter.parity import cpu_session, probe
+from model_contract import ModelMetadata
 
 MAX_DROP_POINTS = 0.5       # accuracy may fall at most this many points (0.5 = 0.005) below fp32
 MIN_AGREEMENT = 0.99        # top-1 agreement with the fp32 model, at least
@@ -48,8 +55,26 @@ ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_t
 
 @dataclass(frozen=True)
 class Gate:
+    """What a variant must show on the export's test images to be written. `min_speedup`: its
+    batch-32 speed over fp32's, on the machine that exports (None: written however fast; one
+    whose speed-up is below 1 is then written with a warning)."""
+
     max_drop_points: float = MAX_DROP_POINTS
     min_agreement: float = MIN_AGREEMENT
+    min_speedup: float | None = None
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The fp32 model a variant is made from and judged against."""
+
+    model: onnx.ModelProto
+    session: ort.InferenceSession   # the fp32 file on the CPU provider
+    metadata: ModelMetadata         # the fp32 file's record; a variant's starts from it
+    test_images: np.ndarray         # uint8, the export's test images
+    test_labels: np.ndarray
+    test_logits: np.ndarray         # fp32's logits on them (CPU provider)
+    train_images: torch.Tensor      # INT8 calibration and recipe ranking: never the test images
 
 
 @dataclass(frozen=True)
@@ -99,11 +124,22 @@ class Variant:
     reason: str = ""                         # why it was not written; "" when it was
     figures: dict = field(default_factory=dict)  # accuracy, agreement, speed, recipe, candidates
     model_bytes: bytes | None = field(default=None, repr=False)
+    warning: str = ""                        # written, but something a person should know
 
     def as_report(self) -> dict:
         return {"variant": self.variant, "written": self.written, "reason": self.reason,
+                "warning": self.warning or None,
                 "file": contract.variant_file(self.variant) if self.written else None,
                 "file_bytes": len(self.model_bytes) if self.model_bytes else None, **self.figures}
+
+    def line(self, arch: str) -> str:
+        """What the export prints about this variant."""
+        if not self.written:
+            return f"{arch}: {self.variant} not written: {self.reason}"
+        f, recipe = self.figures, self.figures["recipe"]
+        return (f"{arch}: {self.variant} written ({recipe.get('name', recipe.get('converter'))}: "
+                f"accuracy {f['accuracy']:.4f} vs fp32 {f['fp32_accuracy']:.4f}, agreement "
+                f"{f['fp32_agreement']:.2%}, batch 32 {f['speed']['batch32']['ratio']:.2f}x fp32)")
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -164,8 +200,13 @@ def training_slices(train_images: torch.Tensor, calibration: int, selection: int
     return calib, select
 
 
-def _gate(accuracy: float, fp32_accuracy: float, agreement: float, images: int,
-          gate: Gate) -> list[str]:
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def _misses(accuracy: float, fp32_accuracy: float, agreement: float, images: int,
+            gate: Gate) -> list[str]:
     drop = (fp32_accuracy - accuracy) * 100
     out = []
     if not drop <= gate.max_drop_points:
@@ -177,29 +218,59 @@ def _gate(accuracy: float, fp32_accuracy: float, agreement: float, images: int,
     return out
 
 
-def _probe(session: ort.InferenceSession, images: np.ndarray) -> str:
-    batch = images[:contract.PROBE_IMAGES]
-    (probabilities,) = session.run([contract.PROBABILITIES], {contract.INPUT: batch})
-    return contract.encode_probe(batch, probabilities)
+def _where(speed_figures: dict) -> str:
+    if speed_figures["provider"] == "CPUExecutionProvider":
+        c = speed_figures["cpu"]
+        return f"on this CPU ({c['model']}; {' '.join(c['isa']) or 'no AVX2'})"
+    return f"on {speed_figures['provider']}"
 
 
-def _with_metadata(model: onnx.ModelProto, base: dict[str, str], extra: dict[str, str]) -> bytes:
-    """The fp32 model's metadata (arch, labels, checkpoint, ...) with the variant's own figures;
-    the fp32-vs-PyTorch parity keys are left out (the variant is compared with fp32 instead)."""
-    del model.metadata_props[:]
-    base = {k: v for k, v in base.items() if k not in (contract.MAX_ABS_DIFF,
-                                                       contract.TOP1_AGREEMENT)}
-    onnx.helper.set_model_props(model, {**base, **extra})
-    return model.SerializeToString()
+@dataclass(frozen=True)
+class _Candidate:
+    """A variant built and ready to be judged, with the fp32 model it is judged against: both on
+    the provider the variant is meant for (INT8: CPU; FP16: CUDA)."""
+
+    name: str                            # "int8" | "fp16"
+    model: onnx.ModelProto               # its graph, without metadata
+    session: ort.InferenceSession
+    fp32_session: ort.InferenceSession
+    fp32_logits: np.ndarray              # fp32's test logits on that provider
+    recipe: dict                         # fmnist.variant_recipe
+    label: str = ""                      # how a refusal names what was tried ("with recipe ...")
+    # its own gate on its test logits: (figures for the report, what it misses)
+    checks: Callable[[np.ndarray], tuple[dict, list[str]]] = lambda logits: ({}, [])
 
 
-def _metadata(variant: str, recipe: dict, accuracy: float, fp32_accuracy: float, agreement: float,
-              images: int, speed_figures: dict, probe: str) -> dict[str, str]:
-    return {contract.VARIANT: variant, contract.VARIANT_RECIPE: json.dumps(recipe),
-            contract.TEST_ACCURACY: f"{accuracy:.4f}", contract.TEST_IMAGES: str(images),
-            contract.FP32_ACCURACY: f"{fp32_accuracy:.4f}",
-            contract.FP32_AGREEMENT: f"{agreement:.6f}",
-            contract.VARIANT_SPEED: json.dumps(speed_figures), contract.PROBE: probe}
+def _judge(c: _Candidate, ref: Reference, gate: Gate, figures: dict) -> Variant:
+    """Gate `c` on the test images, then on its speed; build the file when it passes."""
+    out, labels = logits(c.session, ref.test_images), ref.test_labels
+    accuracy = float((out.argmax(1) == labels).mean())
+    fp32_accuracy = float((c.fp32_logits.argmax(1) == labels).mean())
+    agreement = float((out.argmax(1) == c.fp32_logits.argmax(1)).mean())
+    figures = {**figures, "accuracy": round(accuracy, 4), "fp32_accuracy": round(fp32_accuracy, 4),
+               "fp32_agreement": round(agreement, 6),
+               "drop_points": round((fp32_accuracy - accuracy) * 100, 3),
+               "test_images": len(labels),
+               "max_abs_diff_logits": float(np.abs(out - c.fp32_logits).max(initial=0.0))}
+    own_figures, own_misses = c.checks(out)
+    figures |= own_figures
+    missed = _misses(accuracy, fp32_accuracy, agreement, len(labels), gate) + own_misses
+    if missed:
+        return Variant(c.name, False, f"gate missed{c.label}: " + "; ".join(missed), figures)
+    figures["speed"] = speed(c.fp32_session, c.session)
+    ratio, where = figures["speed"]["batch32"]["ratio"], _where(figures["speed"])
+    if gate.min_speedup is not None and not ratio >= gate.min_speedup:
+        return Variant(c.name, False, f"it runs at {ratio:.2f}x fp32's speed at batch 32 {where}, "
+                       f"below --variant-min-speedup {gate.min_speedup:g}", figures)
+    record = replace(ref.metadata, max_abs_diff=None, top1_agreement=None, variant=c.name,
+                     variant_recipe=c.recipe, test_accuracy=accuracy, test_images=len(labels),
+                     fp32_accuracy=fp32_accuracy, fp32_agreement=agreement,
+                     variant_speed=figures["speed"], probe=probe(c.session, ref.test_images))
+    metadata.attach(c.model, record)
+    warning = ("" if ratio >= 1 else
+               f"{c.name} is written but runs at {ratio:.2f}x fp32's speed at batch 32 {where}: "
+               f"fp32 serves faster here (--variant-min-speedup 1 skips such variants)")
+    return Variant(c.name, True, "", figures, c.model.SerializeToString(), warning)
 
 
 # --- INT8 ----------------------------------------------------------------------------------------
@@ -268,19 +339,35 @@ def quantize(model: onnx.ModelProto, recipe: Recipe, calibration: np.ndarray) ->
         return onnx.load(str(dst))
 
 
-def int8(fp32: onnx.ModelProto, fp32_session: ort.InferenceSession, metadata: dict[str, str],
-         train_images: torch.Tensor, test_images: np.ndarray, test_labels: np.ndarray,
-         fp32_test_logits: np.ndarray, gate: Gate = Gate(),
-         recipes: tuple[Recipe, ...] = INT8_RECIPES, calibration: int = CALIBRATION_IMAGES,
-         log=print) -> Variant:
+def int8(ref: Reference, gate: Gate = Gate(), recipes: tuple[Recipe, ...] = INT8_RECIPES,
+         calibration: int = CALIBRATION_IMAGES, log: Callable[[str], None] = print) -> Variant:
     """Rank `recipes` on training images, gate the best on the test images, build the file."""
-    calib, select = training_slices(train_images, calibration, SELECTION_IMAGES)
-    fp32_select = logits(fp32_session, select).argmax(1)
-    candidates, best = [], None
+    calib, select = training_slices(ref.train_images, calibration, SELECTION_IMAGES)
+    candidates, best = _rank(ref, recipes, calib, select, log)
+    figures: dict = {"calibration_images": len(calib), "selection_images": len(select),
+                     "candidates": candidates}
+    if best is None:
+        return Variant("int8", False, "no recipe could be applied: " + "; ".join(
+            f"{c['recipe']}: {c['error']}" for c in candidates), figures)
+    recipe, quantized, session = best
+    figures["recipe"] = recipe.as_dict()
+    return _judge(_Candidate(
+        "int8", quantized, session, ref.session, ref.test_logits,
+        {**recipe.as_dict(), "calibration_images": len(calib),
+         "calibration_source": "training images (seeded random)"},
+        label=f" with recipe {recipe.name}"), ref, gate, figures)
+
+
+def _rank(ref: Reference, recipes: tuple[Recipe, ...], calib: np.ndarray, select: np.ndarray,
+          log: Callable[[str], None]) -> tuple[list[dict], tuple | None]:
+    """Each recipe's figures on the selection images, and the best (recipe, model, session): the
+    highest agreement with fp32 (to 0.1%), then the fastest at batch 32."""
+    fp32_select = logits(ref.session, select).argmax(1)
+    candidates, best, best_key = [], None, None
     for recipe in recipes:
         started = time.perf_counter()
         try:
-            q = quantize(fp32, recipe, calib)
+            q = quantize(ref.model, recipe, calib)
             session = cpu_session(q.SerializeToString())
         except Exception as err:  # noqa: BLE001 - a recipe the quantizer cannot apply is skipped
             candidates.append({"recipe": recipe.name, "error": f"{type(err).__name__}: {err}"[:300]})
@@ -293,40 +380,16 @@ def int8(fp32: onnx.ModelProto, fp32_session: ort.InferenceSession, metadata: di
         log(f"  int8 candidate {recipe.name}: agreement with fp32 {agreement:.2%} on "
             f"{len(select)} training images, {rate:.0f} img/s at batch 32")
         key = (round(agreement, 3), rate)
-        if best is None or key > best[0]:
-            best = (key, recipe, q, session)
-    figures: dict = {"calibration_images": len(calib), "selection_images": len(select),
-                     "candidates": candidates}
-    if best is None:
-        return Variant("int8", False, "no recipe could be applied: " + "; ".join(
-            f"{c['recipe']}: {c['error']}" for c in candidates), figures)
-    _, recipe, q, session = best
-    out = logits(session, test_images)
-    accuracy = float((out.argmax(1) == test_labels).mean())
-    fp32_accuracy = float((fp32_test_logits.argmax(1) == test_labels).mean())
-    agreement = float((out.argmax(1) == fp32_test_logits.argmax(1)).mean())
-    figures |= {"recipe": recipe.as_dict(), "accuracy": round(accuracy, 4),
-                "fp32_accuracy": round(fp32_accuracy, 4), "fp32_agreement": round(agreement, 6),
-                "drop_points": round((fp32_accuracy - accuracy) * 100, 3),
-                "test_images": len(test_labels),
-                "max_abs_diff_logits": float(np.abs(out - fp32_test_logits).max(initial=0.0))}
-    missed = _gate(accuracy, fp32_accuracy, agreement, len(test_labels), gate)
-    if missed:
-        return Variant("int8", False, f"gate missed with recipe {recipe.name}: "
-                       + "; ".join(missed), figures)
-    figures["speed"] = speed(fp32_session, session)
-    meta = _metadata("int8", {**recipe.as_dict(), "calibration_images": len(calib),
-                              "calibration_source": "training images (seeded random)"},
-                     accuracy, fp32_accuracy, agreement, len(test_labels), figures["speed"],
-                     _probe(session, test_images))
-    return Variant("int8", True, "", figures, _with_metadata(q, metadata, meta))
+        if best_key is None or key > best_key:
+            best, best_key = (recipe, q, session), key
+    return candidates, best
 
 
 # --- FP16 ----------------------------------------------------------------------------------------
 
 def cuda_available() -> bool:
     """onnxruntime has the CUDA provider and the NVIDIA driver loads (the server's own check)."""
-    from server.providers import cuda_driver_present  # torch-free
+    from server.models.providers import cuda_driver_present  # torch-free
     return "CUDAExecutionProvider" in ort.get_available_providers() and cuda_driver_present()
 
 
@@ -345,35 +408,30 @@ def cuda_session(model_bytes: bytes) -> ort.InferenceSession | None:
     return session if session.get_providers()[0] == "CUDAExecutionProvider" else None
 
 
-def fp16(fp32: onnx.ModelProto, metadata: dict[str, str], test_images: np.ndarray,
-         test_labels: np.ndarray, gate: Gate = Gate()) -> Variant:
+def fp16(ref: Reference, gate: Gate = Gate()) -> Variant:
     """Convert with keep_io_types; gate it against the fp32 model, both on CUDA."""
-    fp32_cuda = cuda_session(fp32.SerializeToString())
+    fp32_cuda = cuda_session(ref.model.SerializeToString())
     if fp32_cuda is None:
         return Variant("fp16", False, "no CUDA provider on this machine: FP16 is checked on CUDA "
                        "only, so it is not written")
     from onnxruntime.transformers.float16 import convert_float_to_float16
-    half = convert_float_to_float16(onnx.ModelProto.FromString(fp32.SerializeToString()),
+    half = convert_float_to_float16(onnx.ModelProto.FromString(ref.model.SerializeToString()),
                                     keep_io_types=True)
     del half.metadata_props[:]
     session = cuda_session(half.SerializeToString())
-    reference, out = logits(fp32_cuda, test_images), logits(session, test_images)
-    soft = lambda x: np.exp(x - x.max(1, keepdims=True)) / np.exp(x - x.max(1, keepdims=True)).sum(1, keepdims=True)  # noqa: E731
-    prob_diff = float(np.abs(soft(out) - soft(reference)).max(initial=0.0))
-    accuracy = float((out.argmax(1) == test_labels).mean())
-    fp32_accuracy = float((reference.argmax(1) == test_labels).mean())
-    agreement = float((out.argmax(1) == reference.argmax(1)).mean())
-    figures = {"recipe": {"converter": "onnxruntime.transformers.float16", "keep_io_types": True},
-               "accuracy": round(accuracy, 4), "fp32_accuracy": round(fp32_accuracy, 4),
-               "fp32_agreement": round(agreement, 6), "test_images": len(test_labels),
-               "max_abs_diff_probabilities": prob_diff, "parity_provider": "CUDAExecutionProvider"}
-    missed = _gate(accuracy, fp32_accuracy, agreement, len(test_labels), gate)
-    if not prob_diff <= FP16_MAX_ABS_DIFF_PROB:
-        missed.append(f"max |Δ probability| against fp32 on CUDA {prob_diff:.3g} > "
-                      f"{FP16_MAX_ABS_DIFF_PROB:g}")
-    if missed:
-        return Variant("fp16", False, "gate missed: " + "; ".join(missed), figures)
-    figures["speed"] = speed(fp32_cuda, session)
-    meta = _metadata("fp16", figures["recipe"], accuracy, fp32_accuracy, agreement,
-                     len(test_labels), figures["speed"], _probe(session, test_images))
-    return Variant("fp16", True, "", figures, _with_metadata(half, metadata, meta))
+    if session is None:
+        return Variant("fp16", False, "onnxruntime did not put the FP16 model on the CUDA provider "
+                       "(the fp32 model runs there): FP16 is checked on CUDA only, so it is not "
+                       "written")
+    reference = logits(fp32_cuda, ref.test_images)
+    recipe = {"converter": "onnxruntime.transformers.float16", "keep_io_types": True}
+
+    def probabilities_close(out: np.ndarray) -> tuple[dict, list[str]]:
+        diff = float(np.abs(_softmax(out) - _softmax(reference)).max(initial=0.0))
+        return {"max_abs_diff_probabilities": diff}, (
+            [] if diff <= FP16_MAX_ABS_DIFF_PROB else
+            [f"max |Δ probability| against fp32 on CUDA {diff:.3g} > {FP16_MAX_ABS_DIFF_PROB:g}"])
+
+    return _judge(_Candidate("fp16", half, session, fp32_cuda, reference, recipe,
+                             checks=probabilities_close), ref, gate,
+                  {"recipe": recipe, "parity_provider": "CUDAExecutionProvider"})

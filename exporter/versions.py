@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -47,12 +46,21 @@ def next_version(arch_dir: Path) -> int:
     return max((v for v in taken if v is not None), default=0) + 1
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def unwritable(arch_dir: Path) -> str | None:
+    """Why `publish` could not write under `arch_dir`, or None when it can: asked before an export
+    that may take minutes, and leaving nothing behind (no folder is created). The nearest folder
+    that exists must be a writable folder; a file on the way is named."""
+    path = arch_dir
+    while not path.exists() and path != path.parent:
+        if path.is_symlink():
+            return f"{path} is a broken symbolic link"
+        path = path.parent
+    if not path.is_dir():
+        return f"{path} is a file, not a folder: move it away or point --artifacts elsewhere"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"cannot write in {path} (permission denied): fix its permissions or point " \
+               f"--artifacts elsewhere"
+    return None
 
 
 @contextlib.contextmanager
@@ -102,7 +110,7 @@ def remove_stale(arch_dir: Path) -> list[str]:
 
 
 def _is_temporary(name: str) -> bool:
-    """`.N.<anything>.tmp`: the name `publish` (and every earlier exporter) builds under."""
+    """`.N.<anything>.tmp`: the name `publish` builds under, whatever follows the number."""
     number, dot, rest = name[1:].partition(".")
     return (name.startswith(".") and name.endswith(".tmp") and len(rest) > len(".tmp")
             and dot == "." and contract.parse_version(number) is not None)

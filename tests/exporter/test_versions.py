@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -47,15 +48,30 @@ def test_failed_publish_leaves_nothing_behind(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == [versions.LOCK_FILE]
 
 
+def waited_on(lock: Path) -> bool:
+    """Whether a process or thread is queued for `lock`'s flock: /proc/locks lists each waiter as
+    a "-> FLOCK" line with the file's device and inode."""
+    st = lock.stat()
+    key = f" {os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino} "
+    return any("-> FLOCK" in line and key in line
+               for line in Path("/proc/locks").read_text().splitlines())
+
+
+# An exporter that, once it has chosen its number, holds it until the other one is either queued
+# for the lock (the lock works) or has chosen a number too (it does not: both chose the same one).
 _EXPORTER = """
 import pathlib, sys, time
 from exporter import versions
-arch_dir, me = pathlib.Path(sys.argv[1]), sys.argv[2]
-(arch_dir.parent / f"ready-{me}").touch()
-while not (arch_dir.parent / "go").exists():
+from tests.exporter.test_versions import waited_on
+arch_dir, me, other = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+signals = arch_dir.parent
+(signals / f"ready-{me}").touch()
+while not (signals / "go").exists():
     time.sleep(0.01)
 def files(version):
-    time.sleep(0.5)  # the model being serialized: both choose a number inside this window
+    (signals / f"chosen-{me}").touch()
+    while not (waited_on(arch_dir / versions.LOCK_FILE) or (signals / f"chosen-{other}").exists()):
+        time.sleep(0.01)
     return {"model.onnx": me.encode()}
 print(versions.publish(arch_dir, files)[0])
 """
@@ -64,9 +80,9 @@ print(versions.publish(arch_dir, files)[0])
 def test_two_concurrent_exporters_get_different_versions(tmp_path):
     arch_dir = tmp_path / "models" / "lenet"
     arch_dir.parent.mkdir()
-    procs = [subprocess.Popen([sys.executable, "-c", _EXPORTER, str(arch_dir), me], cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for me in ("a", "b")]
+    procs = [subprocess.Popen([sys.executable, "-c", _EXPORTER, str(arch_dir), me, other],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for me, other in (("a", "b"), ("b", "a"))]
     deadline = time.monotonic() + 60
     while not all((tmp_path / "models" / f"ready-{me}").exists() for me in "ab"):
         assert time.monotonic() < deadline, "the exporters did not start"
@@ -93,9 +109,14 @@ def test_a_live_exporters_temporary_folder_is_left_alone(tmp_path):
     removed = []
     with versions.locked(tmp_path):  # an exporter between its mkdir and its rename
         (tmp_path / ".1.999.tmp").mkdir()
-        cleaner = threading.Thread(target=lambda: removed.extend(versions.remove_stale(tmp_path)))
+        cleaner = threading.Thread(target=lambda: removed.extend(versions.remove_stale(tmp_path)),
+                                   daemon=True)
         cleaner.start()
-        time.sleep(0.3)
+        deadline = time.monotonic() + 60
+        while not waited_on(tmp_path / versions.LOCK_FILE):  # the cleaner, queued for the lock
+            assert cleaner.is_alive(), f"remove_stale did not wait for the lock: removed {removed}"
+            assert time.monotonic() < deadline, "the cleaner never asked for the lock"
+            cleaner.join(0.01)
         assert cleaner.is_alive() and (tmp_path / ".1.999.tmp").is_dir()
         os.rename(tmp_path / ".1.999.tmp", tmp_path / "1")
     cleaner.join(10)
