@@ -23,10 +23,6 @@ class PixelBudget:
         self._used = 0
         self._cond = threading.Condition()
 
-    @property
-    def used(self) -> int:
-        return self._used
-
     @contextlib.contextmanager
     def reserve(self, pixels: int, timeout: float | None):
         """Hold `pixels` of the budget for the `with` block; Overloaded after `timeout` seconds

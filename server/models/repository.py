@@ -115,6 +115,9 @@ class Repository:
             self._refused = {k: r for k, r in self._refused.items()
                              if _exists(present, *k) and k[1] not in self._core.versions(k[0])}
             self._core.refused = self.refused()
+            log.debug("polled %s: %d model(s) on disk, %d version(s) served, %d refused",
+                      self.models_dir, len(present), len(self._core.list_models()),
+                      len(self._refused))
 
     def load(self, name: str) -> None:
         """Load (or reload) the newest loadable version of `name` now; ModelLoadFailed (with

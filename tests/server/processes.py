@@ -78,10 +78,14 @@ class ServerProcess:
         self.proc.kill()
         raise AssertionError(f"the server did not log its port:\n{self.log}")
 
-    def wait_for_log(self, text: str, timeout: float = 60) -> None:
-        """Until a log line holds `text` (the server's own account of a state it reached)."""
+    def count(self, text: str) -> int:
+        """How many log lines so far hold `text`."""
+        return sum(text in line for line in self.lines)
+
+    def wait_for_log(self, text: str, timeout: float = 60, times: int = 1) -> None:
+        """Until `times` log lines hold `text` (the server's own account of a state it reached)."""
         deadline = time.monotonic() + timeout
-        while not any(text in line for line in self.lines):
+        while self.count(text) < times:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"no log line with {text!r}:\n{self.log}")
             time.sleep(0.02)

@@ -23,7 +23,6 @@ import torch
 from fmnist.v1 import classifier_pb2 as pb
 from fmnist.v1 import classifier_pb2_grpc as pb_grpc
 
-from server.app import create_server
 from tests.server.processes import ServerProcess
 from tests.server.test_cli import big_request
 from tests.serving_fixtures import REPO
@@ -102,10 +101,13 @@ def test_sigkill_of_the_trainer_leaves_loadable_checkpoints(artifacts, fmnist_di
 
 @pytest.mark.parametrize("damage", ["delete", "corrupt"])
 def test_a_model_file_damaged_on_disk_does_not_affect_the_running_server(artifacts, damage):
+    """As the CLI runs: polling on. Two polls after the damage (the server logs each one at
+    DEBUG), the loaded sessions still give the same answers: a damaged file is not a removed
+    version."""
     models = artifacts / "models"
-    server, port = create_server(models, port=0, device="cpu")
-    server.start()
-    try:
+    with ServerProcess("--models-dir", str(models), "--port", "0", "--device", "cpu",
+                       "--poll-seconds", "0.2", "--log-level", "DEBUG") as server:
+        port = server.wait_for_port()
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = pb_grpc.ClassifierStub(channel)
             request = pb.ClassifyRequest(model="lenet_bn", top_k=3,
@@ -116,10 +118,10 @@ def test_a_model_file_damaged_on_disk_does_not_affect_the_running_server(artifac
                     path.unlink()
                 else:
                     path.write_bytes(b"\0garbage" * 100)
+            server.wait_for_log("polled", times=server.count("polled") + 2)
             for _ in range(20):
                 assert stub.Classify(request, timeout=30) == expected
-    finally:
-        server.stop(0)
+    assert "unloaded" not in server.log and "Traceback" not in server.log
 
 
 def keep_busy(port: int, stop: threading.Event) -> None:

@@ -38,3 +38,22 @@ def test_a_client_built_from_reflection_alone_can_classify(channel):
         raise AssertionError("expected NOT_FOUND")
     except grpc.RpcError as e:
         assert e.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_reflection_v1_answers_as_v1alpha_does(channel):
+    """grpcurl and current clients ask grpc.reflection.v1 first (its messages are v1alpha's,
+    field for field, so v1alpha's classes read and write them here)."""
+    from grpc_reflection.v1alpha import reflection_pb2 as messages
+
+    info = channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=messages.ServerReflectionRequest.SerializeToString,
+        response_deserializer=messages.ServerReflectionResponse.FromString)
+    listed, described = info(iter([
+        messages.ServerReflectionRequest(list_services=""),
+        messages.ServerReflectionRequest(file_containing_symbol="fmnist.v1.Classifier")]),
+        timeout=30)
+    names = {s.name for s in listed.list_services_response.service}
+    assert {"fmnist.v1.Classifier", "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection"} <= names
+    assert described.file_descriptor_response.file_descriptor_proto
