@@ -58,7 +58,8 @@ _TARGET_SCHEMES = ("dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:"
 _MESSAGE_HEADROOM = 0.9  # of the server's max message bytes, for protobuf framing and the rest
 _PER_IMAGE_OVERHEAD = 16  # bytes of protobuf framing per image, generously
 # The server refuses one image of a request as "image <index>: <reason>" (server/errors.py
-# InvalidImage, README "fmnist.v1"); any other INVALID_ARGUMENT is about the request as a whole.
+# InvalidImage, docs/serving.md "fmnist.v1"); any other INVALID_ARGUMENT is about the request as a
+# whole.
 _REFUSED_IMAGE = re.compile(r"image (\d+): (.+)", re.DOTALL)
 
 

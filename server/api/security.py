@@ -156,7 +156,7 @@ class TokenFile:
 
 def add_args(parser) -> None:
     """The "security" argument group of `python -m server`."""
-    s = parser.add_argument_group("security (README: 'Security')")
+    s = parser.add_argument_group("security (docs/security.md)")
     s.add_argument("--tls-cert", type=Path, metavar="PEM",
                    help="serve TLS with this certificate chain (with --tls-key); default: "
                         "plaintext, with a warning unless --host is a loopback address")

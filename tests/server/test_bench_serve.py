@@ -46,7 +46,7 @@ def test_bench_serve_says_what_to_run_without_models(tmp_path):
 
 def test_bench_peer_says_how_to_get_mlserver(models_dir, tmp_path):
     """MLServer lives in .venv-peer, which `make bench-peer` creates; CI has none, so this checks
-    the one-line way out (the comparison itself ran by hand; README 'Benchmarks')."""
+    the one-line way out (the comparison itself ran by hand; docs/benchmarks.md)."""
     out = subprocess.run(
         [sys.executable, "-m", "bench.peer", "--models-dir", str(models_dir), "--models", "lenet",
          "--peer-python", str(tmp_path / "no-venv" / "bin" / "python"), "--artifacts",
