@@ -37,6 +37,7 @@ for path in (REPO, REPO / "scripts"):  # works without the venv's .pth too
 import demo_classify  # noqa: E402
 from trainer import models  # noqa: E402  (the registry; torch is imported, no network built)
 from cli_text import format_table  # noqa: E402
+from model_contract import default_artifacts  # noqa: E402
 
 CHANCE = 0.10
 NEAR_CHANCE = 0.25  # below this a model has not learned enough to be worth reading
@@ -92,7 +93,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                    help="training precision (auto: bf16 where the CPU or GPU has it, else fp32)")
-    p.add_argument("--artifacts", type=Path, default=Path(os.environ.get("ARTIFACTS", "artifacts")))
+    p.add_argument("--artifacts", type=Path, default=default_artifacts())
     p.add_argument("--samples", type=Path, default=REPO / "samples")
     p.add_argument("--started", type=float,
                    help="epoch seconds when `make demo` began, so set-up shows in the step times")
