@@ -22,7 +22,7 @@ from bench import results
 from exporter import metadata
 from exporter.parity import cpu_session
 from exporter.variants import cpu, cuda_available, cuda_session, images_per_second
-from cli_text import format_table
+from cli_text import HelpFormatter, format_table
 
 # the targets of issue 15
 INT8_TARGET = 2.0   # x fp32 at batch 32 on a CPU with VNNI or AMX
@@ -32,13 +32,13 @@ _INT8_ISA = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.variants", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--artifacts", type=Path, default=results.default_artifacts(),
-                   help="folder whose models/ holds the exports (default: $ARTIFACTS or artifacts)")
+                                formatter_class=HelpFormatter)
+    p.add_argument("--artifacts", type=Path, default=mc.default_artifacts(),
+                   help="folder whose models/ holds the exports ($ARTIFACTS, else artifacts)")
     p.add_argument("--models", nargs="+", metavar="NAME",
                    help="architectures (default: every one exported under models/)")
     p.add_argument("--seconds", type=float, default=2.0,
-                   help="seconds per speed cell, best of 3 turns after a warm-up (default: 2)")
+                   help="seconds per speed cell, best of 3 turns after a warm-up")
     return p
 
 
@@ -51,50 +51,55 @@ def measure_arch(arch: str, folder: Path, seconds: float) -> tuple[list[dict], l
     """One row per model file (fp32 first), and a line per variant the exporter did not write."""
     fp32_path = folder / mc.MODEL_FILE
     fp32_bytes = fp32_path.read_bytes()
-    fp32_meta = metadata.read(fp32_path)
     sessions = {"cpu": cpu_session(fp32_bytes)}
     if cuda_available():
         sessions["cuda"] = cuda_session(fp32_bytes)
-    base = {}
-    for where, session in sessions.items():
-        if session is not None:
-            base[where] = {b: images_per_second(session, b, seconds) for b in (1, 32)}
-    rows = [{"arch": arch, "version": int(folder.name), "variant": "fp32", "provider": "CPU",
-             "accuracy": float(fp32_meta[mc.TEST_ACCURACY]),
-             "test_images": int(fp32_meta.get(mc.TEST_IMAGES, 0)), "agreement": 1.0,
-             "b1": base["cpu"][1], "b32": base["cpu"][32], "ratio_b1": 1.0, "ratio_b32": 1.0,
-             "images_per_s": base["cpu"][32], "mb": len(fp32_bytes) / 1e6}]
+    base = {where: {b: images_per_second(session, b, seconds) for b in (1, 32)}
+            for where, session in sessions.items() if session is not None}
+    fp32 = {**_row(arch, folder, metadata.read_record(fp32_path), len(fp32_bytes)),
+            "variant": "fp32", "agreement": 1.0}
+    rows = [{**fp32, **_speed(base["cpu"], base["cpu"]), "provider": "CPU"}]
     if "cuda" in base:
-        rows.append({**rows[0], "provider": "CUDA", "b1": base["cuda"][1], "b32": base["cuda"][32],
-                     "images_per_s": base["cuda"][32]})
+        rows.append({**fp32, **_speed(base["cuda"], base["cuda"]), "provider": "CUDA"})
     for variant in mc.VARIANTS:
         path = folder / mc.variant_file(variant)
-        if not path.is_file():
-            continue
-        data, meta = path.read_bytes(), metadata.read(path)
-        where = "cuda" if variant == "fp16" else "cpu"
-        session = cuda_session(data) if where == "cuda" else cpu_session(data)
-        if session is None or where not in base:
-            rows.append({"arch": arch, "version": int(folder.name), "variant": variant,
-                         "provider": "(no CUDA here)", "accuracy": float(meta[mc.TEST_ACCURACY]),
-                         "agreement": float(meta[mc.FP32_AGREEMENT]), "mb": len(data) / 1e6})
-            continue
-        b1, b32 = (images_per_second(session, b, seconds) for b in (1, 32))
-        rows.append({"arch": arch, "version": int(folder.name), "variant": variant,
-                     "provider": where.upper(), "accuracy": float(meta[mc.TEST_ACCURACY]),
-                     "test_images": int(meta.get(mc.TEST_IMAGES, 0)),
-                     "agreement": float(meta[mc.FP32_AGREEMENT]), "b1": b1, "b32": b32,
-                     "ratio_b1": b1 / base[where][1], "ratio_b32": b32 / base[where][32],
-                     "images_per_s": b32, "mb": len(data) / 1e6,
-                     "recipe": json.loads(meta[mc.VARIANT_RECIPE]).get("name", "")})
-    notes = []
+        if path.is_file():
+            rows.append(_variant_row(arch, folder, path, base, seconds))
+    return rows, _not_written(arch, folder)
+
+
+def _row(arch: str, folder: Path, meta: mc.ModelMetadata, size: int) -> dict:
+    return {"arch": arch, "version": int(folder.name), "variant": meta.variant,
+            "accuracy": meta.test_accuracy, "test_images": meta.test_images,
+            "agreement": meta.fp32_agreement, "mb": size / 1e6}
+
+
+def _speed(measured: dict[int, float], fp32: dict[int, float]) -> dict:
+    return {"b1": measured[1], "b32": measured[32], "ratio_b1": measured[1] / fp32[1],
+            "ratio_b32": measured[32] / fp32[32], "images_per_s": measured[32]}
+
+
+def _variant_row(arch: str, folder: Path, path: Path, base: dict, seconds: float) -> dict:
+    """A variant's row: INT8 on the CPU provider, FP16 on CUDA (or said to have none)."""
+    data, meta = path.read_bytes(), metadata.read_record(path)
+    row = _row(arch, folder, meta, len(data))
+    where = "cuda" if meta.variant == "fp16" else "cpu"
+    session = cuda_session(data) if where == "cuda" else cpu_session(data)
+    if session is None or where not in base:
+        return {**row, "provider": "(no CUDA here)"}
+    measured = {b: images_per_second(session, b, seconds) for b in (1, 32)}
+    return {**row, **_speed(measured, base[where]), "provider": where.upper(),
+            "recipe": (meta.variant_recipe or {}).get("name", "")}
+
+
+def _not_written(arch: str, folder: Path) -> list[str]:
+    """The variants report.json says the exporter did not write, and why."""
     try:
         report = json.loads((folder / mc.REPORT_FILE).read_text())
-        notes = [f"{arch} v{folder.name} {v['variant']}: not written: {v['reason']}"
-                 for v in report.get("variants", []) if not v.get("written")]
     except (OSError, ValueError):
-        pass
-    return rows, notes
+        return []
+    return [f"{arch} v{folder.name} {v['variant']}: not written: {v['reason']}"
+            for v in report.get("variants", []) if not v.get("written")]
 
 
 def targets(rows: list[dict], isa: list[str]) -> list[str]:
