@@ -73,6 +73,11 @@ class ServerConfig:
     allow_unverified: bool = False  # serve files without a probe (listed as unverified)
     allow_empty: bool = False  # start with no servable model (NOT_SERVING until one comes)
     runner_factory: RunnerFactory | None = None
+    # A worker of --workers (server/workers/): SO_REUSEPORT on the gRPC port, which is bound only
+    # once the models are loaded (so no connection waits on a worker that is still loading), and
+    # health "" SERVING only once its parent opens the gate (Server.set_gate).
+    worker: bool = False
+    metrics_host: str | None = None  # None: `host`
 
 
 class _Loop:
@@ -107,7 +112,8 @@ class _Parts:
 class Server:
     """The gRPC server with its core and health servicer: start, then stop(grace)."""
 
-    def __init__(self, parts: _Parts, address: str, port: int, poll_seconds: float = 0.0):
+    def __init__(self, parts: _Parts, address: str, port: int, poll_seconds: float = 0.0,
+                 gate: bool = True):
         self._loop = parts.loop
         self.grpc_server = parts.grpc_server
         self.core = parts.core
@@ -119,6 +125,7 @@ class Server:
         self._poll_seconds = poll_seconds
         self._stopped = False
         self._serving = False
+        self._gate = gate  # --workers: the parent's word that every worker serves
         self._services: list[str] = []
         self._health_lock = threading.Lock()
         self.core.on_change.append(self._update_health)
@@ -162,14 +169,25 @@ class Server:
         _close(self.core, self._loop, self.metrics)
         return cut == 0
 
+    @property
+    def ready(self) -> bool:
+        """Started and serving at least one model (health's own view, before the gate)."""
+        return self._serving and bool(self.core.list_models())
+
+    def set_gate(self, open_: bool) -> None:
+        """--workers (server/workers/worker.py): the server's own health names are SERVING only
+        while the gate is open, which the parent opens while every worker is ready."""
+        self._gate = open_
+        self._update_health()
+
     def _update_health(self) -> None:
         """Health names follow the models: served ones SERVING, gone ones NOT_SERVING; the
-        server's own names SERVING only while it serves a model."""
+        server's own names SERVING only while it serves a model (and the gate is open)."""
         with self._health_lock:
             models = sorted({model_service_name(m.name) for m in self.core.list_models()})
             gone = sorted(set(self._services) - set(models) - {"", SERVICE_NAME})
             self._services = ["", SERVICE_NAME] + models
-            ready = self._serving and bool(models)
+            ready = self._serving and bool(models) and self._gate
             statuses = {**{s: _NOT_SERVING for s in gone},
                         **{s: _SERVING if self._serving else _NOT_SERVING for s in models},
                         "": _SERVING if ready else _NOT_SERVING,
@@ -205,8 +223,13 @@ def create_server(models_dir: str | Path | None = None, *, models: list[LoadedMo
     loop = _Loop()
     parts = None
     try:
-        parts, port = _bind(loop, config)
-        parts.repository, models = _load(models_dir, models, config)
+        if config.worker:  # its parent checked the port: listen once loaded
+            loaded = _load(models_dir, models, config)
+            parts, port = _bind(loop, config)
+        else:
+            parts, port = _bind(loop, config)
+            loaded = _load(models_dir, models, config)
+        parts.repository, models = loaded
         parts.core = Core(models, config.limits, config.batching,
                           parts.repository.refused() if parts.repository else (),
                           observer=parts.metrics.observe_request if parts.metrics else None)
@@ -222,7 +245,7 @@ def create_server(models_dir: str | Path | None = None, *, models: list[LoadedMo
         _close(parts.core if parts else None, loop, parts.metrics if parts else None)
         raise
     return Server(parts, f"{binding.bracketed(config.host)}:{port}", port,
-                  config.poll_seconds), port
+                  config.poll_seconds, gate=not config.worker), port
 
 
 def _bind(loop: _Loop, config: ServerConfig) -> tuple[_Parts, int]:
@@ -230,7 +253,8 @@ def _bind(loop: _Loop, config: ServerConfig) -> tuple[_Parts, int]:
     model loads."""
     async def make():
         server = grpc.aio.server(options=grpc_options(config.transport,
-                                                      config.limits.max_message_bytes),
+                                                      config.limits.max_message_bytes,
+                                                      reuse_port=config.worker),
                                  interceptors=auth.interceptors(config.security))
         return server, binding.bind(server, config.security, config.host, config.port)
 
@@ -239,7 +263,7 @@ def _bind(loop: _Loop, config: ServerConfig) -> tuple[_Parts, int]:
     parts = _Parts(loop, grpc_server, health.aio.HealthServicer(), metrics)
     if metrics is not None:
         try:
-            metrics.start(config.host, config.metrics_port)
+            metrics.start(config.metrics_host or config.host, config.metrics_port)
         except StartupError:
             loop.call(grpc_server.stop(None))
             raise

@@ -14,6 +14,7 @@ import argparse
 import logging
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from server.dataplane.types import Batching, Limits
 from server.errors import StartupError
 from server.models.providers import DEVICES
 from server.models.scan import parse_version_flags
+from server.workers.cores import parse_workers
 
 log = logging.getLogger("server")
 
@@ -102,7 +104,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="pixels being decoded at once, server-wide (decoding costs up to ~4 bytes "
                         "a pixel); decodes beyond it wait, then RESOURCE_EXHAUSTED")
     p.add_argument("--decode-threads", type=int, default=0,
-                   help="threads decoding images; 0: one per core")
+                   help="threads decoding images (per worker); 0: usable cores / --workers")
     p.add_argument("--max-in-flight", type=_positive_int, default=_DEFAULTS.max_in_flight,
                    help="Classify requests worked on at once; more is RESOURCE_EXHAUSTED")
     b = p.add_argument_group("dynamic batching (per model version; docs/serving.md)")
@@ -130,7 +132,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="start even when no model can be served, health NOT_SERVING until one "
                         "is (with --poll-seconds); default: exit 1")
     p.add_argument("--intra-op-threads", type=int, default=0,
-                   help="onnxruntime threads per run; 0: onnxruntime's default (every core)")
+                   help="onnxruntime threads per run (per worker); 0: usable cores / --workers")
     p.add_argument("--spinning", action="store_true",
                    help="let onnxruntime's threads spin between runs (lower latency when the "
                         "server has cores to spare; steals them from decoding otherwise)")
@@ -147,6 +149,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                    default=_TRANSPORT.max_connection_age_seconds,
                    help="close connections this old (clients reconnect; spreads load behind a "
                         "balancer); 0: never")
+    w = p.add_argument_group("workers (docs/workers.md)")
+    w.add_argument("--workers", type=parse_workers, default=1,
+                   help="server processes sharing --port (SO_REUSEPORT), started and watched by "
+                        "this one: one /metrics and one health answer for all; auto: one per "
+                        "usable core (CPU affinity and cgroup quota)")
+    w.add_argument("--max-worker-rss-mb", type=_positive_int,
+                   help="replace a worker whose resident memory passes this many MiB (its "
+                        "replacement serves before it drains; also with --workers 1)")
     security.add_args(p)
     p.add_argument("--grace", type=float, default=10.0,
                    help="seconds requests in flight get to finish after SIGTERM/SIGINT")
@@ -160,12 +170,20 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     logs.setup(args.log_format, args.log_level)
     try:  # after logging is set up: importing grpc can log
+        from server import workers
         from server.app import create_server
     except ImportError as e:
         log.error("cannot start: %s: the gRPC stubs or packages are missing; run `make install`", e)
         return 1
+    plan = workers.plan(args)
+    if workers.is_worker():
+        workers.tag_logs()
+    else:
+        log.info("%s", plan)
+    if workers.supervises(args, plan):
+        return workers.supervise(args, plan, sys.argv[1:])
     try:
-        config = server_config(args)
+        config = server_config(args, plan)
         log.info("starting: models_dir=%s device=%s limits=%s batching=%s", args.models_dir,
                  args.device, config.limits, config.batching)
         server, port = create_server(args.models_dir, config=config)
@@ -176,6 +194,8 @@ def main(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda signum, frame: _on_signal(signum, stop, server, args.grace))
     server.start()
+    if workers.is_worker():  # its parent says when the port is served
+        return workers.serve(server, stop, args.grace, args.max_connection_age_seconds)
     models = server.core.list_models()
     log.info("listening on %s (health %s) with %d model(s): %s", server.address,
              "SERVING" if models else "NOT_SERVING until a model is served", len(models),
@@ -188,17 +208,22 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def server_config(args: argparse.Namespace):
-    """The parsed flags as the server's configuration; ValueError when they cannot work together."""
+def server_config(args: argparse.Namespace, plan=None):
+    """The parsed flags as the server's configuration (`plan`: workers.plan(args), the thread
+    counts); ValueError when they cannot work together."""
+    from server import workers
     from server.app import ServerConfig
     from server.models.runner import OnnxRunner
+
+    plan = plan or workers.plan(args)
+    worker = workers.is_worker()  # metrics on a private port, which the parent adds up
 
     limits = Limits(max_images_per_request=args.max_images_per_request,
                     max_image_pixels=args.max_image_pixels,
                     max_request_pixels=args.max_request_pixels,
                     max_decoding_pixels=args.max_decoding_pixels,
                     max_message_bytes=args.max_message_bytes, max_in_flight=args.max_in_flight,
-                    decode_threads=args.decode_threads)
+                    decode_threads=plan.decode_threads)
     transport = Transport(request_read_timeout_seconds=args.request_read_timeout,
                           keepalive_seconds=args.keepalive_seconds,
                           max_connection_idle_seconds=args.max_connection_idle_seconds,
@@ -207,10 +232,12 @@ def server_config(args: argparse.Namespace):
         host=args.host, port=args.port, device=args.device,
         versions=parse_version_flags(args.model_version), limits=limits, batching=_batching(args),
         transport=transport, security=security.from_args(args),
-        metrics_port=args.metrics_port or None, poll_seconds=args.poll_seconds,
+        metrics_port=0 if worker else args.metrics_port or None,
+        metrics_host="127.0.0.1" if worker else None, worker=worker,
+        poll_seconds=args.poll_seconds,
         keep_versions=args.keep_versions, allow_unverified=args.allow_unverified,
         allow_empty=args.allow_empty,
-        runner_factory=lambda path, providers: OnnxRunner(path, providers, args.intra_op_threads,
+        runner_factory=lambda path, providers: OnnxRunner(path, providers, plan.intra_op_threads,
                                                           args.spinning))
 
 

@@ -29,11 +29,14 @@ class Transport:
     request_read_timeout_seconds: float = 10.0  # from the call's start to its request message
 
 
-def grpc_options(transport: Transport, max_message_bytes: int) -> list[tuple[str, int]]:
+def grpc_options(transport: Transport, max_message_bytes: int,
+                 reuse_port: bool = False) -> list[tuple[str, int]]:
+    """`reuse_port`: share the port with the other workers of --workers (SO_REUSEPORT; their
+    parent has checked that no other program holds it, server/workers/ports.py)."""
     ms = lambda seconds: int(seconds * 1000)  # noqa: E731
     options = [("grpc.max_receive_message_length", max_message_bytes),
                ("grpc.max_send_message_length", max_message_bytes),
-               ("grpc.so_reuseport", 0),  # a port in use is an error, not shared
+               ("grpc.so_reuseport", int(reuse_port)),  # else a port in use is an error
                ("grpc.keepalive_time_ms", ms(transport.keepalive_seconds)),
                ("grpc.keepalive_timeout_ms", ms(transport.keepalive_timeout_seconds)),
                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
