@@ -33,13 +33,13 @@ SERVE_DEPS:= $(VENV)/.deps-serve
 STUBS     := $(GEN)/.stamp
 model_flags = $(if $(MODELS),--models $(MODELS))
 
-.PHONY: help install install-serve dataset stubs demo test train export serve \
+.PHONY: help install install-serve dataset browser stubs demo test train export serve \
         bench-train bench-export bench-serve bench-peer bench-variants report clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-install: $(DEPS) $(STUBS) dataset  ## venv with the pinned training+serving+test stack, stubs, data
+install: $(DEPS) $(STUBS) dataset browser  ## venv with the pinned training+serving+test stack, stubs, data, chromium
 
 install-serve: $(SERVE_DEPS) $(STUBS)  ## a serving-only venv: no torch (use VENV=... for a new one)
 
@@ -69,6 +69,9 @@ $(STUBS): $(PROTOS) | $(SERVE_DEPS)
 
 dataset:  ## Fashion-MNIST from Debian's package when root on Debian (else: torchvision download later)
 	@scripts/install-dataset.sh
+
+browser:  ## Debian's chromium for the web page's browser tests, when root on Debian
+	@scripts/install-chromium.sh
 
 # The set-up runs inside the recipe (not as a prerequisite) so its time shows in the step table.
 demo:  ## quick train of every architecture -> export -> serve -> classify samples/, step times

@@ -50,7 +50,7 @@ class BackgroundServer:
     def __init__(self, models_dir: Path, device: str):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "server", "--models-dir", str(models_dir), "--port", "0",
-             "--metrics-port", "0",
+             "--metrics-port", "0", "--http-port", "0",
              "--device", device, "--log-format", "json"],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.port: int | None = None

@@ -31,6 +31,8 @@ from inference import grpc_service_pb2 as v2_pb
 
 from server.api import auth, binding
 from server.api.classifier import SERVICE_NAME, ClassifierServicer
+from server.api.http.listener import HttpListener
+from server.api.http.service import Service as HttpService
 from server.api.kserve import SERVICE_NAME as V2_SERVICE_NAME, V2Servicer
 from server.api.reflection import add_reflection
 from server.api.security import Security
@@ -68,6 +70,7 @@ class ServerConfig:
     transport: Transport = Transport()
     security: Security = Security()
     metrics_port: int | None = None  # 0: a free port; None: no /metrics
+    http_port: int | None = None  # HTTP (server/api/http/): 0: a free port; None: no HTTP
     poll_seconds: float = 0.0  # 0: the models folder is read once
     keep_versions: int = 1
     allow_unverified: bool = False  # serve files without a probe (listed as unverified)
@@ -107,6 +110,8 @@ class _Parts:
     metrics: Metrics | None
     core: Core | None = None
     repository: Repository | None = None
+    http: HttpListener | None = None  # bound in _bind, served from Server.start
+    http_service: HttpService | None = None
 
 
 class Server:
@@ -120,6 +125,8 @@ class Server:
         self.health = parts.health
         self.metrics = parts.metrics
         self.repository = parts.repository
+        self.http, self._http_service = parts.http, parts.http_service
+        self.http_port = parts.http.port if parts.http else None
         self.address = address
         self.port = port
         self._poll_seconds = poll_seconds
@@ -135,6 +142,11 @@ class Server:
         """Start serving. The batchers were warmed up in create_server, so health goes straight
         to SERVING (with a model to serve); then the models folder is watched (when polling)."""
         self._loop.call(self.grpc_server.start())
+        if self.http is not None:
+            self._loop.call(self.http.start(self._http_service.app))
+            log.info("HTTP on %s://%s:%d/ (the page; the API at /openapi.json)",
+                     "https" if self.http.tls else "http", self.address.rsplit(":", 1)[0],
+                     self.http_port, extra={"http_port": self.http_port})
         self._serving = True
         self._update_health()
         if self.repository is not None:
@@ -158,10 +170,12 @@ class Server:
         self.core.drain()
         log.info("stopping: %d request(s) in flight, grace period %ss", self.core.in_flight, grace)
         deadline = None if grace is None else time.monotonic() + grace
-        while self.core.in_flight and (deadline is None or time.monotonic() < deadline):
+        while self._in_flight() and (deadline is None or time.monotonic() < deadline):
             time.sleep(0.02)
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        cut = self.core.in_flight  # counted before grpc's stop cancels them
+        cut = self._in_flight()  # counted before grpc's stop cancels them
+        if self.http is not None:
+            self._loop.call(self.http.stop())
         self._loop.call(self.grpc_server.stop(left))
         if cut:
             log.warning("grace period over with %d request(s) still running; they were cancelled",
@@ -179,6 +193,10 @@ class Server:
         while the gate is open, which the parent opens while every worker is ready."""
         self._gate = open_
         self._update_health()
+
+    def _in_flight(self) -> int:
+        """Requests in the core, or HTTP requests not answered yet (some still being read)."""
+        return max(self.core.in_flight, self._http_service.in_flight if self._http_service else 0)
 
     def _update_health(self) -> None:
         """Health names follow the models: served ones SERVING, gone ones NOT_SERVING; the
@@ -237,11 +255,16 @@ def create_server(models_dir: str | Path | None = None, *, models: list[LoadedMo
             parts.metrics.watch(parts.core)
         if parts.repository is not None:
             parts.repository.attach(parts.core)
+        if parts.http is not None:
+            parts.http_service = HttpService(parts.core, parts.repository, config.security,
+                                             config.transport.request_read_timeout_seconds)
         parts.core.start()
         loop.call(_add_services(parts, config.transport))
     except BaseException:
         if parts is not None:
             loop.call(parts.grpc_server.stop(None))  # frees the ports it bound
+            if parts.http is not None:
+                parts.http.close()
         _close(parts.core if parts else None, loop, parts.metrics if parts else None)
         raise
     return Server(parts, f"{binding.bracketed(config.host)}:{port}", port,
@@ -249,8 +272,8 @@ def create_server(models_dir: str | Path | None = None, *, models: list[LoadedMo
 
 
 def _bind(loop: _Loop, config: ServerConfig) -> tuple[_Parts, int]:
-    """The gRPC server bound on every address of the host, and /metrics serving, before any
-    model loads."""
+    """The gRPC server bound on every address of the host, /metrics serving and the HTTP port
+    bound, before any model loads."""
     async def make():
         server = grpc.aio.server(options=grpc_options(config.transport,
                                                       config.limits.max_message_bytes,
@@ -261,12 +284,18 @@ def _bind(loop: _Loop, config: ServerConfig) -> tuple[_Parts, int]:
     grpc_server, port = loop.call(make())
     metrics = Metrics() if config.metrics_port is not None else None
     parts = _Parts(loop, grpc_server, health.aio.HealthServicer(), metrics)
-    if metrics is not None:
-        try:
+    try:
+        if metrics is not None:
             metrics.start(config.metrics_host or config.host, config.metrics_port)
-        except StartupError:
-            loop.call(grpc_server.stop(None))
-            raise
+        if config.http_port is not None:
+            parts.http = HttpListener.bind(config.host, config.http_port, config.security,
+                                           config.transport.request_read_timeout_seconds,
+                                           reuse_port=config.worker)
+    except StartupError:
+        loop.call(grpc_server.stop(None))
+        if metrics is not None:
+            metrics.stop()
+        raise
     return parts, port
 
 

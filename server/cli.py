@@ -1,7 +1,8 @@
-"""`python -m server`: serve every model in a models folder over gRPC until SIGTERM/SIGINT.
+"""`python -m server`: serve the models of a folder over gRPC and HTTP until SIGTERM/SIGINT.
 
     python -m server --models-dir artifacts/models --port 50051 --device auto
     python -m server --port 0 --log-format json        # a free port, logged as {"port": ...}
+    python -m server --http-port 8080                  # the page at http://127.0.0.1:8080/
     python -m server --model-version resnet18=2 --model-version lenet=1
     python -m server --max-batch 64 --max-queue-delay-ms 4 --batching lenet_bn=256:1
 
@@ -84,6 +85,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=50051, help="port to listen on; 0 picks a free one")
     p.add_argument("--metrics-port", type=int, default=8002,
                    help="serve Prometheus /metrics on --host at this port; 0: no metrics")
+    p.add_argument("--http-port", type=int, default=8000,
+                   help="serve HTTP on --host at this port: the page at /, KServe v2 REST "
+                        "(/v2/...), /v1/models/NAME:classify, /openapi.json "
+                        "(docs/serving.md 'HTTP'); 0: no HTTP")
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="auto: CUDA when it comes up, else CPU (logged); cuda: fail without CUDA")
     p.add_argument("--model-version", action="append", default=[], type=_version_flag,
@@ -233,6 +238,7 @@ def server_config(args: argparse.Namespace, plan=None):
         versions=parse_version_flags(args.model_version), limits=limits, batching=_batching(args),
         transport=transport, security=security.from_args(args),
         metrics_port=0 if worker else args.metrics_port or None,
+        http_port=args.http_port or None,
         metrics_host="127.0.0.1" if worker else None, worker=worker,
         poll_seconds=args.poll_seconds,
         keep_versions=args.keep_versions, allow_unverified=args.allow_unverified,

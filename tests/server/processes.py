@@ -30,14 +30,19 @@ def free_port() -> int:
 class ServerProcess:
     """`python -m server ...` with its stderr collected line by line (so the pipe never fills).
     Metrics are off (--metrics-port 0) unless asked for (`metrics=True` picks a free port, kept
-    in `metrics_port`): the default port is one per machine."""
+    in `metrics_port`): the default port is one per machine. HTTP likewise: off (--http-port 0)
+    unless `http=True` picks a free port, kept in `http_port`."""
 
-    def __init__(self, *args: str, metrics: bool = False, entry: tuple[str, ...] = ("-m", "server"),
+    def __init__(self, *args: str, metrics: bool = False, http: bool = False,
+                 entry: tuple[str, ...] = ("-m", "server"),
                  env: dict[str, str] | None = None):
         self.metrics_port = free_port() if metrics else 0
         metrics_flags = (() if "--metrics-port" in args
                          else ("--metrics-port", str(self.metrics_port)))
-        self.proc = subprocess.Popen([sys.executable, *entry, *args, *metrics_flags], cwd=REPO,
+        self.http_port = free_port() if http else 0
+        http_flags = () if "--http-port" in args else ("--http-port", str(self.http_port))
+        self.proc = subprocess.Popen([sys.executable, *entry, *args, *metrics_flags, *http_flags],
+                                     cwd=REPO,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      env=None if env is None else {**os.environ, **env})
         self.lines: list[str] = []

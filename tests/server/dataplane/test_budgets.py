@@ -45,7 +45,7 @@ def memory_kb(pid: int, field: str) -> int:
 def server_process(models_dir):  # noqa: F811
     proc = subprocess.Popen(
         [sys.executable, "-m", "server", "--models-dir", str(models_dir), "--port", "0",
-         "--metrics-port", "0",
+         "--metrics-port", "0", "--http-port", "0",
          "--device", "cpu", "--log-format", "json", "--max-images-per-request", "16"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     port = None

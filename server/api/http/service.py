@@ -1,0 +1,110 @@
+"""The HTTP application: routes (v2.py, classify.py, the page, /openapi.json) behind one
+middleware that does what every request needs, in this order:
+
+1. counts the request in flight (Server.stop waits for it) and notes when it came in (deadlines);
+2. draining: once the server is stopping, every new request but /v2/health/live gets 503 with
+   the core's own message, while those in flight finish;
+3. the bearer token (auth.py), before any body is read;
+4. errors: a ServingError becomes its status by errors.STATUS with the same message as over gRPC;
+   HttpError its own; aiohttp's (unknown route, wrong method) the same {"error"} body; anything
+   else 500 with the traceback logged and the details hidden, as over gRPC.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from server.api.http import openapi
+from server.api.http.auth import REFLECTION, TokenCheck, twin
+from server.api.http.body import expect_handler
+from server.api.http.classify import ClassifyRoutes
+from server.api.http.deadlines import STARTED
+from server.api.http.errors import (
+    INTERNAL_MESSAGE,
+    HttpError,
+    error_response,
+    serving_error,
+)
+from server.api.http.v2 import V2Routes
+from server.api.kserve import Repository
+from server.api.security import Security
+from server.dataplane.core import Core
+from server.errors import Cancelled, ServingError, Unavailable, shorten
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent / "static"
+_ALWAYS_LIVE = "/v2/health/live"
+
+
+class Service:
+    """One HTTP application on one core; `in_flight` counts its requests being answered."""
+
+    def __init__(self, core: Core, repository: Repository | None, security: Security,
+                 read_timeout: float):
+        self.core = core
+        self.tokens = TokenCheck(security)
+        self.in_flight = 0
+        self.app = web.Application(middlewares=[self._middleware],
+                                   client_max_size=core.limits.max_message_bytes)
+        expect = expect_handler(core.limits.max_message_bytes)
+        V2Routes(core, repository, read_timeout).add_to(self.app.router, expect)
+        ClassifyRoutes(core, read_timeout).add_to(self.app.router, expect)
+        self.app.router.add_get("/openapi.json", self.openapi)
+        self.app.router.add_get("/", self.page)
+        self.app.router.add_static("/static/", STATIC)
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler) -> web.StreamResponse:
+        request[STARTED] = time.monotonic()
+        self.in_flight += 1
+        try:
+            if self.core.draining and request.path != _ALWAYS_LIVE:
+                raise Unavailable("the server is shutting down; retry on another instance")
+            self.tokens.check(request)
+            return await handler(request)
+        except ServingError as e:
+            _log(request, e.code, str(e), logging.INFO if isinstance(e, Cancelled) else None)
+            return serving_error(e)
+        except HttpError as e:
+            _log(request, str(e.status), str(e))
+            return e.response()
+        except web.HTTPException as e:  # aiohttp's own: no such route, wrong method
+            if e.status < 400:
+                raise  # a redirect is an answer, not an error
+            return _aiohttp_error(request, e)
+        except Exception:
+            log.exception("%s %s failed unexpectedly -> 500", request.method,
+                          shorten(request.path), extra={"code": "INTERNAL"})
+            return error_response(500, INTERNAL_MESSAGE)
+        finally:
+            self.in_flight -= 1
+
+    @twin(REFLECTION)
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.Response(text=json.dumps(openapi.describe(), indent=1),
+                            content_type="application/json")
+
+    async def page(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC / "index.html")
+
+
+def _aiohttp_error(request: web.Request, e: web.HTTPException) -> web.Response:
+    message = {404: f"no route {request.method} {shorten(request.path)}; the API is described "
+                    "at /openapi.json",
+               405: f"{request.method} is not allowed on {shorten(request.path)}; use "
+                    f"{', '.join(sorted(getattr(e, 'allowed_methods', ())))}"}.get(
+        e.status, e.text or e.reason)
+    _log(request, str(e.status), message)
+    return error_response(e.status, message, {k: v for k, v in e.headers.items()
+                                              if k.lower() == "allow"})
+
+
+def _log(request: web.Request, code: str, message: str, level: int | None = None) -> None:
+    log.log(level or logging.WARNING, "%s %s from %s -> %s: %s", request.method,
+            shorten(request.path), request.remote, code, message, extra={"code": code})

@@ -1,0 +1,180 @@
+"""KServe v2 REST (the Open Inference Protocol over HTTP) as Triton serves it, on the core.
+
+    GET  /v2                                         server metadata
+    GET  /v2/health/live, /v2/health/ready           200, or 503 {"error"} when not ready
+    GET  /v2/models/{m}[/versions/{v}]               model metadata
+    GET  /v2/models/{m}[/versions/{v}]/ready         200, or 404 for a model or version not served
+    GET  /v2/models/{m}[/versions/{v}]/config        Triton's model configuration
+    GET  /v2/models[/{m}[/versions/{v}]]/stats       Triton's statistics
+    POST /v2/models/{m}[/versions/{v}]/infer         inference (JSON or binary tensors)
+    POST /v2/repository/index                        served and refused versions
+    POST /v2/repository/models/{m}/load | /unload    the live model repository
+
+Everything but inference is answered by the gRPC servicer's own methods (server/api/kserve.py,
+called without their gRPC error mapping, so their errors come here as ServingErrors) and printed
+as JSON (jsonpb.py): the two protocols cannot drift apart. Inference is translated by tensors.py.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+
+from aiohttp import web
+from inference import grpc_service_pb2 as pb
+
+from server.api import kserve_tensors
+from server.api.http import tensors
+from server.api.http.auth import HEALTH, V2, twin
+from server.api.http.body import read_body
+from server.api.http.deadlines import deadline
+from server.api.http.jsonpb import message_dict, set_parameter
+from server.api.kserve import Repository, V2Servicer, version_of
+from server.dataplane.core import Core
+from server.errors import InvalidRequest, Unavailable, shorten
+
+_SMALL_BODY = 64 * 1024  # repository requests carry a few parameters at most
+
+
+class V2Routes:
+    def __init__(self, core: Core, repository: Repository | None, read_timeout: float):
+        self.core = core
+        self.servicer = V2Servicer(core, repository)
+        self.read_timeout = read_timeout
+
+    def add_to(self, router: web.UrlDispatcher, expect) -> None:
+        router.add_get("/v2", self.server_metadata)
+        router.add_get("/v2/health/live", self.live)
+        router.add_get("/v2/health/ready", self.ready)
+        router.add_get("/v2/models/stats", self.statistics)  # before /v2/models/{model}
+        for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+            router.add_get(prefix, self.model_metadata)
+            router.add_get(prefix + "/ready", self.model_ready)
+            router.add_get(prefix + "/config", self.model_config)
+            router.add_get(prefix + "/stats", self.statistics)
+            router.add_post(prefix + "/infer", self.infer, expect_handler=expect)
+        router.add_post("/v2/repository/index", self.repository_index, expect_handler=expect)
+        router.add_post("/v2/repository/models/{model}/load", self.load, expect_handler=expect)
+        router.add_post("/v2/repository/models/{model}/unload", self.unload,
+                        expect_handler=expect)
+
+    @twin(V2 + "ServerMetadata")
+    async def server_metadata(self, request: web.Request) -> web.Response:
+        return _json(await self._servicer("ServerMetadata", pb.ServerMetadataRequest()))
+
+    @twin(HEALTH)
+    async def live(self, request: web.Request) -> web.Response:
+        return web.json_response({"live": True})
+
+    @twin(HEALTH)
+    async def ready(self, request: web.Request) -> web.Response:
+        """Ready while serving a model (draining is answered 503 before this, by the service):
+        a readiness probe must not pass on an empty server, as gRPC health does not."""
+        if not self.core.list_models():
+            raise Unavailable(f"not ready: no model is served; {self.core.served()}")
+        return web.json_response({"ready": True})
+
+    @twin(V2 + "ModelMetadata")
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        name, version = _model(request)
+        return _json(await self._servicer("ModelMetadata", pb.ModelMetadataRequest(
+            name=name, version=version)))
+
+    @twin(V2 + "ModelReady")
+    async def model_ready(self, request: web.Request) -> web.Response:
+        name, version = _model(request)
+        self.core.lookup(name, version_of(version))  # ModelNotFound: 404 names what is served
+        return web.json_response({"name": name, "ready": True})
+
+    @twin(V2 + "ModelConfig")
+    async def model_config(self, request: web.Request) -> web.Response:
+        name, version = _model(request)
+        response = await self._servicer("ModelConfig", pb.ModelConfigRequest(name=name,
+                                                                              version=version))
+        return web.json_response(message_dict(response.config))
+
+    @twin(V2 + "ModelStatistics")
+    async def statistics(self, request: web.Request) -> web.Response:
+        name, version = request.match_info.get("model", ""), request.match_info.get("version", "")
+        return _json(await self._servicer("ModelStatistics", pb.ModelStatisticsRequest(
+            name=name, version=version)))
+
+    @twin(V2 + "ModelInfer")
+    async def infer(self, request: web.Request) -> web.Response:
+        body = await read_body(request, self.core.limits.max_message_bytes, self.read_timeout)
+        name, version = _model(request)
+        call = tensors.parse_infer(body, request.headers.get(tensors.HEADER_LENGTH), name, version)
+        wanted: list[kserve_tensors.Wanted] = []
+
+        def parse():  # called once the model is found, as over gRPC
+            wanted.extend(kserve_tensors.wanted_of(call.request))
+            return kserve_tensors.images_of(call.request)
+
+        spec, out = await self.core.infer(name, version_of(version), parse,
+                                          deadline=deadline(request, call.timeout),
+                                          protocol="http")
+        answer = kserve_tensors.infer_response(call.request.id, spec, out, wanted)
+        data, headers = tensors.infer_body(answer, call)
+        return web.Response(body=data, headers=headers)
+
+    @twin(V2 + "RepositoryIndex")
+    async def repository_index(self, request: web.Request) -> web.Response:
+        body = await self._json_body(request)
+        ready = body.get("ready", False)
+        if not isinstance(ready, bool):
+            raise InvalidRequest(f'"ready" must be true or false, got {shorten(json.dumps(ready))}')
+        response = await self._servicer("RepositoryIndex", pb.RepositoryIndexRequest(ready=ready))
+        return web.json_response([message_dict(model) for model in response.models])
+
+    @twin(V2 + "RepositoryModelLoad")
+    async def load(self, request: web.Request) -> web.Response:
+        message = pb.RepositoryModelLoadRequest(model_name=request.match_info["model"])
+        await self._repository("RepositoryModelLoad", message, request)
+        return web.json_response({})
+
+    @twin(V2 + "RepositoryModelUnload")
+    async def unload(self, request: web.Request) -> web.Response:
+        message = pb.RepositoryModelUnloadRequest(model_name=request.match_info["model"])
+        await self._repository("RepositoryModelUnload", message, request)
+        return web.json_response({})
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    async def _servicer(self, method: str, message):
+        """The gRPC servicer's method itself, without its gRPC error mapping (map_errors): its
+        ServingErrors reach the HTTP error table. These methods do not use the gRPC context."""
+        return await inspect.unwrap(getattr(V2Servicer, method))(self.servicer, message, None)
+
+    async def _repository(self, method: str, message, request: web.Request) -> None:
+        """Load/unload with Triton's body, {"parameters": {...}} (tritonclient sends
+        unload_dependents); the servicer refuses parameters it does not take, by name."""
+        parameters = (await self._json_body(request)).get("parameters", {})
+        if not isinstance(parameters, dict):
+            raise InvalidRequest('"parameters" must be a JSON object')
+        for key, value in parameters.items():
+            if not set_parameter(message.parameters[key], value):
+                raise InvalidRequest(f"parameter {shorten(key)} must be a boolean, an integer or "
+                                     f"a string, got {shorten(json.dumps(value))}")
+        await self._servicer(method, message)
+
+    async def _json_body(self, request: web.Request) -> dict:
+        """A small optional JSON object body ({} when empty)."""
+        body = await read_body(request, min(_SMALL_BODY, self.core.limits.max_message_bytes),
+                               self.read_timeout)
+        if not body.strip():
+            return {}
+        try:
+            value = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise InvalidRequest(f"the request body is not JSON: {e}") from None
+        if not isinstance(value, dict):
+            raise InvalidRequest("the request body must be a JSON object")
+        return value
+
+
+def _model(request: web.Request) -> tuple[str, str]:
+    return request.match_info["model"], request.match_info.get("version", "")
+
+
+def _json(message) -> web.Response:
+    return web.json_response(message_dict(message))
