@@ -43,6 +43,7 @@ import model_contract as contract
 from exporter import metadata
 from exporter.parity import cpu_session, probe
 from model_contract import ModelMetadata
+from server.models import providers  # torch-free: one CUDA set-up for export and serving
 
 MAX_DROP_POINTS = 0.5       # accuracy may fall at most this many points (0.5 = 0.005) below fp32
 MIN_AGREEMENT = 0.99        # top-1 agreement with the fp32 model, at least
@@ -389,23 +390,13 @@ def _rank(ref: Reference, recipes: tuple[Recipe, ...], calib: np.ndarray, select
 
 def cuda_available() -> bool:
     """onnxruntime has the CUDA provider and the NVIDIA driver loads (the server's own check)."""
-    from server.models.providers import cuda_driver_present  # torch-free
-    return "CUDAExecutionProvider" in ort.get_available_providers() and cuda_driver_present()
+    return providers.cuda_usable()
 
 
 def cuda_session(model_bytes: bytes) -> ort.InferenceSession | None:
-    """A session on the CUDA provider, or None when this machine has none (no driver, no GPU)."""
-    if not cuda_available():
-        return None
-    try:
-        ort.preload_dlls()
-    except Exception:  # noqa: BLE001 - then the session below falls back, and we say no CUDA
-        pass
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model_bytes, options,
-                                   providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
-    return session if session.get_providers()[0] == "CUDAExecutionProvider" else None
+    """A session on the CUDA provider set up as the server sets it up (TF32 off, so FP16 is
+    judged against full fp32), or None when CUDA does not take this model or is not here."""
+    return providers.cuda_session(model_bytes)
 
 
 def fp16(ref: Reference, gate: Gate = Gate()) -> Variant:
@@ -434,4 +425,4 @@ def fp16(ref: Reference, gate: Gate = Gate()) -> Variant:
 
     return _judge(_Candidate("fp16", half, session, fp32_cuda, reference, recipe,
                              checks=probabilities_close), ref, gate,
-                  {"recipe": recipe, "parity_provider": "CUDAExecutionProvider"})
+                  {"recipe": recipe, "parity_provider": providers.CUDA})

@@ -42,7 +42,7 @@ from server.dataplane.types import Batching, Limits
 from server.errors import StartupError
 from server.metrics import Metrics
 from server.models.loading import LoadedModel, Loader, default_runner_factory
-from server.models.providers import ProviderPolicy
+from server.models.providers import CudaOptions, ProviderPolicy
 from server.models.repository import Repository
 from server.models.verify import RunnerFactory
 
@@ -64,6 +64,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 0
     device: str = "auto"
+    cuda_tf32: bool = False  # --cuda-tf32: fp32 on TF32 tensor cores (server/models/providers.py)
     versions: dict[str, set[int]] = field(default_factory=dict)  # --model-version pins
     limits: Limits = Limits()
     batching: Batching = Batching()
@@ -304,7 +305,8 @@ def _load(models_dir, models: list[LoadedModel] | None,
     """The models to serve and the repository that follows the folder (None: given models)."""
     if models is not None:
         return None, models
-    loader = Loader(ProviderPolicy(config.device), config.runner_factory or default_runner_factory,
+    policy = ProviderPolicy(config.device, cuda=CudaOptions(tf32=config.cuda_tf32))
+    loader = Loader(policy, config.runner_factory or default_runner_factory,
                     config.allow_unverified)
     repository = Repository(models_dir, loader, config.versions, config.keep_versions)
     try:

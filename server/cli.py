@@ -91,6 +91,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "(docs/serving.md 'HTTP'); 0: no HTTP")
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="auto: CUDA when it comes up, else CPU (logged); cuda: fail without CUDA")
+    p.add_argument("--cuda-tf32", action="store_true",
+                   help="run fp32 convolutions and matrix products on TF32 tensor cores (faster on "
+                        "Ampere and newer; 10-bit mantissa): fp32 probes are then held to 1e-2 "
+                        "instead of 1e-3 (default: full fp32, use_tf32=0; docs/gpu.md)")
     p.add_argument("--model-version", action="append", default=[], type=_version_flag,
                    metavar="NAME=VERSION",
                    help="serve this version of NAME instead of its newest (repeatable)")
@@ -234,7 +238,7 @@ def server_config(args: argparse.Namespace, plan=None):
                           max_connection_idle_seconds=args.max_connection_idle_seconds,
                           max_connection_age_seconds=args.max_connection_age_seconds)
     return ServerConfig(
-        host=args.host, port=args.port, device=args.device,
+        host=args.host, port=args.port, device=args.device, cuda_tf32=args.cuda_tf32,
         versions=parse_version_flags(args.model_version), limits=limits, batching=_batching(args),
         transport=transport, security=security.from_args(args),
         metrics_port=0 if worker else args.metrics_port or None,

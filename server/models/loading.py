@@ -57,7 +57,9 @@ class Loader:
                 runner.warmup()
             except Exception as e:  # noqa: BLE001 - a model that cannot run one zero batch is unusable
                 raise ModelLoadError(f"warm-up run failed: {type(e).__name__}: {e}") from None
-            spec = replace(spec, probe_max_abs_diff=verify_probe(runner, spec.meta))
+            tolerance = self.policy.probe_tolerance(spec.meta, runner.provider)
+            spec = replace(spec, probe_max_abs_diff=verify_probe(runner, spec.meta, tolerance),
+                           probe_tolerance=tolerance)
             if not spec.verified and not self.allow_unverified:
                 raise ModelLoadError(
                     f"no {mc.PROBE} in the file, so the server cannot check that it answers as "
@@ -128,7 +130,7 @@ def log_loaded(model: LoadedModel, seconds: float) -> None:
     verified = ("NOT verified (no fmnist.probe; served because of --allow-unverified)"
                 if spec.probe_max_abs_diff is None else
                 f"probe max|Δ|={spec.probe_max_abs_diff:.3g} "
-                f"(tolerance {spec.meta.probe_tolerance:g})")
+                f"(tolerance {spec.probe_tolerance or spec.meta.probe_tolerance:g})")
     if spec.variant:
         verified += (f" fp32_agreement={spec.fp32_agreement:.4f} speedup_vs_fp32="
                      + ("n/a" if spec.speedup_vs_fp32 is None else f"{spec.speedup_vs_fp32:.2f}x"))

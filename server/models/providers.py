@@ -1,9 +1,24 @@
-"""--device -> onnxruntime execution providers, and the check of what is really active.
+"""--device -> onnxruntime execution providers with their CUDA options, and the check of what is
+really active.
 
 `auto` asks for CUDAExecutionProvider (then CPU) and, when a session comes up without CUDA, logs one
 line and asks only for CPU from then on (so onnxruntime's own error about missing CUDA libraries
 appears once, not once per model). `cuda` makes a session without an active CUDA provider a
 start-up error. What is active always comes from `session.get_providers()`, never from the request.
+
+Every CUDA session of the project (the server's, the exporter's FP16 check, `make gpu-check`) is
+set up here, with CudaOptions (docs/gpu.md says why each is chosen):
+- use_tf32=0 unless asked for (--cuda-tf32). onnxruntime's default is 1: on Ampere and newer its
+  fp32 Conv/Gemm/MatMul then run on TF32 tensor cores, whose operands keep 10 mantissa bits, as
+  fp16's do. The fp32 probe tolerance (model_contract.PROBE_TOLERANCE, 1e-3) assumes full fp32;
+  with TF32 the server holds fp32 models to TF32_PROBE_TOLERANCE instead.
+- cudnn_conv_algo_search=EXHAUSTIVE: cuDNN times every convolution algorithm on a shape's first
+  run and keeps the fastest. Its cost falls on warm-up only, because the batcher pads CUDA batches
+  to fixed buckets and warms each one (server/batching/batcher.py).
+- arena_extend_strategy=kSameAsRequested: each session has its own memory arena; onnxruntime's
+  default (kNextPowerOfTwo) rounds every growth up to a power of two, which with a dozen models
+  loaded reserves up to twice the memory they use. Padded buckets ask for the same sizes again and
+  again, so after warm-up the arena stops growing either way.
 """
 
 from __future__ import annotations
@@ -12,10 +27,13 @@ import ctypes
 import logging
 import sys
 import threading
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import onnxruntime as ort
 
+import model_contract as mc
 from server.errors import StartupError
 
 log = logging.getLogger(__name__)
@@ -23,6 +41,40 @@ log = logging.getLogger(__name__)
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 DEVICES = ("auto", "cuda", "cpu")
+# fp32 models on CUDA with TF32 (--cuda-tf32): TF32 rounds operands to fp16's 10-bit mantissa and
+# accumulates in fp32, so it is held to the FP16 variant's tolerance. A bound by that argument,
+# not yet a measurement: `make gpu-check` measures the difference on a GPU (docs/gpu.md).
+TF32_PROBE_TOLERANCE = mc.VARIANT_PROBE_TOLERANCE["fp16"]
+
+
+@dataclass(frozen=True)
+class CudaOptions:
+    """How every CUDA session is set up (the module docstring says why)."""
+
+    tf32: bool = False
+    conv_algo_search: str = "EXHAUSTIVE"
+    arena_extend_strategy: str = "kSameAsRequested"
+
+    def provider_options(self) -> dict[str, str]:
+        return {"use_tf32": "1" if self.tf32 else "0",
+                "cudnn_conv_algo_search": self.conv_algo_search,
+                "arena_extend_strategy": self.arena_extend_strategy}
+
+    def provider(self) -> tuple[str, dict[str, str]]:
+        """The entry for InferenceSession(providers=[...])."""
+        return CUDA, self.provider_options()
+
+    def fp32_tolerance(self) -> float:
+        """What an fp32 model's probe is held to on CUDA with these options."""
+        return TF32_PROBE_TOLERANCE if self.tf32 else mc.PROBE_TOLERANCE
+
+    def describe(self) -> str:
+        """One line for the log: the options and the probe tolerance they mean."""
+        options = " ".join(f"{k}={v}" for k, v in self.provider_options().items())
+        tf32 = ("TF32 on, --cuda-tf32" if self.tf32 else "TF32 off")
+        return (f"{options} ({tf32}: fp32 probes on CUDA are held to max |Δ| "
+                f"{self.fp32_tolerance():g}" + ("" if self.tf32 else
+                                                "; --cuda-tf32 trades that for speed") + ")")
 
 
 def cuda_driver_present() -> bool:
@@ -37,19 +89,64 @@ def cuda_driver_present() -> bool:
     return True
 
 
+def cuda_usable(driver_present: Callable[[], bool] = cuda_driver_present) -> bool:
+    """This onnxruntime build has the CUDA provider and the NVIDIA driver loads."""
+    return CUDA in ort.get_available_providers() and driver_present()
+
+
+_preloaded: list[str | None] = []  # once per process: None when preload_dlls() worked, else why
+_preload_lock = threading.Lock()
+
+
+def preload_cuda_libraries() -> str | None:
+    """onnxruntime-gpu finds pip-installed CUDA/cuDNN libraries only after preload_dlls(); call it
+    once per process. Returns None when it worked, else what went wrong (logged once)."""
+    with _preload_lock:
+        if not _preloaded:
+            try:
+                ort.preload_dlls()
+                log.info("onnxruntime.preload_dlls(): done")
+                _preloaded.append(None)
+            except Exception as e:  # noqa: BLE001 - hosts without CUDA libraries fail in many ways
+                _preloaded.append(f"{type(e).__name__}: {e}")
+                log.warning("onnxruntime.preload_dlls() failed (%s); CUDA may not come up",
+                            _preloaded[0])
+        return _preloaded[0]
+
+
+def cuda_session(model: bytes | str | Path,
+                 options: CudaOptions = CudaOptions()) -> ort.InferenceSession | None:
+    """A session on the CUDA provider with `options`, or None when this machine has none (no
+    CUDA build, no driver, no GPU) or CUDA does not take this model (it came up on the CPU)."""
+    if not cuda_usable():
+        return None
+    preload_cuda_libraries()
+    session_options = ort.SessionOptions()
+    session_options.log_severity_level = 3  # errors only: onnxruntime's warnings are not ours
+    session = ort.InferenceSession(model if isinstance(model, bytes) else str(model),
+                                   session_options, providers=[options.provider(), CPU])
+    return session if session.get_providers()[0] == CUDA else None
+
+
 class ProviderPolicy:
     """Decides which providers each new session asks for, and checks what each one got.
 
     One instance per server: it remembers an `auto` fallback so later sessions skip CUDA.
     """
 
-    def __init__(self, device: str, driver_present: Callable[[], bool] = cuda_driver_present):
+    def __init__(self, device: str, driver_present: Callable[[], bool] = cuda_driver_present,
+                 cuda: CudaOptions = CudaOptions()):
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+        if device == "cpu" and cuda.tf32:
+            raise ValueError("--cuda-tf32 sets the CUDA provider's math, and --device cpu uses "
+                             "none: drop it, or serve with --device cuda or auto")
         self.device = device
+        self.cuda = cuda
         self._cuda_usable = device != "cpu"
-        self._preloaded = False
         self._lock = threading.Lock()
+        if self._cuda_usable:
+            log.info("CUDA provider options: %s", cuda.describe())
         if self._cuda_usable and CUDA not in ort.get_available_providers():
             self._not_available(f"this onnxruntime build has no {CUDA} "
                                 f"(available: {', '.join(ort.get_available_providers())})")
@@ -57,13 +154,13 @@ class ProviderPolicy:
             self._not_available(f"{CUDA} cannot come up: no NVIDIA driver on this host "
                                 "(libcuda.so.1 does not load)")
 
-    def requested(self) -> list[str]:
-        """The providers the next session should ask for, best first."""
+    def requested(self) -> list:
+        """The providers the next session should ask for, best first (CUDA with its options)."""
         with self._lock:
             if not self._cuda_usable:
                 return [CPU]
-            self._preload_once()
-            return [CUDA, CPU]
+        preload_cuda_libraries()
+        return [self.cuda.provider(), CPU]
 
     def check(self, active: list[str], what: str) -> str:
         """Given a session's `get_providers()`, return the provider in use (or fail for `cuda`)."""
@@ -76,21 +173,16 @@ class ProviderPolicy:
                                         "onnxruntime's own message above says which)")
         return provider
 
+    def probe_tolerance(self, meta: mc.ModelMetadata, provider: str) -> float:
+        """What a model's probe is held to on `provider`: its own tolerance, widened for an fp32
+        model on CUDA with TF32 on."""
+        if provider == CUDA:
+            return max(meta.probe_tolerance, self.cuda.fp32_tolerance())
+        return meta.probe_tolerance
+
     def _not_available(self, reason: str) -> None:
         self._cuda_usable = False
         if self.device == "cuda":
             raise StartupError(f"--device cuda: {reason}. Use --device auto to fall back to the "
                                "CPU, or --device cpu.")
         log.warning("--device auto: falling back to %s: %s", CPU, reason)
-
-    def _preload_once(self) -> None:
-        """onnxruntime-gpu finds pip-installed CUDA/cuDNN libraries only after preload_dlls()."""
-        if self._preloaded:
-            return
-        self._preloaded = True
-        try:
-            ort.preload_dlls()
-            log.info("onnxruntime.preload_dlls(): done")
-        except Exception as e:  # noqa: BLE001 - hosts without CUDA libraries fail here in many ways
-            log.warning("onnxruntime.preload_dlls() failed (%s: %s); CUDA may not come up",
-                        type(e).__name__, e)

@@ -18,6 +18,7 @@ import onnxruntime as ort
 
 from model_contract import INPUT, NUM_CLASSES, OUTPUTS, SIDE
 from server.errors import ModelLoadError, Unavailable
+from server.models.providers import CUDA, CudaOptions
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,8 @@ class Runner(Protocol):
 
     provider: str  # the execution provider actually active, e.g. "CPUExecutionProvider"
     metadata: dict[str, str]  # the model file's metadata_props
-    settings: str  # how the runtime was set up, for the log ("intra_op_threads=2 spinning=off")
+    settings: str  # how the runtime was set up, for the log ("intra_op_threads=2 spinning=off",
+                   # and on CUDA its options: "use_tf32=0 cudnn_conv_algo_search=EXHAUSTIVE ...")
 
     def run(self, images: np.ndarray) -> RunOutput:
         """uint8 [N, 1, 28, 28] -> probabilities and logits, float32 [N, 10]. Thread-safe."""
@@ -48,9 +50,10 @@ class Runner(Protocol):
 
 
 class OnnxRunner:
-    """Owns one `onnxruntime.InferenceSession` for one model file."""
+    """Owns one `onnxruntime.InferenceSession` for one model file. `providers` as onnxruntime takes
+    them: names, or (name, options) pairs (ProviderPolicy.requested() gives CUDA's options)."""
 
-    def __init__(self, path: str | Path, providers: list[str], intra_op_threads: int = 0,
+    def __init__(self, path: str | Path, providers: list, intra_op_threads: int = 0,
                  spinning: bool = False):
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads  # 0: onnxruntime's default (all cores)
@@ -66,9 +69,10 @@ class OnnxRunner:
                                  f"{first_line}") from None
         _check_signature(self._session)
         self.path = Path(path)
-        self.settings = (f"intra_op_threads={intra_op_threads or 'default'} "
-                         f"spinning={'on' if spinning else 'off'}")
         self.provider = self._session.get_providers()[0]
+        self.settings = (f"intra_op_threads={intra_op_threads or 'default'} "
+                         f"spinning={'on' if spinning else 'off'}"
+                         + _cuda_settings(self._session, self.provider))
         self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
 
     def run(self, images: np.ndarray) -> RunOutput:
@@ -83,6 +87,15 @@ class OnnxRunner:
 
     def close(self) -> None:
         self._session = None
+
+
+def _cuda_settings(session: ort.InferenceSession, provider: str) -> str:
+    """The CUDA options onnxruntime reports for this session (what it made of the request, not
+    the request itself), for the loaded-model log line; "" off CUDA."""
+    if provider != CUDA:
+        return ""
+    active = session.get_provider_options().get(CUDA, {})
+    return "".join(f" {key}={active.get(key, '?')}" for key in CudaOptions().provider_options())
 
 
 def _check_signature(session: ort.InferenceSession) -> None:

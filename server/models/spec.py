@@ -25,6 +25,9 @@ class ModelSpec:
     # max |Δ probability| of the probe run on the serving provider against the exporter's run;
     # None: the file has no probe and was served with --allow-unverified
     probe_max_abs_diff: float | None = None
+    # what the probe was held to on that provider: the file's tolerance, or wider for an fp32
+    # model on CUDA with TF32 (server/models/providers.py); None: not checked
+    probe_tolerance: float | None = None
     # a variant's batch-32 images/s over its fp32 model's, measured here at load on the same
     # provider; None: not measured (fp32 itself, or no fp32 file beside it)
     speedup_vs_fp32: float | None = None

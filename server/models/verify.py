@@ -23,10 +23,11 @@ from server.models.runner import Runner
 RunnerFactory = Callable[[Path, list], Runner]  # (model file, providers to ask for) -> runner
 
 
-def verify_probe(runner: Runner, meta: mc.ModelMetadata) -> float | None:
+def verify_probe(runner: Runner, meta: mc.ModelMetadata,
+                 tolerance: float | None = None) -> float | None:
     """Run the exporter's probe images on the provider this runner really uses and return the max
-    |Δ probability| against the exporter's; ModelLoadError when it is over the tolerance. None:
-    the file has no probe."""
+    |Δ probability| against the exporter's; ModelLoadError when it is over `tolerance` (default:
+    the file's own, meta.probe_tolerance). None: the file has no probe."""
     if meta.probe is None:
         return None
     try:
@@ -38,7 +39,7 @@ def verify_probe(runner: Runner, meta: mc.ModelMetadata) -> float | None:
         diff = float(np.max(np.abs(served - probe.probabilities)))
     except Exception as e:  # noqa: BLE001 - a model that cannot run its probe is unusable
         raise ModelLoadError(f"probe run failed: {type(e).__name__}: {e}") from None
-    tolerance = meta.probe_tolerance
+    tolerance = meta.probe_tolerance if tolerance is None else tolerance
     if not diff <= tolerance:  # also NaN
         raise ModelLoadError(f"probe: on {runner.provider} its {len(probe.images)} images' "
                              f"probabilities differ from the exporter's by max |Δ| {diff:.3g}, "

@@ -15,7 +15,7 @@ import onnx
 import pytest
 
 from server.errors import ModelLoadError, StartupError, Unavailable
-from server.models.providers import CPU, CUDA, ProviderPolicy
+from server.models.providers import CPU, CUDA, CudaOptions, ProviderPolicy
 from server.models.runner import OnnxRunner
 from server.models.loading import load_models
 from server.models.scan import parse_version_flags, pick_versions, scan
@@ -194,7 +194,8 @@ def test_cuda_active_is_reported_and_warmed_up_mock(models_dir):
     policy = ProviderPolicy("cuda", driver_present=lambda: True)
     loaded = load_models(models_dir, policy, runner_factory=factory)
     assert [m.provider for m in loaded] == [CUDA, CUDA]
-    assert all(providers == [CUDA, CPU] for _, providers in made)
+    # CUDA with the options every CUDA session gets (TF32 off: test_cuda_options.py)
+    assert all(providers == [CudaOptions().provider(), CPU] for _, providers in made)
     assert all(runner.warmups == 1 for runner, _ in made)
 
 
