@@ -1,0 +1,81 @@
+"""`python -m server` with HTTP, as a person starts it: --http-port (and 0 for none), the body
+limit and read timeout that apply to HTTP, a taken HTTP port found before any model loads, TLS
+and tokens from the same flags as gRPC, and SIGTERM closing the port after a clean drain."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import ssl
+
+import pytest
+
+from tests.server.api.http.web import body_of, call, raw_exchange, sample_png, status_of
+from tests.server.certs import CertificateAuthority
+from tests.server.processes import ServerProcess, free_port
+
+CPU = ("--port", "0", "--device", "cpu")
+
+
+def test_http_port_serves_the_page_and_the_api_until_sigterm(models_dir):
+    port = free_port()
+    with ServerProcess("--models-dir", str(models_dir), *CPU, "--http-port", str(port),
+                       "--max-message-bytes", "4096", "--request-read-timeout", "1") as server:
+        server.wait_for_port()
+        server.wait_for_log(f"HTTP on http://127.0.0.1:{port}/")
+        base = f"http://127.0.0.1:{port}"
+        page = call(f"{base}/")
+        assert page.status == 200 and b"<title>fmnist-serve" in page.body
+        assert call(f"{base}/v2/health/ready").json == {"ready": True}
+        answer = call(f"{base}/v1/models/lenet_bn:classify", sample_png("coat"))
+        assert answer.status == 200 and answer.json["model"] == "lenet_bn"
+        too_big = call(f"{base}/v1/models/lenet_bn:classify", bytes(5000))
+        assert too_big.status == 413 and "over the limit of 4,096 bytes" in too_big.error
+        head = (b"POST /v1/models/lenet_bn:classify HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Length: 100\r\n\r\n")
+        slow = raw_exchange(port, head, [b"\x89PNG"])
+        assert status_of(slow) == 408
+        assert body_of(slow)["error"] == ("the request body did not arrive within 1 s "
+                                          "(--request-read-timeout)")
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.wait(60) == 0
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_http_port_0_serves_no_http(models_dir):
+    with ServerProcess("--models-dir", str(models_dir), *CPU, "--http-port", "0") as server:
+        server.wait_for_port()
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.wait(60) == 0
+    assert "HTTP on" not in server.log and "listening on" in server.log
+
+
+def test_a_taken_http_port_is_a_start_up_error_before_any_model_loads(models_dir):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with ServerProcess("--models-dir", str(models_dir), *CPU, "--http-port",
+                           str(port)) as server:
+            assert server.wait(60) == 1
+    assert f"cannot serve HTTP on 127.0.0.1:{port}: Address already in use" in server.log
+    assert "loaded model" not in server.log
+
+
+def test_tls_and_tokens_from_the_grpc_flags(models_dir, tmp_path):
+    ca = CertificateAuthority(tmp_path, "ca")
+    issued = ca.issue("server", server=True)
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("letmein\n")
+    with ServerProcess("--models-dir", str(models_dir), *CPU, "--tls-cert", str(issued.cert),
+                       "--tls-key", str(issued.key), "--auth-token-file", str(tokens),
+                       http=True) as server:
+        server.wait_for_port()
+        server.wait_for_log(f"HTTP on https://127.0.0.1:{server.http_port}/")
+        base, context = f"https://127.0.0.1:{server.http_port}", ssl.create_default_context(
+            cafile=ca.pem)
+        assert call(f"{base}/v2/health/ready", context=context).status == 200  # open
+        assert call(f"{base}/v1/models", context=context).status == 401
+        assert call(f"{base}/v1/models", headers={"Authorization": "Bearer letmein"},
+                    context=context).status == 200
