@@ -48,15 +48,15 @@ class Wanted:
 
 def images_of(request: pb.ModelInferRequest) -> np.ndarray | list[ImageData]:
     """The request's one input as Core.infer takes it: the uint8 tensor, or encoded images."""
-    names = ", ".join(shorten(t.name) for t in request.inputs)
     if len(request.inputs) != 1:
-        raise InvalidRequest(f"send one input, {_TAKES}; got {len(request.inputs)}: {names}")
+        raise InvalidRequest(f"send one input, {_TAKES}; got {len(request.inputs)}: "
+                             f"{_names(request.inputs)}")
     if request.raw_input_contents and len(request.raw_input_contents) != 1:
         raise InvalidRequest(f"{len(request.raw_input_contents)} raw_input_contents for 1 input; "
                              "send one per input")
     tensor = request.inputs[0]
     if tensor.name not in INPUTS:
-        raise InvalidRequest(f"unknown input {names}; the model takes {_TAKES}")
+        raise InvalidRequest(f"unknown input {_names(request.inputs)}; the model takes {_TAKES}")
     where = f"input {tensor.name!r}"
     datatype, _ = INPUTS[tensor.name]
     if tensor.datatype != datatype:
@@ -68,6 +68,10 @@ def images_of(request: pb.ModelInferRequest) -> np.ndarray | list[ImageData]:
     if tensor.name == mc.INPUT:
         return _pixels(tensor, raw, where)
     return [ImageData("encoded", data) for data in _encoded(tensor, raw, where)]
+
+
+def _names(tensors) -> str:
+    return ", ".join(shorten(t.name) for t in tensors)
 
 
 def _pixels(tensor, raw: bytes | None, where: str) -> np.ndarray:

@@ -24,10 +24,8 @@ def map_errors(method):
     else -> INTERNAL with the traceback logged. A cancelled call (asyncio.CancelledError) passes.
 
     The call ends through `fail`, not `context.abort`: abort raises an exception that grpc keeps
-    on the call, and its traceback holds this frame, the request and the error that holds the
-    decoded images, in a reference cycle only the garbage collector frees. Under a flood of
-    failing requests (1 ms deadlines, 8 images each) that held 150-250 MB until a collection
-    (bench: scripts/soak.py)."""
+    on the call, whose traceback holds this frame and the request in a reference cycle that only
+    the garbage collector frees (under a flood of failing requests, hundreds of MB)."""
     log = logging.getLogger(method.__module__)
 
     @functools.wraps(method)

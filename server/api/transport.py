@@ -55,51 +55,52 @@ def unary_handler(behavior, request_deserializer, response_serializer,
 
     async def handler(request_iterator, context):
         try:
-            request = await asyncio.wait_for(anext(request_iterator), read_timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(read_timeout):  # a timer, not a task as wait_for makes
+                request = await anext(request_iterator)
+        except TimeoutError:
             return fail(context, grpc.StatusCode.DEADLINE_EXCEEDED,
                         f"the request message did not arrive within {read_timeout:g} s of the "
                         "call's start (--request-read-timeout)")
         except StopAsyncIteration:
-            await _stop_if_ended(context, probe=True)
+            await _stop_if_open_but_empty(context)
             return fail(context, grpc.StatusCode.INVALID_ARGUMENT,
                         "the call sent no request message")
         except DecodeError:  # the bytes are not this method's message (else: UNKNOWN, "Unexpected")
             return fail(context, grpc.StatusCode.INVALID_ARGUMENT,
                         "the request message is not valid protobuf for this method")
-        await _stop_if_ended(context)
+        _stop_if_ended(context)
         response = await behavior(request, context)
-        await _stop_if_ended(context)
+        _stop_if_ended(context)
         return response
 
     return grpc.stream_unary_rpc_method_handler(handler, request_deserializer=request_deserializer,
                                                 response_serializer=response_serializer)
 
 
-async def _stop_if_ended(context, probe: bool = False) -> None:
+def _stop_if_ended(context) -> None:
     """Raise CancelledError, so that the handler sends no status, when grpc has already ended
-    the call.
+    the call: a status sent on an ended call fails, and grpc.aio never frees a failed batch
+    (~400 B of native heap each; grpc/grpc#43360).
 
-    grpc.aio never frees a batch that fails (grpc/grpc#43360, open in 1.85), and a status sent
-    on an ended call fails: ~400 B of native heap lost per call, whose scattered blocks also
-    keep the heap from shrinking (the 10-minute soak crept ~1 MiB a minute). Ended means: the
-    deadline passed (grpc ends the call with DEADLINE_EXCEEDED itself), or grpc cancelled this
-    handler's task (the client cancelled, or its message was over --max-message-bytes and it
-    already has RESOURCE_EXHAUSTED). The CancelledError of the latter does not always arrive:
-    asyncio.wait_for swallows it when the read it waits on finishes at the same moment, but the
-    task still counts the request (Task.cancelling).
-
-    With `probe`, for a stream that ended without a request, a call neither sign marks is asked
-    directly: it may be open (the client half-closed without sending one, and is owed
-    INVALID_ARGUMENT). Sending the initial metadata fails only on an ended call, and as the
-    smallest batch there is, it loses 80 B where a status would lose 400."""
+    Ended means: the deadline passed (grpc ends the call with DEADLINE_EXCEEDED itself), or grpc
+    cancelled this handler's task (the client cancelled, or its message was over
+    --max-message-bytes and it already has RESOURCE_EXHAUSTED). The task counts such a cancel
+    (Task.cancelling) even when the CancelledError itself was lost, as it is when the read it
+    interrupted finished at the same moment."""
     if deadline_passed(context) or asyncio.current_task().cancelling():
         raise asyncio.CancelledError
-    if probe:
-        try:
-            await context.send_initial_metadata(())
-        except Exception:  # noqa: BLE001 - grpc's ExecuteBatchError is private; any failure: ended
-            raise asyncio.CancelledError from None
+
+
+async def _stop_if_open_but_empty(context) -> None:
+    """For a stream that ended without a request: `_stop_if_ended`, and when neither sign says
+    the call ended, ask it directly. It may be open (the client half-closed without sending a
+    request, and is owed INVALID_ARGUMENT): sending the initial metadata fails only on an ended
+    call, and as the smallest batch there is, it loses 80 B where a status would lose 400."""
+    _stop_if_ended(context)
+    try:
+        await context.send_initial_metadata(())
+    except Exception:  # noqa: BLE001 - grpc's ExecuteBatchError is private; any failure: ended
+        raise asyncio.CancelledError from None
 
 
 def service_handler(service_name: str, servicer, messages, read_timeout: float):

@@ -4,13 +4,19 @@
     batcher.start()                       # warms every batch size it will use, then serves
     ticket = batcher.submit(images, deadline=time.monotonic() + 1.0)
     out = ticket.future.result()          # RunOutput for exactly these images, in order
+    ticket = batcher.submit(images, loop=asyncio.get_running_loop())
+    out = await ticket.future             # the same, as a future of that event loop
     batcher.close()
 
 One thread per batcher takes queued images, up to `max_batch` of them, and runs them as one batch
-on the runner; a request larger than `max_batch` is cut into pieces that may ride in different
-batches, and its rows are put back together in order. The thread-safe queue and a
-concurrent.futures.Future per request keep this free of asyncio and grpc: the core awaits the
-future with `asyncio.wrap_future`, tests call `.result()`.
+on the runner (onnxruntime releases the GIL while it runs: the event loop goes on meanwhile); a
+request larger than `max_batch` is cut into pieces that may ride in different batches, and its
+rows are put back together in order. A request submitted with `loop` gets an asyncio future of
+that loop, and all the futures one batch settles on a loop are set by one `call_soon_threadsafe`:
+a batch wakes the loop once, not once per request (each wake-up is a write to the loop's
+self-pipe and a pass of its selector; scripts/profile_serve.py found those writes at a fifth of
+the batcher thread's samples). Without `loop` the future is a concurrent.futures.Future (for
+threads). The thread itself is woken only when what it waits for has arrived, not by every submit.
 
 When to run: the batcher expects as many images as its previous batch held plus those that
 arrived while it ran (the load it is seeing; capped at `max_batch`): it runs as soon as that many
@@ -22,10 +28,15 @@ arriving while the other runs): the batch waits the few ms it takes the other ha
 
 Admission and deadlines (costs come from `CostModel`, learned from every run by batch size):
 - `submit` refuses (Overloaded, with a retry hint) when the queue would hold more than
-  `max_queue_images`, and (DeadlineExceeded) when even the most optimistic time to run the images
-  ahead plus its own exceeds the time left: it never refuses a request that would fit.
-- A request whose deadline passes, or that cannot finish before it, or whose future was cancelled
-  (the caller went away) leaves the queue when the batcher reaches it and never runs.
+  `max_queue_images`, and (DeadlineExceeded) when even the most optimistic time for what runs
+  before it and for its own images exceeds the time left: what the running batch has left by
+  its best time (less the time it has already run), then the queued images, in full batches.
+  Before refusing, it drops the queued requests that can no longer make their deadline (they
+  would be dropped unrun anyway) and asks again. So it never refuses a request that would fit.
+- A cancelled request (the caller went away) leaves the count of queued images at once: it holds
+  no queue capacity and is not counted ahead of anyone. Its images, and those of a request whose
+  deadline passes or that cannot finish before it, never run: the batcher drops them when it
+  reaches them.
 
 On CUDA, batches are padded to fixed sizes (`buckets`: 1, 2, 4, ..., max_batch) so that cuDNN's
 algorithm search and onnxruntime's memory planning for every shape happen at warm-up, never on a
@@ -35,23 +46,28 @@ their own size and warm-up covers batch 1 and `max_batch` (which also seeds the 
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
+import math
 import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Union
 
 import numpy as np
 
-from model_contract import SIDE
+from model_contract import NUM_CLASSES, SIDE
 from server.batching.cost_model import CostModel
 from server.errors import Cancelled, DeadlineExceeded, Overloaded, Unavailable
 from server.models.providers import CUDA
 from server.models.runner import RunOutput, Runner
 
 log = logging.getLogger(__name__)
+
+AnyFuture = Union[Future, asyncio.Future]
+Outcome = tuple["_Request", Union[RunOutput, BaseException]]  # what a request's future gets
 
 
 @dataclass(frozen=True)
@@ -111,16 +127,18 @@ class BatchStats:
         self.last_batch_at = time.time()
 
 
-@dataclass
+@dataclass(eq=False)
 class _Request:
     images: np.ndarray  # uint8 [n, 1, 28, 28]
     deadline: float | None  # time.monotonic() seconds
-    future: Future
+    future: AnyFuture
+    loop: asyncio.AbstractEventLoop | None  # the loop `future` belongs to; None: a thread's Future
     enqueued: float
+    queued: int  # images still waiting in the queue, as `queued_images` counts them
+    left: int  # rows not yet computed
     probabilities: np.ndarray | None = None
     logits: np.ndarray | None = None
-    left: int = 0  # rows not yet computed
-    failed: bool = False
+    done: bool = False  # its outcome is decided (answered, failed or dropped)
     cancelled: bool = False
 
 
@@ -138,13 +156,15 @@ class _Piece:
 class Ticket:
     """A queued request: `future` gets its RunOutput (or the error that stopped it)."""
 
-    def __init__(self, request: _Request):
+    def __init__(self, batcher: "Batcher", request: _Request):
+        self._batcher = batcher
         self._request = request
         self.future = request.future
 
     def cancel(self) -> None:
-        """The caller went away: what has not run yet never will."""
-        self._request.cancelled = True
+        """The caller went away: what has not run yet never will, and stops counting as queued.
+        From the future's own loop when it has one."""
+        self._batcher._cancel(self._request)
         self.future.cancel()
 
 
@@ -159,11 +179,14 @@ class Batcher:
         self.pad = runner.provider == CUDA
         self._shapes = buckets(policy.max_batch) if self.pad else sorted({1, policy.max_batch})
         self._queue: collections.deque[_Piece] = collections.deque()
-        self._queued_images = 0
+        self._queued_images = 0  # of requests still wanted (cancelled ones leave it at once)
+        self._earliest_deadline = math.inf  # at most the earliest deadline in the queue
         self._running_images = 0
+        self._running_since = 0.0  # time.monotonic() when the running batch was taken
         self._expected_images = 1  # the next batch's size: the last one's plus what came meanwhile
         self._arrived_while_running = 0
         self._free_since = 0.0  # time.monotonic() when the last batch finished
+        self._waiting_for = 0  # queued images the thread is waiting for (0: it is not waiting)
         self._closed = False
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
@@ -180,34 +203,28 @@ class Batcher:
             self.costs.observe(size, time.perf_counter() - started)
         self._thread.start()
 
-    def submit(self, images: np.ndarray, deadline: float | None = None) -> Ticket:
-        """Queue `images` (uint8 [n, 1, 28, 28]); the ticket's future gets their RunOutput."""
+    def submit(self, images: np.ndarray, deadline: float | None = None,
+               loop: asyncio.AbstractEventLoop | None = None) -> Ticket:
+        """Queue `images` (uint8 [n, 1, 28, 28]); the ticket's future gets their RunOutput: an
+        asyncio future of `loop` (call from that loop), else a concurrent.futures.Future."""
         n = len(images)
-        request = _Request(images, deadline, Future(), time.monotonic(), left=n)
-        with self._cond:
-            if self._closed:
-                raise Unavailable(f"{self.name} is shutting down; retry on another instance")
-            ahead = self._queued_images + self._running_images
-            if self._queued_images + n > self.policy.max_queue_images:
-                wait = self.costs.expected(ahead, self.policy.max_batch)
-                raise Overloaded(
-                    f"{self.name}'s queue is full ({self._queued_images} of "
-                    f"{self.policy.max_queue_images} images waiting); retry in about "
-                    f"{max(wait, 0.001) * 1000:.0f} ms", retry_after=wait)
-            if deadline is not None:
-                left = deadline - request.enqueued
-                needed = self.costs.optimistic(ahead + n, self.policy.max_batch)
-                if left <= needed:
-                    raise DeadlineExceeded(
-                        f"the deadline leaves {max(left, 0.0) * 1000:.1f} ms, and {self.name} "
-                        f"needs at least {needed * 1000:.1f} ms for these {n} image(s) and the "
-                        f"{ahead} ahead of them")
-            self._queue.append(_Piece(request, 0, n))  # _take cuts it at batch boundaries
-            self._queued_images += n
-            if self._running_images:
-                self._arrived_while_running += n
-            self._cond.notify()
-        return Ticket(request)
+        now = time.monotonic()
+        request = _Request(images, deadline, Future() if loop is None else loop.create_future(),
+                           loop, now, queued=n, left=n)
+        dropped: list[Outcome] = []
+        try:
+            with self._cond:
+                try:
+                    self._admit(request, now)
+                except (Overloaded, DeadlineExceeded):
+                    dropped = self._drop_expired(now) if self._fits_alone(request, now) else []
+                    if not dropped:
+                        raise
+                    self._admit(request, now)  # again, without the requests that cannot run
+                self._enqueue(request)
+        finally:
+            _settle(dropped)
+        return Ticket(self, request)
 
     @property
     def queued_images(self) -> int:
@@ -217,95 +234,204 @@ class Batcher:
         """Refuse new work, fail what is still queued (UNAVAILABLE), stop the thread."""
         with self._cond:
             self._closed = True
-            pieces = list(self._queue)
+            outcomes = [(piece.request, Unavailable(f"{self.name} shut down before this ran"))
+                        for piece in self._queue if self._finish(piece.request)]
             self._queue.clear()
             self._queued_images = 0
             self._cond.notify_all()
-        for piece in pieces:
-            self._fail(piece.request, Unavailable(f"{self.name} shut down before this ran"))
+        _settle(outcomes)
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join()
+
+    # --- admission (under the lock) ---------------------------------------------------------
+
+    def _admit(self, request: _Request, now: float) -> None:
+        """Raise what refuses `request` now, if anything does."""
+        n, max_batch = request.queued, self.policy.max_batch
+        if self._closed:
+            raise Unavailable(f"{self.name} is shutting down; retry on another instance")
+        if self._queued_images + n > self.policy.max_queue_images:
+            wait = self._time_ahead(now, best=False)
+            raise Overloaded(
+                f"{self.name}'s queue is full ({self._queued_images} of "
+                f"{self.policy.max_queue_images} images waiting); retry in about "
+                f"{max(wait, 0.001) * 1000:.0f} ms", retry_after=wait)
+        if request.deadline is not None:
+            left = request.deadline - now
+            running = self._time_ahead(now, best=True, queued=False)
+            needed = running + self.costs.optimistic(self._queued_images + n, max_batch)
+            if left <= needed:
+                raise DeadlineExceeded(
+                    f"the deadline leaves {max(left, 0.0) * 1000:.1f} ms, and {self.name} "
+                    f"needs at least {needed * 1000:.1f} ms for these {n} image(s) after the "
+                    f"{self._queued_images} queued ahead of them (and {running * 1000:.1f} ms "
+                    "left of the running batch)")
+
+    def _fits_alone(self, request: _Request, now: float) -> bool:
+        """Whether `request` would be admitted with nothing queued ahead of it."""
+        if request.queued > self.policy.max_queue_images:
+            return False
+        return request.deadline is None or request.deadline - now > (
+            self._time_ahead(now, best=True, queued=False)
+            + self.costs.optimistic(request.queued, self.policy.max_batch))
+
+    def _time_ahead(self, now: float, best: bool, queued: bool = True) -> float:
+        """Seconds until the queue (without: the running batch) is through, at best or usually:
+        what the running batch has left by that measure, then the queued images."""
+        max_batch = self.policy.max_batch
+        ahead = 0.0
+        if self._running_images:
+            estimate = self.costs.optimistic if best else self.costs.expected
+            ahead = max(0.0, self._running_since + estimate(self._running_images, max_batch) - now)
+        if queued:
+            ahead += (self.costs.optimistic if best else self.costs.expected)(
+                self._queued_images, max_batch)
+        return ahead
+
+    def _enqueue(self, request: _Request) -> None:
+        n = request.queued
+        self._queue.append(_Piece(request, 0, n))  # _take cuts it at batch boundaries
+        self._queued_images += n
+        if request.deadline is not None:
+            self._earliest_deadline = min(self._earliest_deadline, request.deadline)
+        if self._running_images:
+            self._arrived_while_running += n
+        if self._waiting_for and self._queued_images >= self._waiting_for:
+            self._cond.notify()
+
+    def _drop_expired(self, now: float) -> list[Outcome]:
+        """Take out of the queue every request that can no longer make its deadline even if it
+        ran alone now; returns their outcomes (DeadlineExceeded)."""
+        longest = self.costs.optimistic(self.policy.max_queue_images, self.policy.max_batch)
+        if self._earliest_deadline - now > longest:
+            return []  # none is that close to its deadline
+        kept: collections.deque[_Piece] = collections.deque()
+        dropped: list[Outcome] = []
+        self._earliest_deadline = math.inf
+        for piece in self._queue:
+            request = piece.request
+            error = None if request.done else self._expired(request, now, piece.size)
+            if error is not None and self._finish(request):
+                dropped.append((request, error))
+            elif not request.done:
+                kept.append(piece)
+                if request.deadline is not None:
+                    self._earliest_deadline = min(self._earliest_deadline, request.deadline)
+        self._queue = kept
+        return dropped
+
+    def _cancel(self, request: _Request) -> None:
+        with self._cond:
+            request.cancelled = True
+            self._queued_images -= request.queued
+            request.queued = 0
+
+    def _finish(self, request: _Request) -> bool:
+        """Mark `request` decided and out of the queue's count; False if it already was."""
+        if request.done:
+            return False
+        request.done = True
+        self._queued_images -= request.queued
+        request.queued = 0
+        return True
+
+    def _expired(self, request: _Request, now: float, batch: int) -> DeadlineExceeded | None:
+        """The error for a request that cannot finish before its deadline in a batch of `batch`."""
+        if request.deadline is None:
+            return None
+        left = request.deadline - now
+        needed = self.costs.optimistic(batch, self.policy.max_batch)
+        if left > needed:
+            return None
+        return DeadlineExceeded(
+            f"the deadline passed while queued for {self.name} ({(now - request.enqueued) * 1000:.1f}"
+            f" ms in the queue; a batch needs at least {needed * 1000:.1f} ms)")
 
     # --- the batching thread ----------------------------------------------------------------
 
     def _loop(self) -> None:
         while True:
-            pieces = self._next_batch()
-            if pieces is None:
+            taken = self._next_batch()
+            if taken is None:
                 return
+            pieces, dropped = taken
+            _settle(dropped)
             if pieces:
                 self._run(pieces)
 
-    def _next_batch(self) -> list[_Piece] | None:
+    def _next_batch(self) -> tuple[list[_Piece], list[Outcome]] | None:
         """Wait for work, then take up to max_batch images of it; None once closed."""
-        max_batch = self.policy.max_batch
         with self._cond:
-            while not self._queue and not self._closed:
-                self._cond.wait()
+            while not self._queued_images and not self._closed:
+                self._wait_for(1, None)
             if self._closed:
                 return None
-            expected = min(max_batch, self._expected_images)
+            expected = min(self.policy.max_batch, self._expected_images)
             if self._queued_images < expected:  # the rest of a batch like the last is on its way
                 run_by = max(self._queue[0].request.enqueued,
                              self._free_since) + self.policy.max_delay
                 while self._queued_images < expected and not self._closed:
                     left = run_by - time.monotonic()
-                    if left <= 0 or not self._cond.wait(left):
+                    if left <= 0 or not self._wait_for(expected, left):
                         break
-                if self._closed or not self._queue:
-                    return None if self._closed else []
-            pieces, taken = self._take(max_batch)
-            self._queued_images -= taken
-            self._running_images = taken
+                if self._closed:
+                    return None
+            taken = self._take(self.policy.max_batch)
+            self._running_images = sum(piece.size for piece in taken[0])
+            self._running_since = time.monotonic()
             self._arrived_while_running = 0
-        return pieces
+        return taken
 
-    def _take(self, max_batch: int) -> tuple[list[_Piece], int]:
+    def _wait_for(self, images: int, timeout: float | None) -> bool:
+        """Under the lock: sleep until `images` are queued (submit notifies then) or `timeout`."""
+        self._waiting_for = images
+        try:
+            return self._cond.wait(timeout)
+        finally:
+            self._waiting_for = 0
+
+    def _take(self, max_batch: int) -> tuple[list[_Piece], list[Outcome]]:
         """Pop pieces until the batch is full, cutting the last one if it does not fit; drop
         requests that were cancelled or cannot finish before their deadline. Under the lock."""
         pieces: list[_Piece] = []
-        taken = 0  # images leaving the queue (run or dropped)
+        dropped: list[Outcome] = []
         size = 0
         now = time.monotonic()
         while self._queue and size < max_batch:
             piece = self._queue[0]
             request = piece.request
-            if request.failed or not self._still_wanted(request, now, max(size + piece.size, 1)):
+            error = None if request.done else self._unwanted(request, now,
+                                                             max(size + piece.size, 1))
+            if request.done or error is not None:
                 self._queue.popleft()
-                taken += piece.size
+                if error is not None and self._finish(request):
+                    dropped.append((request, error))
                 continue
             room = max_batch - size
             if piece.size > room:  # cut: the rest stays at the head of the queue
                 pieces.append(_Piece(request, piece.start, piece.start + room))
                 piece.start += room
-                taken += room
-                size += room
-                break
-            self._queue.popleft()
-            pieces.append(piece)
-            taken += piece.size
-            size += piece.size
-        return pieces, taken
+                taken = room
+            else:
+                self._queue.popleft()
+                pieces.append(piece)
+                taken = piece.size
+            request.queued -= taken
+            self._queued_images -= taken
+            size += taken
+        return pieces, dropped
 
-    def _still_wanted(self, request: _Request, now: float, batch: int) -> bool:
-        """False (and the request failed) when it was cancelled or cannot make its deadline."""
+    def _unwanted(self, request: _Request, now: float, batch: int) -> BaseException | None:
+        """Why `request` must not run (it was cancelled, or cannot make its deadline), or None."""
         future = request.future
         if request.cancelled or future.cancelled() or (
-                not future.running() and not future.set_running_or_notify_cancel()):
-            self._fail(request, Cancelled(f"the caller cancelled while queued for {self.name}"))
-            return False
-        if request.deadline is not None:
-            left = request.deadline - now
-            needed = self.costs.optimistic(batch, self.policy.max_batch)
-            if left <= needed:
-                self._fail(request, DeadlineExceeded(
-                    f"the deadline passed while queued for {self.name} ({(now - request.enqueued) * 1000:.1f} "
-                    f"ms in the queue; a batch needs at least {needed * 1000:.1f} ms)"))
-                return False
-        return True
+                request.loop is None and not future.running()
+                and not future.set_running_or_notify_cancel()):
+            return Cancelled(f"the caller cancelled while queued for {self.name}")
+        return self._expired(request, now, batch)
 
     def _run(self, pieces: list[_Piece]) -> None:
-        images = np.concatenate([p.request.images[p.start:p.stop] for p in pieces])
+        images = _batch_images(pieces)
         n = len(images)
         if self.pad:
             size = next(s for s in self._shapes if s >= n)
@@ -316,30 +442,25 @@ class Batcher:
         started = time.perf_counter()
         try:
             out = self.runner.run(images)
+            error = None
         except Exception as e:  # noqa: BLE001 - every request in the batch gets the error
-            self._record(BatchEvent(n, waits, time.perf_counter() - started, ok=False))
-            for piece in pieces:
-                self._fail(piece.request, e)
-            return
-        finally:
-            with self._cond:
-                self._running_images = 0
-                self._expected_images = n + self._arrived_while_running
-                self._free_since = time.monotonic()
+            out, error = None, e
         seconds = time.perf_counter() - started
-        self.costs.observe(len(images), seconds)
-        self._record(BatchEvent(n, waits, seconds, ok=True))
-        if out.probabilities.shape[0] != len(images) or out.logits.shape[0] != len(images):
-            error = RuntimeError(f"{self.name} returned {out.probabilities.shape[0]} rows for "
-                                 f"{len(images)} images")
-            for piece in pieces:
-                self._fail(piece.request, error)
-            return
-        row = 0
-        for piece in pieces:
-            self._deliver(piece, out.probabilities[row:row + piece.size],
-                          out.logits[row:row + piece.size])
-            row += piece.size
+        if error is None and not out.probabilities.shape == out.logits.shape == (
+                len(images), NUM_CLASSES):
+            error = RuntimeError(f"{self.name} returned probabilities of shape "
+                                 f"{out.probabilities.shape} and logits of shape "
+                                 f"{out.logits.shape} for {len(images)} images")
+        with self._cond:
+            self._running_images = 0
+            self._expected_images = n + self._arrived_while_running
+            self._free_since = time.monotonic()
+            if error is None:
+                self.costs.observe(len(images), seconds)
+            outcomes = (self._deliver(pieces, out) if error is None else
+                        [(p.request, error) for p in pieces if self._finish(p.request)])
+        self._record(BatchEvent(n, waits, seconds, ok=error is None))
+        _settle(outcomes)
 
     def _record(self, event: BatchEvent) -> None:
         self.stats.add(event)
@@ -349,27 +470,68 @@ class Batcher:
             except Exception:  # noqa: BLE001 - a broken listener must not stop the batcher
                 log.exception("batch listener failed for %s", self.name)
 
-    def _deliver(self, piece: _Piece, probabilities: np.ndarray, logits: np.ndarray) -> None:
-        request = piece.request
-        if request.failed:
-            return
-        if request.probabilities is None:
-            n = len(request.images)
-            request.probabilities = np.empty((n, probabilities.shape[1]), probabilities.dtype)
-            request.logits = np.empty((n, logits.shape[1]), logits.dtype)
-        request.probabilities[piece.start:piece.stop] = probabilities
-        request.logits[piece.start:piece.stop] = logits
-        request.left -= piece.size
-        if request.left == 0:
-            request.future.set_result(RunOutput(probabilities=request.probabilities,
-                                                logits=request.logits))
+    def _deliver(self, pieces: list[_Piece], out: RunOutput) -> list[Outcome]:
+        """Each piece's rows of `out` to its request; the outcomes of requests now complete.
+        Under the lock (a request may be dropped from the queue meanwhile)."""
+        outcomes: list[Outcome] = []
+        row = 0
+        for piece in pieces:
+            request, rows = piece.request, slice(row, row + piece.size)
+            row += piece.size
+            if request.done:
+                continue
+            if piece.size == len(request.images):  # all of it in this batch: views, no copies
+                request.done = True
+                outcomes.append((request, RunOutput(out.probabilities[rows], out.logits[rows])))
+                continue
+            if request.probabilities is None:
+                n = len(request.images)
+                request.probabilities = np.empty((n, out.probabilities.shape[1]), np.float32)
+                request.logits = np.empty((n, out.logits.shape[1]), np.float32)
+            request.probabilities[piece.start:piece.stop] = out.probabilities[rows]
+            request.logits[piece.start:piece.stop] = out.logits[rows]
+            request.left -= piece.size
+            if request.left == 0 and self._finish(request):
+                outcomes.append((request, RunOutput(request.probabilities, request.logits)))
+        return outcomes
 
-    @staticmethod
-    def _fail(request: _Request, error: BaseException) -> None:
-        if request.failed:
-            return
-        request.failed = True
-        future = request.future
-        if future.done() or not (future.running() or future.set_running_or_notify_cancel()):
-            return  # cancelled while pending: nobody waits for it
-        future.set_exception(error)
+
+def _batch_images(pieces: list[_Piece]) -> np.ndarray:
+    """The pieces' images as one contiguous batch (a view when there is one piece)."""
+    if len(pieces) == 1:
+        piece = pieces[0]
+        return piece.request.images[piece.start:piece.stop]
+    return np.concatenate([p.request.images[p.start:p.stop] for p in pieces])
+
+
+def _settle(outcomes: list[Outcome]) -> None:
+    """Give each request its outcome: a thread's Future at once; the futures of each event loop
+    in one call_soon_threadsafe (one wake-up of that loop for the whole batch)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+    for request, outcome in outcomes:
+        if request.loop is None:
+            _set(request.future, outcome)
+        else:
+            by_loop.setdefault(request.loop, []).append((request, outcome))
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_set_all, items)
+        except RuntimeError:  # the loop is closed: nobody waits for these any more
+            pass
+
+
+def _set_all(items: list[Outcome]) -> None:
+    for request, outcome in items:
+        _set(request.future, outcome)
+
+
+def _set(future: AnyFuture, outcome: RunOutput | BaseException) -> None:
+    """Set a future that nobody cancelled (a thread's Future must be marked running first)."""
+    if future.done():
+        return
+    if isinstance(future, Future) and not (future.running() or future.set_running_or_notify_cancel()):
+        return  # cancelled while pending: nobody waits for it
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)

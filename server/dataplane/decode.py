@@ -149,8 +149,8 @@ def _grayscale(image: Image.Image) -> np.ndarray:
 
     Memory is bounded by the decoded image itself plus a constant: the conversion works on
     horizontal strips of about STRIP_PIXELS, each reduced (box filter) as soon as it is gray, so
-    no full-size int64/float or RGBA copy is ever made (a 4096x4096 16-bit PNG used to cost
-    ~1 GB in transient arrays)."""
+    no full-size int64/float or RGBA copy is ever made (converted whole, a 4096x4096 16-bit PNG
+    costs ~1 GB in transient arrays)."""
     width, height = image.size
     factor = max(1, -(-max(width, height) // WORK_SIDE))
     rows = max(1, STRIP_PIXELS // (width * factor)) * factor

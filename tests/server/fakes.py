@@ -50,7 +50,7 @@ class FakeRunner:
 
     def __init__(self, name: str = "fake", provider: str = "CPUExecutionProvider",
                  delay: float = 0.0, error: Exception | None = None, accuracy: float = 0.5,
-                 delay_per_image: float = 0.0):
+                 delay_per_image: float = 0.0, gate: threading.Event | None = None):
         self.provider = provider
         self.metadata = metadata(name, accuracy)
         self.settings = "fake"
@@ -61,6 +61,7 @@ class FakeRunner:
         self.sizes: list[int] = []  # batch size of every run (warm-ups excluded)
         self.warmups = 0
         self.started = threading.Event()  # set when a run begins (after warm-up)
+        self.gate = gate  # when given, each run waits for it once begun: the test ends the run
         self.closed = False
 
     def run(self, images: np.ndarray) -> RunOutput:
@@ -68,6 +69,8 @@ class FakeRunner:
         self.runs += 1
         self.sizes.append(len(images))
         self.started.set()
+        if self.gate is not None:
+            assert self.gate.wait(60), "the test never opened the gate"
         time.sleep(self.delay + self.delay_per_image * len(images))
         if self.error is not None:
             raise self.error

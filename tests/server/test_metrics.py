@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 
 import grpc
 import pytest
@@ -125,7 +126,8 @@ def test_versions_that_come_and_go_are_followed():
 def test_observer_sees_bugs_as_internal_and_cancelled_calls_as_cancelled():
     events = []
     models = [fake_model("broken", 1, error=RuntimeError("a bug")),
-              fake_model("slow", 1, delay=0.3)]
+              fake_model("slow", 1, gate=threading.Event())]
+    slow = models[1].runner
     core = Core(models, observer=events.append)
     core.start()
 
@@ -134,7 +136,7 @@ def test_observer_sees_bugs_as_internal_and_cancelled_calls_as_cancelled():
             await core.classify("broken", 0, [ImageData("raw", RAW)])
         task = asyncio.ensure_future(core.infer("slow", 0, [ImageData("raw", RAW)] * 2,
                                                 protocol="v2"))
-        await asyncio.sleep(0.1)  # running in the batcher
+        assert await asyncio.to_thread(slow.started.wait, 10)  # running in the batcher
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -142,6 +144,7 @@ def test_observer_sees_bugs_as_internal_and_cancelled_calls_as_cancelled():
     try:
         asyncio.run(calls())
     finally:
+        slow.gate.set()
         core.close()
     assert [(e.model, e.version, e.protocol, e.code, e.images) for e in events] == [
         ("broken", 1, "fmnist.v1", "INTERNAL", 1), ("slow", 1, "v2", "CANCELLED", 2)]

@@ -11,6 +11,7 @@ import asyncio
 import multiprocessing
 import shutil
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 
 import grpc
@@ -25,6 +26,7 @@ from server.app import create_server
 from server.batching.batcher import BatchStats
 from server.errors import ModelNotFound
 from server.api.kserve import V2Servicer, statistics
+from server.models.runner import OnnxRunner
 from tests.server import triton_calls
 from tests.server.fakes import fake_model
 from tests.server.images import encode, object_on
@@ -139,7 +141,8 @@ def test_model_config(triton, server):
 # --- ModelInfer ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("use_async", [False, True], ids=["infer", "async_infer"])
-def test_pixels_give_the_probabilities_classify_gives(triton, stub, use_async):
+def test_pixels_give_the_probabilities_classify_gives(triton, stub, models_dir, use_async):
+    """Both APIs answer what the model itself computes on those pixels (an in-process run)."""
     images = pixels(5)
     result = triton.infer(image_input(images), use_async=use_async)
     assert (result["model_name"], result["model_version"]) == (MODEL, "1")
@@ -148,8 +151,11 @@ def test_pixels_give_the_probabilities_classify_gives(triton, stub, use_async):
     assert outputs["probabilities"].dtype == np.float32 and outputs["logits"].shape == (5, 10)
     expected = classify(stub, [pb.Image(raw=image.tobytes()) for image in images])
     np.testing.assert_array_equal(outputs["probabilities"], expected)
-    softmax = np.exp(outputs["logits"]) / np.exp(outputs["logits"]).sum(axis=1, keepdims=True)
-    np.testing.assert_allclose(softmax, expected, atol=1e-6)
+    runner = OnnxRunner(models_dir / MODEL / "1" / "model.onnx", ["CPUExecutionProvider"])
+    direct = runner.run(images)
+    runner.close()
+    np.testing.assert_allclose(outputs["probabilities"], direct.probabilities, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(outputs["logits"], direct.logits, rtol=0, atol=1e-5)
 
 
 def test_typed_contents_give_what_raw_contents_give(triton):
@@ -227,22 +233,33 @@ def test_two_inputs_are_refused(triton):
 
 # --- statistics and the repository ---------------------------------------------------------------
 
-def test_statistics_are_the_batchers(triton, server):
+def test_statistics_count_what_was_sent(triton):
+    """One request of 6 images (one batch: nothing else is sent meanwhile) moves the counts by
+    exactly that much."""
+    def figures() -> dict:
+        (s,) = triton.get_inference_statistics(MODEL, as_json=True)["model_stats"]
+        stats = s["inference_stats"]
+        return {"name": (s["name"], s["version"]), "images": int(s.get("inference_count", 0)),
+                "batches": int(s.get("execution_count", 0)),
+                "last_ms": int(s.get("last_inference", 0)),
+                "queued": int(stats.get("queue", {}).get("count", 0)),
+                "computed": int(stats.get("compute_infer", {}).get("count", 0)),
+                "compute_ns": int(stats.get("compute_infer", {}).get("ns", 0)),
+                "by_size": {int(b["batch_size"]): int(b["compute_infer"]["count"])
+                            for b in s.get("batch_stats", [])}}
+
+    before = figures()
+    sent_ms = time.time() * 1000
     triton.infer(image_input(pixels(6)))
-    stats = server.core.stats(MODEL, 1)
-    answer = triton.get_inference_statistics(MODEL, as_json=True)["model_stats"]
-    assert [(s["name"], s["version"]) for s in answer] == [(MODEL, "1")]
-    s = answer[0]
-    assert int(s["inference_count"]) == stats.images >= 6
-    assert int(s["execution_count"]) == stats.batches >= 1
-    assert int(s["last_inference"]) == round(stats.last_batch_at * 1000) > 0
-    queue, compute = s["inference_stats"]["queue"], s["inference_stats"]["compute_infer"]
-    assert (int(queue["count"]), int(queue["ns"])) == (stats.pieces, round(stats.queue_seconds
-                                                                           * 1e9))
-    assert (int(compute["count"]), int(compute["ns"])) == (
-        stats.batches, round(stats.compute_seconds * 1e9))
-    assert {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in s["batch_stats"]} == {
-        size: batches for size, (batches, _) in stats.by_size.items()}
+    after = figures()
+    assert after["name"] == (MODEL, "1")
+    assert {k: after[k] - before[k] for k in ("images", "batches", "queued", "computed")} == {
+        "images": 6, "batches": 1, "queued": 1, "computed": 1}
+    assert after["compute_ns"] > before["compute_ns"]
+    assert after["by_size"].get(6, 0) - before["by_size"].get(6, 0) == 1
+    assert {n: c for n, c in after["by_size"].items() if n != 6} == {
+        n: c for n, c in before["by_size"].items() if n != 6}
+    assert sent_ms - 1 <= after["last_ms"] <= time.time() * 1000 + 1
     every = triton.get_inference_statistics(as_json=True)["model_stats"]
     assert sorted(s["name"] for s in every) == ["lenet", "lenet_bn"]
 
