@@ -33,13 +33,13 @@ SERVE_DEPS:= $(VENV)/.deps-serve
 STUBS     := $(GEN)/.stamp
 model_flags = $(if $(MODELS),--models $(MODELS))
 
-.PHONY: help install install-serve dataset browser stubs demo test train export serve \
+.PHONY: help install install-serve dataset browser h2load stubs demo test train export serve \
         bench-train bench-export bench-serve bench-peer bench-variants report clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-install: $(DEPS) $(STUBS) dataset browser  ## venv with the pinned training+serving+test stack, stubs, data, chromium
+install: $(DEPS) $(STUBS) dataset browser h2load  ## venv with the pinned training+serving+test stack, stubs, data, chromium, h2load
 
 install-serve: $(SERVE_DEPS) $(STUBS)  ## a serving-only venv: no torch (use VENV=... for a new one)
 
@@ -73,6 +73,9 @@ dataset:  ## Fashion-MNIST from Debian's package when root on Debian (else: torc
 browser:  ## Debian's chromium for the web page's browser tests, when root on Debian
 	@scripts/install-chromium.sh
 
+h2load:  ## Debian's h2load (nghttp2-client), the serving benchmarks' load generator, when root on Debian
+	@scripts/install-debian-package.sh nghttp2-client /usr/bin/h2load "make bench-serve / bench-peer and their tests"
+
 # The set-up runs inside the recipe (not as a prerequisite) so its time shows in the step table.
 demo:  ## quick train of every architecture -> export -> serve -> classify samples/, step times
 	@started=$$(date +%s.%N); $(MAKE) --no-print-directory install && \
@@ -100,17 +103,31 @@ bench-train: install  ## the seeds' training loop against ours, side by side
 bench-export: install  ## onnxruntime throughput: folded vs unfolded vs PyTorch eager
 	$(PY) -m bench.export $(model_flags)
 
-bench-serve: install  ## in-process onnxruntime against the gRPC server over loopback
-	$(PY) -m bench.serve $(model_flags)
+# `make bench-serve` / `make bench-peer` (docs/benchmarks.md): BENCH_SECONDS per cell; MODELS
+# (default lenet_bn resnet18); BENCH_WORKERS, fmnist-serve's --workers settings (default 1 auto).
+BENCH_SECONDS ?= 5
+BENCH_WORKERS ?= 1 auto
+bench_flags = $(model_flags) --seconds $(BENCH_SECONDS) --workers $(BENCH_WORKERS)
+bench-serve: install  ## fmnist-serve vs in-process onnxruntime and a bare grpc.aio server (h2load), with 1 and auto workers
+	$(PY) -m bench.serve $(bench_flags)
 
+# The peers' venvs: MLServer from $(PYTHON); PyTriton from Debian's python3.11 (its bundled
+# tritonserver links libpython3.11.so), whose venv module is Debian's python3.11-venv.
 PEER_VENV ?= .venv-peer
+TRITON_VENV ?= .venv-triton
 $(PEER_VENV)/.deps: requirements/peer.txt
 	$(PYTHON) -m venv $(PEER_VENV)
 	$(PEER_VENV)/bin/pip install -q -r requirements/peer.txt
 	touch $@
+$(TRITON_VENV)/.deps: requirements/peer-triton.txt
+	@scripts/install-debian-package.sh python3.11-venv /usr/lib/python3.11/ensurepip/__init__.py "make bench-peer (PyTriton's venv)"
+	/usr/bin/python3.11 -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install -q -r requirements/peer-triton.txt
+	touch $@
 
-bench-peer: install $(PEER_VENV)/.deps  ## fmnist-serve against MLServer over KServe v2 (MODELS=resnet18)
-	$(PY) -m bench.peer $(model_flags) --peer-python $(PEER_VENV)/bin/python
+bench-peer: install $(PEER_VENV)/.deps $(TRITON_VENV)/.deps  ## fmnist-serve vs MLServer 1.7 and Triton's core (PyTriton 0.7) over KServe v2
+	$(PY) -m bench.peer $(bench_flags) --mlserver-python $(PEER_VENV)/bin/python \
+	  --triton-python $(TRITON_VENV)/bin/python
 
 bench-variants: install  ## precision variants (python -m exporter --variants int8) vs fp32: accuracy, agreement, img/s, size
 	$(PY) -m bench.variants --artifacts $(ARTIFACTS) $(model_flags)
@@ -129,10 +146,17 @@ fuzz: install  ## fuzz decode and Classify (hypothesis), far longer than `make t
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/server/test_fuzz.py -q
 
 # `make soak`: SOAK_SECONDS to change the length; SOAK_MODELS=dir serves those models instead of
-# a lenet_bn trained for it on synthetic data.
+# a lenet_bn trained for it on synthetic data. SOAK_WORKERS workers over SOAK_CONNECTIONS
+# connections, each replaced past SOAK_MAX_WORKER_RSS_MB (grpc.aio's own leak, grpc/grpc#43360,
+# grows one process ~0.5 MiB a minute: SOAK_WORKERS=1 SOAK_MAX_WORKER_RSS_MB= soaks one process).
 SOAK_SECONDS ?= 600
+SOAK_WORKERS ?= 2
+SOAK_CONNECTIONS ?= 4
+SOAK_MAX_WORKER_RSS_MB ?= 140
 soak: install  ## a real server under mixed traffic (10 min): per-minute figures, pass/fail
-	$(PY) scripts/soak.py --seconds $(SOAK_SECONDS) $(if $(SOAK_MODELS),--models-dir $(SOAK_MODELS))
+	$(PY) scripts/soak.py --seconds $(SOAK_SECONDS) $(if $(SOAK_MODELS),--models-dir $(SOAK_MODELS)) \
+	  --workers $(SOAK_WORKERS) --connections $(SOAK_CONNECTIONS) \
+	  $(if $(SOAK_MAX_WORKER_RSS_MB),--max-worker-rss-mb $(SOAK_MAX_WORKER_RSS_MB))
 
 clean:  ## remove generated stubs and caches (keeps the venv, data and artifacts)
 	rm -rf $(GEN) .pytest_cache

@@ -1,25 +1,36 @@
-"""`make bench-serve`: the gRPC server against in-process onnxruntime, same model, one run; then
-three attacks on the server.
+"""`make bench-serve`: fmnist-serve against its two ceilings, in-process onnxruntime and a bare
+grpc.aio server, in one run; then three attacks on the server.
 
-In-process: one thread calls server/models/runner.py's OnnxRunner back to back at batch 1 and at
---max-batch (measured before and after the server cells; the mean is reported, so drifting
-machine load hits both sides). Server: `python -m server` as its own process (its own GIL, as in
-production) with the same runner settings, driven by an asyncio gRPC client: 1, 8, 32 and 64
-concurrent callers of single images, and 4 callers of --max-batch images. Raw 28x28 pixels (the
-samples/) are sent, so image decoding is not timed (--encoded sends the PNG files instead).
+Per model (default lenet_bn and resnet18; the model's sample images as raw 28x28 pixels, so
+decoding is not timed):
+- in-process: one thread calls server/models/runner.py's OnnxRunner back to back at batch 1 and
+  at --max-batch, with one onnxruntime thread per usable core (measured before and after the
+  server cells; the mean is reported, so drifting machine load hits both sides);
+- a bare grpc.aio server answering Classify with a fixed reply (bench/bare.py: the Python
+  ceiling), one process and two on one port (SO_REUSEPORT); measured once, shown for each model;
+- fmnist-serve (`python -m server`, its own processes) over fmnist.v1 Classify and KServe v2
+  ModelInfer at 1, 8, 32 and 64 single-image callers, with --workers 1 and auto; and 4 callers
+  of --max-batch images (fmnist.v1, one worker).
+Load comes from h2load (bench/load.py: one connection per caller). Every cell first checks one
+reply with a real stub, and after it the server's own fmnist_requests_total: a request that did
+not end OK fails the run (a gRPC error is an HTTP 200 to h2load).
 
-Reported per cell: images/s, p50/p90/p99 latency per call, and the ratios the serving targets are
-stated in:
-- 32 single-image callers' throughput / in-process throughput at max batch   (target >= 0.85)
-- p99 at 32 callers / (queue delay + one in-process max-batch run)           (target <= 3)
-- 1 caller's p50 - in-process batch-1 p50                                    (target <= 1 ms)
+Printed per cell: img/s, p50/p90/p99 per call; then the ratios the targets are stated in:
+- 32 callers, fmnist.v1, one worker / the lower ceiling at 32 callers: the bare server (>= 0.85,
+  where the front-end is the limit: small models) or in-process at max batch (>= 0.95);
+- 1 caller's p50 - in-process batch-1 p50                          (<= 1 ms)
+- fmnist.v1 / KServe v2 at 32 callers, one worker                   (within 5%)
+- `auto` workers / one worker at 32 callers                         (reported; `make bench-peer`
+  holds auto workers to >= 1.2x Triton's core)
+The CPU, its ISA flags and the load averages before and after are printed and written with the
+figures: rerun on a quiet machine (`uptime`) before quoting them.
 
-Attacks (the first model): 200 streams that open and never send a request, while health, ListModels
-and Classify are timed (goal < 100 ms each); requests of 16 tiny-on-the-wire 4096x4096 16-bit PNGs
-and of 2 such PNGs, 32 in flight, with the server's resident memory before and at its peak; five
-64-image calls followed by single-image calls with a 100 ms deadline.
+Attacks (the first model, one worker): 200 streams that open and never send a request, while
+health, ListModels and Classify are timed (goal < 100 ms each); requests of 16 tiny-on-the-wire
+4096x4096 16-bit PNGs and of 2 such PNGs, 32 in flight, with the server's resident memory before
+and at its peak; five 64-image calls followed by single-image calls with a 100 ms deadline.
 
-    python -m bench.serve [--models resnet18 lenet_bn] [--seconds 3] [--device cpu]
+    python -m bench.serve [--models resnet18 lenet_bn] [--seconds 5] [--workers 1 auto]
 
 Nothing here imports torch. Results also go to $ARTIFACTS/bench/serve.json (bench/results.py).
 """
@@ -27,7 +38,6 @@ Nothing here imports torch. Results also go to $ARTIFACTS/bench/serve.json (benc
 from __future__ import annotations
 
 import argparse
-import asyncio
 import collections
 import io
 import json
@@ -39,24 +49,25 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
-from typing import Awaitable, Callable
 
 import numpy as np
 
 from bench import results
+# drive and OWN_CONNECTION: also imported from here (scripts/profile_serve.py, tests)
+from bench.load import OWN_CONNECTION, PATHS, drive, frame, h2load, require_h2load  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
-CLASSIFY = "/fmnist.v1.Classifier/Classify"
-OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_send_message_length", -1),
-                  ("grpc.max_receive_message_length", -1)]
+CLASSIFY = PATHS["v1"]
+BARE = "bare grpc.aio"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.serve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", metavar="NAME",
-                   help="models to measure (default: every model in --models-dir)")
+    p.add_argument("--models", nargs="+", metavar="NAME", default=["lenet_bn", "resnet18"],
+                   help="models to measure (default: lenet_bn resnet18)")
     p.add_argument("--models-dir", type=Path,
                    default=results.default_artifacts() / "models",
                    help="exported models (default: $ARTIFACTS/models or artifacts/models)")
@@ -65,76 +76,32 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--callers", nargs="+", type=int, default=[1, 8, 32, 64], metavar="N",
                    help="concurrent single-image callers (default: 1 8 32 64)")
+    p.add_argument("--workers", nargs="+", default=["1", "auto"], metavar="N",
+                   help="the server's --workers, one set of cells each (default: 1 auto)")
+    p.add_argument("--protocols", nargs="+", choices=tuple(PATHS), default=list(PATHS),
+                   help="v1: fmnist.v1 Classify; v2: KServe v2 ModelInfer (default: both)")
     p.add_argument("--batch-callers", type=int, default=4,
-                   help="concurrent callers of --max-batch images (default: 4)")
+                   help="concurrent callers of --max-batch images (default: 4; 0: none)")
     p.add_argument("--max-batch", type=int, default=32, help="the server's --max-batch (default: 32)")
     p.add_argument("--delay-ms", type=float, default=2.0,
                    help="the server's --max-queue-delay-ms (default: 2)")
-    p.add_argument("--seconds", type=float, default=3.0,
-                   help="measuring time per cell (default: 3)")
-    p.add_argument("--encoded", action="store_true",
-                   help="send PNG bytes to the server (adds decoding there) instead of raw pixels")
+    p.add_argument("--seconds", type=float, default=5.0,
+                   help="measuring time per cell, after 1 s of warm-up (default: 5)")
+    p.add_argument("--no-bare", action="store_true", help="skip the bare grpc.aio server")
     p.add_argument("--no-attacks", action="store_true", help="skip the three attacks")
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for `python -m server` (repeatable, e.g. --server-arg=--spinning)")
     return p
 
 
-# --- measuring -----------------------------------------------------------------------------------
-
-def summarize(latencies: list[float], elapsed: float, images_per_call: int) -> dict:
-    ms = np.array(latencies) * 1000
-    return {"images_per_s": len(ms) * images_per_call / elapsed, "calls": len(ms),
-            "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
-            "p99_ms": float(np.percentile(ms, 99))}
-
-
-def in_process(run: Callable[[], object], seconds: float, images_per_call: int) -> dict:
-    run()  # warm
-    latencies = []
-    start = time.perf_counter()
-    while (now := time.perf_counter()) - start < seconds or not latencies:
-        run()
-        latencies.append(time.perf_counter() - now)
-    return summarize(latencies, time.perf_counter() - start, images_per_call)
-
-
-async def drive(call: Callable[[], Awaitable], callers: int, seconds: float,
-                images_per_call: int) -> dict:
-    """`callers` asyncio tasks await `call()` back to back (a closed loop: each waits for its
-    answer) for `seconds`, after one warm-up call."""
-    await call()  # connect and warm
-    latencies: list[float] = []
-    start = time.perf_counter()
-    stop_at = start + seconds
-
-    async def caller():
-        while time.perf_counter() < stop_at:
-            t0 = time.perf_counter()
-            await call()
-            latencies.append(time.perf_counter() - t0)
-
-    await asyncio.gather(*(caller() for _ in range(callers)))
-    return summarize(latencies, time.perf_counter() - start, images_per_call)
-
-
-async def closed_loop(port: int, request, callers: int, seconds: float) -> dict:
-    """Classify over one connection (as one client process would), driven by `drive`."""
-    import grpc
-    from fmnist.v1 import classifier_pb2_grpc as pb_grpc
-
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION) as channel:
-        stub = pb_grpc.ClassifierStub(channel)
-        return await drive(lambda: stub.Classify(request, timeout=60), callers, seconds,
-                           len(request.images))
-
-
-# --- the server process --------------------------------------------------------------------------
+# --- processes -----------------------------------------------------------------------------------
 
 class ServerProcess:
-    """`python -m server --port 0` over a folder holding only the chosen models."""
+    """`python -m server --port 0` over a folder holding only the chosen models, HTTP off;
+    `metrics`: /metrics on a free port (`metrics_port`)."""
 
-    def __init__(self, models: dict[str, Path], device: str, extra: list[str]):
+    def __init__(self, models: dict[str, Path], device: str, extra: list[str],
+                 metrics: bool = False):
         """`models`: name -> the version folder to serve. Linked (or copied) into a folder of
         their own: the server refuses symlinks that lead out of its models folder."""
         self._tmp = tempfile.TemporaryDirectory(prefix="bench-serve-")
@@ -145,9 +112,11 @@ class ServerProcess:
             except OSError:  # another filesystem: copy
                 shutil.rmtree(target, ignore_errors=True)
                 shutil.copytree(version_dir, target)
+        self.metrics_port = free_port() if metrics else 0
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "server", "--models-dir", self._tmp.name, "--port", "0",
-             "--metrics-port", "0", "--device", device, "--log-format", "json", *extra],
+             "--metrics-port", str(self.metrics_port), "--http-port", "0", "--device", device,
+             "--log-format", "json", *extra],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.port: int | None = None
         self.log: collections.deque[str] = collections.deque(maxlen=200)
@@ -161,7 +130,7 @@ class ServerProcess:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if "listening on" in record.get("message", ""):
+            if record.get("message", "").startswith("listening on"):
                 self.port = int(record["port"])
                 self._ready.set()
         self._ready.set()
@@ -179,6 +148,19 @@ class ServerProcess:
                 return int(line.split()[1]) / 1024
         return float("nan")
 
+    def counts(self) -> collections.Counter:
+        """fmnist_requests_total by status code, from the server's /metrics."""
+        from prometheus_client.parser import text_string_to_metric_families
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
+                                    timeout=30) as response:
+            text = response.read().decode()
+        out = collections.Counter()
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == "fmnist_requests_total":
+                    out[s.labels["code"]] += s.value
+        return out
+
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -186,6 +168,42 @@ class ServerProcess:
         self._tmp.cleanup()
         return rc
 
+
+class BareServers:
+    """`processes` bench/bare.py servers on one port (SO_REUSEPORT when more than one)."""
+
+    def __init__(self, processes: int):
+        self.procs, self.port = [], 0
+        try:
+            for _ in range(processes):
+                self.procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "bench.bare", "--port", str(self.port),
+                     *(["--reuse-port"] if processes > 1 else [])],
+                    cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+                line = self.procs[-1].stdout.readline()
+                if not line.startswith("listening on"):
+                    raise SystemExit(f"bench/bare.py did not start: {line}"
+                                     f"{self.procs[-1].stdout.read()}")
+                self.port = int(line.rsplit(":", 1)[1])
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            proc.wait(30)
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- models and requests -------------------------------------------------------------------------
 
 def pick_models(models_dir: Path, names: list[str] | None) -> dict[str, tuple[int, Path]]:
     """name -> (newest version, its model folder), for the named models or all of them."""
@@ -214,12 +232,134 @@ def batch_of(pixels: np.ndarray, n: int) -> np.ndarray:
     return pixels[np.arange(n) % len(pixels)][:, None].copy()  # uint8 [n, 1, 28, 28]
 
 
+def requests_for(model: str, version: int, pixels: np.ndarray, n: int = 1) -> dict:
+    """`n` images as one fmnist.v1 ClassifyRequest and one KServe v2 ModelInferRequest (the
+    graph's own uint8 input, the probabilities output)."""
+    from fmnist.v1 import classifier_pb2 as pb
+    from inference import grpc_service_pb2 as v2
+
+    images = batch_of(pixels, n)
+    v1 = pb.ClassifyRequest(model=model, version=version,
+                            images=[pb.Image(raw=row.tobytes()) for row in images[:, 0]])
+    infer = v2.ModelInferRequest(model_name=model, model_version=str(version))
+    infer.inputs.add(name="image", datatype="UINT8", shape=list(images.shape))
+    infer.outputs.add(name="probabilities")
+    infer.raw_input_contents.append(images.tobytes())
+    return {"v1": v1, "v2": infer}
+
+
+def check_reply(port: int, protocol: str, request) -> None:
+    """One call with a real stub (h2load counts a gRPC error as an HTTP 200)."""
+    import grpc
+    from fmnist.v1 import classifier_pb2 as pb
+    from inference import grpc_service_pb2 as v2
+
+    reply = pb.ClassifyResponse if protocol == "v1" else v2.ModelInferResponse
+    with grpc.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION) as channel:
+        call = channel.unary_unary(PATHS[protocol],
+                                   request_serializer=type(request).SerializeToString,
+                                   response_deserializer=reply.FromString)
+        answer = call(request, timeout=60)
+    if not (answer.classifications if protocol == "v1" else answer.raw_output_contents):
+        raise SystemExit(f"{protocol}: an answer without results: {answer}")
+
+
 def _list_models(port: int):
     import grpc
     from fmnist.v1 import classifier_pb2 as pb
     from fmnist.v1 import classifier_pb2_grpc as pb_grpc
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         return pb_grpc.ClassifierStub(channel).ListModels(pb.ListModelsRequest(), timeout=30)
+
+
+# --- cells ---------------------------------------------------------------------------------------
+
+def in_process_cells(models: dict, pixels: np.ndarray, args, threads: int) -> dict:
+    """(model, batch) -> in-process figures; a second call's figures are averaged in."""
+    from server.models.providers import ProviderPolicy
+    from server.models.runner import OnnxRunner
+
+    policy, out = ProviderPolicy(args.device), {}
+    for name, (version, model_dir) in models.items():
+        runner = OnnxRunner(model_dir / str(version) / "model.onnx", policy.requested(), threads,
+                            spinning="--spinning" in args.server_arg)
+        for b in (1, args.max_batch):
+            images = batch_of(pixels, b)
+            out[(name, b)] = {"provider": runner.provider,
+                              **in_process(lambda: runner.run(images), args.seconds / 2, b)}
+        runner.close()
+    return out
+
+
+def in_process(run, seconds: float, images_per_call: int) -> dict:
+    from bench.load import summarize
+    run()  # warm
+    latencies = []
+    start = time.perf_counter()
+    while (now := time.perf_counter()) - start < seconds or not latencies:
+        run()
+        latencies.append(time.perf_counter() - now)
+    return summarize(latencies, time.perf_counter() - start, images_per_call)
+
+
+def bare_cells(request, args) -> list[dict]:
+    rows = []
+    for processes in (1, 2):
+        bare = BareServers(processes)
+        try:
+            check_reply(bare.port, "v1", request)
+            for callers in args.callers:
+                cell = h2load(bare.port, CLASSIFY, frame(request), callers, args.seconds,
+                              warmup=min(1.0, args.seconds))
+                rows.append({"model": "-", "side": BARE, "protocol": "v1",
+                             "workers": str(processes), "batch": 1, "callers": callers, **cell})
+                _progress(rows[-1])
+        finally:
+            bare.stop()
+    return rows
+
+
+def server_cells(server: ServerProcess, models: dict, pixels, args, workers: str) -> list[dict]:
+    """Every protocol and caller count for every model, on one running server."""
+    rows = []
+    for name, (version, _) in models.items():
+        single = requests_for(name, version, pixels)
+        cells = [(p, 1, c) for p in args.protocols for c in args.callers]
+        if workers == args.workers[0] and args.batch_callers and "v1" in args.protocols:
+            cells.append(("v1", args.max_batch, args.batch_callers))
+        for protocol, batch, callers in cells:
+            request = single[protocol] if batch == 1 else requests_for(
+                name, version, pixels, batch)[protocol]
+            rows.append({"model": name, "side": "fmnist-serve", "protocol": protocol,
+                         "workers": workers, "batch": batch, "callers": callers,
+                         **measured(server, protocol, request, callers, args.seconds, batch)})
+            _progress(rows[-1])
+    return rows
+
+
+def measured(server: ServerProcess, protocol: str, request, callers: int, seconds: float,
+             batch: int) -> dict:
+    """One h2load cell, with a stub's reply checked first and the server's counts after: every
+    call OK, but for the calls in flight when h2load stops (it resets them: CANCELLED)."""
+    check_reply(server.port, protocol, request)
+    before = server.counts()
+    cell = h2load(server.port, PATHS[protocol], frame(request), callers, seconds, batch,
+                  warmup=min(1.0, seconds))
+    after = server.counts()
+    failed = {code: after[code] - before[code] for code in after
+              if code != "OK" and after[code] > before[code]}
+    if failed.get("CANCELLED", 0) <= callers:
+        failed.pop("CANCELLED", None)
+    if failed or after["OK"] - before["OK"] < cell["calls"]:
+        raise SystemExit(f"{protocol} {callers} callers: the server counted {failed or 'too few'} "
+                         f"(OK {after['OK'] - before['OK']:.0f} for {cell['calls']} calls)")
+    return cell
+
+
+def _progress(row: dict) -> None:
+    print(f"  {row['model']} {row['side']} {row['protocol']} workers={row['workers']}: "
+          f"{row['callers']} caller(s) of {row['batch']}: {row['images_per_s']:.0f} img/s, "
+          f"p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms", flush=True)
 
 
 # --- attacks -------------------------------------------------------------------------------------
@@ -265,17 +405,7 @@ def attack_idle_streams(port: int, model: str, streams: int = 200) -> dict:
                 "classify": lambda: pb_grpc.ClassifierStub(victim).Classify(pb.ClassifyRequest(
                     model=model, images=[pb.Image(raw=bytes(784))]), timeout=2)}
             for name, check in checks.items():
-                latencies, errors = [], 0
-                for _ in range(20):
-                    t0 = time.perf_counter()
-                    try:
-                        check()
-                        latencies.append(time.perf_counter() - t0)
-                    except grpc.RpcError:
-                        errors += 1
-                out[f"{name}_p50_ms"] = float(np.median(latencies) * 1000) if latencies else None
-                out[f"{name}_max_ms"] = float(max(latencies) * 1000) if latencies else None
-                out[f"{name}_errors"] = errors
+                out.update(_timed(name, check))
         out["streams_still_open"] = sum(not f.done() for f in idle)
     finally:
         release.set()
@@ -284,6 +414,22 @@ def attack_idle_streams(port: int, model: str, streams: int = 200) -> dict:
         for ch in attackers:
             ch.close()
     return out
+
+
+def _timed(name: str, check) -> dict:
+    """20 calls of `check`: p50 and max latency of those that answered, and the errors."""
+    import grpc
+    latencies, errors = [], 0
+    for _ in range(20):
+        t0 = time.perf_counter()
+        try:
+            check()
+            latencies.append(time.perf_counter() - t0)
+        except grpc.RpcError:
+            errors += 1
+    return {f"{name}_p50_ms": float(np.median(latencies) * 1000) if latencies else None,
+            f"{name}_max_ms": float(max(latencies) * 1000) if latencies else None,
+            f"{name}_errors": errors}
 
 
 def big_png(side: int = 4096) -> bytes:
@@ -321,7 +467,7 @@ def attack_amplification(port: int, model: str, server: ServerProcess) -> dict:
             "rss_peak_mb": server.memory_mb("VmHWM"), "rss_after_mb": server.memory_mb("VmRSS")}
 
 
-def attack_small_after_big(port: int, model: str, max_batch: int) -> dict:
+def attack_small_after_big(port: int, model: str) -> dict:
     """Five 64-image calls, then 20 single-image calls with a 100 ms deadline."""
     import grpc
     from fmnist.v1 import classifier_pb2 as pb
@@ -344,124 +490,158 @@ def attack_small_after_big(port: int, model: str, max_batch: int) -> dict:
     return {"attack": "small after big", "codes": codes}
 
 
+def attacks(port: int, model: str, server: ServerProcess) -> list[dict]:
+    print(f"attacks on {model} ...", flush=True)
+    return [attack_idle_streams(port, model), attack_amplification(port, model, server),
+            attack_small_after_big(port, model)]
+
+
 # --- report --------------------------------------------------------------------------------------
 
+def what(row: dict) -> str:
+    if row["side"] == "in-process":
+        return f"in-process onnxruntime, batch {row['batch']}"
+    if row["side"] == BARE:
+        return f"{BARE}, {row['workers']} process{'es' if row['workers'] != '1' else ''}"
+    batch = f" of {row['batch']}" if row["batch"] > 1 else ""
+    return f"fmnist-serve {row['protocol']}, workers {row['workers']}{batch}"
+
+
 def format_table(rows: list[dict]) -> str:
-    header = ("model", "side", "batch", "callers", "img/s", "p50 ms", "p90 ms", "p99 ms")
-    table = [header] + [(r["model"], r["side"], str(r["batch"]), str(r["callers"]),
-                         f"{r['images_per_s']:.0f}", f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}",
-                         f"{r['p99_ms']:.2f}") for r in rows]
+    header = ("", "callers", "img/s", "p50 ms", "p90 ms", "p99 ms")
+    table = [header] + [(what(r), str(r["callers"]), f"{r['images_per_s']:.0f}",
+                         f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}")
+                        for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    lines = ["  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
                        enumerate(zip(row, widths))) for row in table]
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
 
 
-def ratios(rows: list[dict], model: str, max_batch: int, delay_ms: float) -> list[dict]:
-    """The three target ratios for one model, from its rows."""
-    def cell(side: str, batch: int, callers: int) -> dict | None:
-        return next((r for r in rows if (r["model"], r["side"], r["batch"], r["callers"])
-                     == (model, side, batch, callers)), None)
+def ratios(rows: list[dict], model: str, max_batch: int) -> list[dict]:
+    """The target ratios for one model, from its rows and the bare server's."""
+    def cell(side: str, protocol: str, workers: str, batch: int, callers: int) -> dict | None:
+        return next((r for r in rows if (r["side"], r["protocol"], r["workers"], r["batch"],
+                                         r["callers"]) == (side, protocol, workers, batch, callers)
+                     and r["model"] in (model, "-")), None)
 
-    local1, local_max = cell("in-process", 1, 1), cell("in-process", max_batch, 1)
-    one, thirty_two = cell("server", 1, 1), cell("server", 1, 32)
+    local1, local_max = (cell("in-process", "-", "-", b, 1) for b in (1, max_batch))
+    v1, v2 = (cell("fmnist-serve", p, "1", 1, 32) for p in ("v1", "v2"))
+    one, auto = cell("fmnist-serve", "v1", "1", 1, 1), cell("fmnist-serve", "v1", "auto", 1, 32)
+    bare = cell(BARE, "v1", "1", 1, 32)
     out = []
-    if local_max and thirty_two:
-        out.append({"model": model, "ratio": "32 callers img/s / in-process max-batch img/s",
-                    "value": thirty_two["images_per_s"] / local_max["images_per_s"],
-                    "target": ">= 0.85"})
-        budget = delay_ms + local_max["p50_ms"]
-        out.append({"model": model, "ratio": "32 callers p99 / (delay + max-batch run)",
-                    "value": thirty_two["p99_ms"] / budget, "target": "<= 3"})
-    if local1 and one:
-        out.append({"model": model, "ratio": "1 caller p50 - in-process batch-1 p50 (ms)",
-                    "value": one["p50_ms"] - local1["p50_ms"], "target": "<= 1"})
+
+    def add(name: str, value: float, target: str) -> None:
+        out.append({"model": model, "ratio": name, "value": value, "target": target})
+
+    if v1 and bare and local_max:
+        front_end = bare["images_per_s"] < local_max["images_per_s"]
+        add("32 callers v1 / bare grpc.aio (1 process)", v1["images_per_s"] / bare["images_per_s"],
+            ">= 0.85" if front_end else "-")
+        add(f"32 callers v1 / in-process batch {max_batch}",
+            v1["images_per_s"] / local_max["images_per_s"], "-" if front_end else ">= 0.95")
+    if one and local1:
+        add("1 caller p50 - in-process batch-1 p50 (ms)", one["p50_ms"] - local1["p50_ms"], "<= 1")
+    if v1 and v2:
+        add("32 callers v1 / v2", v1["images_per_s"] / v2["images_per_s"], "0.95..1.05")
+    if v1 and auto:
+        add("32 callers v1, auto workers / 1 worker", auto["images_per_s"] / v1["images_per_s"], "-")
     return out
 
 
-def met(ratio: dict) -> bool:
-    op, bound = ratio["target"].split()
+def met(ratio: dict) -> bool | None:
+    target = ratio["target"]
+    if target == "-":
+        return None
+    if ".." in target:
+        low, high = map(float, target.split(".."))
+        return low <= ratio["value"] <= high
+    op, bound = target.split()
     return ratio["value"] >= float(bound) if op == ">=" else ratio["value"] <= float(bound)
 
 
-def main(args: argparse.Namespace) -> int:
-    from fmnist.v1 import classifier_pb2 as pb
-
-    from server.models.providers import ProviderPolicy
-    from server.models.runner import OnnxRunner
-
-    models = pick_models(args.models_dir, args.models)
-    pixels, pngs = sample_images()
-    cpu, isa = results.cpu_info()
-    print(f"CPU: {cpu}, {len(os.sched_getaffinity(0))} cores; ISA: {' '.join(isa) or 'unknown'}")
-    print(f"models: {', '.join(f'{n} v{v}' for n, (v, _) in models.items())}; device {args.device};"
-          f" {args.seconds:g}s per cell; max batch {args.max_batch}, queue delay {args.delay_ms:g} "
-          f"ms; {'PNG' if args.encoded else 'raw'} images", flush=True)
-    extra = ["--max-batch", str(args.max_batch), "--max-queue-delay-ms", str(args.delay_ms),
-             *args.server_arg]
-    server = ServerProcess({n: d / str(v) for n, (v, d) in models.items()}, args.device, extra)
-    policy = ProviderPolicy(args.device)
-    rows, attacks = [], []
-    try:
-        port = server.wait()
-        served = {m.name for m in _list_models(port).models}
-        if served != set(models):
-            raise SystemExit(f"the server serves {sorted(served)}, not {sorted(models)}:\n"
-                             + "\n".join(list(server.log)[-20:]))
-        for name, (version, model_dir) in models.items():
-            runner = OnnxRunner(model_dir / str(version) / "model.onnx", policy.requested(),
-                                spinning="--spinning" in args.server_arg)
-            provider = policy.check([runner.provider], f"{name} v{version}")
-            local = {b: batch_of(pixels, b) for b in (1, args.max_batch)}
-            before = {b: in_process(lambda: runner.run(local[b]), args.seconds / 2, b)
-                      for b in local}
-
-            def request(n: int):
-                images = ([pb.Image(encoded=pngs[i % len(pngs)]) for i in range(n)] if args.encoded
-                          else [pb.Image(raw=row.tobytes()) for row in batch_of(pixels, n)[:, 0]])
-                return pb.ClassifyRequest(model=name, version=version, images=images)
-
-            cells = [(1, c) for c in args.callers] + [(args.max_batch, args.batch_callers)]
-            for batch, callers in cells:
-                cell = asyncio.run(closed_loop(port, request(batch), callers, args.seconds))
-                rows.append({"model": name, "provider": provider, "side": "server",
-                             "batch": batch, "callers": callers, **cell})
-                print(f"  {name} server: {callers} caller(s) of {batch}: "
-                      f"{cell['images_per_s']:.0f} img/s, p99 {cell['p99_ms']:.1f} ms", flush=True)
-            for b in local:  # again after the server cells; report the mean of both
-                after = in_process(lambda: runner.run(local[b]), args.seconds / 2, b)
-                mean = {k: (before[b][k] + after[k]) / 2 for k in after}
-                rows.append({"model": name, "provider": provider, "side": "in-process",
-                             "batch": b, "callers": 1, **mean})
-                print(f"  {name} in-process batch {b}: {mean['images_per_s']:.0f} img/s", flush=True)
-            runner.close()
-        if not args.no_attacks:
-            first = next(iter(models))
-            print(f"attacks on {first} ...", flush=True)
-            attacks = [attack_idle_streams(port, first), attack_amplification(port, first, server),
-                       attack_small_after_big(port, first, args.max_batch)]
-    finally:
-        rc = server.stop()
-    rows.sort(key=lambda r: (r["model"], r["side"] != "in-process", r["batch"], r["callers"]))
-    found = [r for name in models for r in ratios(rows, name, args.max_batch, args.delay_ms)]
-    print()
-    print(format_table(rows))
+def report(rows: list[dict], found: list[dict], models: dict) -> None:
+    for name in models:
+        mine = [r for r in rows if r["model"] in (name, "-")]
+        print(f"\n{name}\n{format_table(mine)}")
     print()
     for r in found:
-        print(f"{r['model']}: {r['ratio']} = {r['value']:.2f} (target {r['target']}: "
-              f"{'met' if met(r) else 'NOT met'})")
-    for a in attacks:
+        verdict = {None: "no target here", True: "met", False: "NOT met"}[met(r)]
+        print(f"{r['model']}: {r['ratio']} = {r['value']:.2f} (target {r['target']}: {verdict})")
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+def main(args: argparse.Namespace) -> int:
+    from server.workers.cores import usable_cores
+
+    require_h2load()
+    models = pick_models(args.models_dir, args.models)
+    pixels, _ = sample_images()
+    cores = usable_cores()
+    cpu, isa = results.cpu_info()
+    load_before = os.getloadavg()
+    print(f"CPU: {cpu}, {cores}; ISA: {' '.join(isa) or 'unknown'}")
+    print(f"load average (1, 5, 15 min): {' '.join(f'{x:.2f}' for x in load_before)}")
+    print(f"models: {', '.join(f'{n} v{v}' for n, (v, _) in models.items())}; device "
+          f"{args.device}; {args.seconds:g} s per cell; max batch {args.max_batch}, queue delay "
+          f"{args.delay_ms:g} ms; raw images", flush=True)
+    before = in_process_cells(models, pixels, args, cores.usable)
+    rows = [] if args.no_bare else bare_cells(requests_for("lenet_bn", 1, pixels)["v1"], args)
+    rows_attacks, status = serve_all(models, pixels, args, rows)
+    rows += in_process_rows(before, in_process_cells(models, pixels, args, cores.usable))
+    rows.sort(key=lambda r: (["in-process", BARE, "fmnist-serve"].index(r["side"]), r["model"],
+                             r["protocol"], r["workers"] != "1", r["batch"], r["callers"]))
+    found = [r for name in models for r in ratios(rows, name, args.max_batch)]
+    report(rows, found, models)
+    for a in rows_attacks:
         print(f"attack {a['attack']}: " + ", ".join(f"{k}={v}" for k, v in a.items() if k != "attack"))
-    path = results.write("serve", {"device": args.device, "seconds": args.seconds,
-                                   "max_batch": args.max_batch, "delay_ms": args.delay_ms,
-                                   "encoded": args.encoded, "rows": rows, "ratios": found,
-                                   "attacks": attacks}, args.artifacts)
+    load_after = os.getloadavg()
+    print(f"load average after (1, 5, 15 min): {' '.join(f'{x:.2f}' for x in load_after)}")
+    path = results.write("serve", {
+        "device": args.device, "seconds": args.seconds, "max_batch": args.max_batch,
+        "delay_ms": args.delay_ms, "usable_cores": cores.usable, "load_before": load_before,
+        "load_after": load_after, "rows": rows, "ratios": found, "attacks": rows_attacks},
+        args.artifacts)
     print(f"\nwritten: {path}")
-    if rc != 0:
-        print(f"error: the server exited with status {rc}:\n" + "\n".join(list(server.log)[-20:]),
-              file=sys.stderr)
-        return 1
-    return 0
+    return status
+
+
+def serve_all(models: dict, pixels, args, rows: list[dict]) -> tuple[list[dict], int]:
+    """The fmnist-serve cells for each --workers setting (one server each), and the attacks on
+    the first; (attacks, exit status: 1 when a server did not stop cleanly)."""
+    found, status = [], 0
+    extra = ["--max-batch", str(args.max_batch), "--max-queue-delay-ms", str(args.delay_ms),
+             *args.server_arg]
+    folders = {n: d / str(v) for n, (v, d) in models.items()}
+    for workers in args.workers:
+        server = ServerProcess(folders, args.device, [*extra, "--workers", workers], metrics=True)
+        try:
+            port = server.wait()
+            served = {m.name for m in _list_models(port).models}
+            if served != set(models):
+                raise SystemExit(f"the server serves {sorted(served)}, not {sorted(models)}")
+            rows += server_cells(server, models, pixels, args, workers)
+            if workers == args.workers[0] and not args.no_attacks:
+                found = attacks(port, next(iter(models)), server)
+        finally:
+            rc = server.stop()
+        if rc != 0:
+            print(f"error: the server (--workers {workers}) exited with status {rc}:\n"
+                  + "\n".join(list(server.log)[-20:]), file=sys.stderr)
+            status = 1
+    return found, status
+
+
+def in_process_rows(before: dict, after: dict) -> list[dict]:
+    """The mean of the in-process figures measured before and after the server cells."""
+    rows = []
+    for (name, batch), first in before.items():
+        second = after[(name, batch)]
+        mean = {k: (first[k] + second[k]) / 2 for k in second if k != "provider"}
+        rows.append({"model": name, "provider": first["provider"], "side": "in-process",
+                     "protocol": "-", "workers": "-", "batch": batch, "callers": 1, **mean})
+    return rows
 
 
 if __name__ == "__main__":

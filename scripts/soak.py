@@ -13,13 +13,20 @@ cleanly on SIGTERM, and RSS, fds and threads stay within 10% of their value at t
 first interval (fds and threads: at least +-2, small counts move by one or two). Before the first
 interval, --warmup-seconds of the same traffic are not counted.
 
+With --workers N (N `python -m server` workers behind a parent) and --max-worker-rss-mb M (a
+worker past M MiB is replaced), the figures are the parent's, plus the largest worker's: its
+fds and threads follow the same 10% rule, and its RSS, sampled every second, must stay under M
+(+10%: a worker goes on serving while its replacement starts and it retires); without M, under
+the first interval's +10%. Workers that are replaced are counted per interval.
+
 To add traffic: write `async def my_kind(ctx) -> None` that makes one
 call and lets grpc.aio.AioRpcError escape, and add `Kind("v2-infer", weight, my_kind, {OK})` to
 KINDS.
 The server runs with MALLOC_ARENA_MAX=2 (--malloc-arena-max; 0: glibc's default of 8 per core).
 Before failed calls stopped holding their requests in reference cycles, RSS crept ~20% in 10
-minutes with the default arenas and ~14% with 2; since then ~1 MiB a minute remains (+8% and
-+11% in two runs), and 1 or 2 arenas or fixed MALLOC_MMAP/TRIM_THRESHOLD_ give the same slope.
+minutes with the default arenas and ~14% with 2; since then ~0.5 MiB a minute remains, grpc's
+own (80 B per call grpc fails while reading it, grpc/grpc#43360), which is why a 20-minute run of
+one process fails and `make soak` recycles workers (--max-worker-rss-mb).
 Without --models-dir it trains and exports lenet_bn on a small synthetic data set first (~1 min).
 """
 
@@ -66,6 +73,7 @@ class Context:
     jpeg: bytes
     raw: bytes
     rng: random.Random
+    aged: bool = False  # the server closes connections by age (Kind.aged)
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,7 @@ class Kind:
     call: Callable[[Context], Awaitable[None]]
     expected: frozenset
     valid: bool = False  # its latency goes into p50/p99
+    aged: frozenset = frozenset()  # also expected where the server closes connections by age
 
 
 def _request(ctx: Context, *images: pb.Image, model: str | None = None) -> pb.ClassifyRequest:
@@ -150,7 +159,12 @@ KINDS = [
     Kind("raw", 3, valid_raw, frozenset({C.OK}), valid=True),
     # a bit flip can leave an image decodable (OK); otherwise it is INVALID_ARGUMENT
     Kind("malformed", 2, malformed, frozenset({C.OK, C.INVALID_ARGUMENT})),
-    Kind("oversize", 0.5, oversize, frozenset({C.RESOURCE_EXHAUSTED})),
+    # Where connections are closed by age (--max-connection-age-seconds, which recycling workers
+    # need), grpc may close one while a client is still sending a message it has refused: the
+    # unread rest makes the kernel reset the connection, and the refusal is lost (UNAVAILABLE,
+    # ~1 in 50 oversize calls with a 2 s age, seen with one process as with workers).
+    Kind("oversize", 0.5, oversize, frozenset({C.RESOURCE_EXHAUSTED}),
+         aged=frozenset({C.UNAVAILABLE})),
     # cancelled before or after the answer; a deadline may pass before the call even starts
     Kind("cancelled", 1, cancelled, frozenset({C.CANCELLED, C.OK})),
     Kind("deadline", 1, short_deadline, frozenset({C.DEADLINE_EXCEEDED, C.OK})),
@@ -175,6 +189,63 @@ def process_stats(pid: int) -> dict:
     threads = int(re.search(r"Threads:\s+(\d+)", status).group(1))
     return {"rss_mib": round(rss_kib / 1024, 1), "fds": len(os.listdir(f"/proc/{pid}/fd")),
             "threads": threads}
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (a --workers server's workers)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                status = Path(f"/proc/{entry}/status").read_text()
+            except OSError:  # gone meanwhile
+                continue
+            if re.search(rf"^PPid:\s+{pid}$", status, re.M):
+                found.append(int(entry))
+    return found
+
+
+class Sampler:
+    """Every second, the workers of the server `pid`: per interval, the largest worker's peak
+    RSS and its fds and threads at the end, and how many workers were new."""
+
+    def __init__(self, pid: int):
+        self.pid, self.seen, self._lock = pid, set(children(pid)), threading.Lock()
+        self._peak, self._new = 0.0, 0
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, name="sampler", daemon=True).start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            self._sample()
+
+    def _sample(self) -> list[dict]:
+        stats = []
+        for child in children(self.pid):
+            try:
+                stats.append(process_stats(child))
+            except (OSError, AttributeError):  # exited meanwhile
+                continue
+            with self._lock:
+                self._new += child not in self.seen
+                self.seen.add(child)
+        with self._lock:
+            self._peak = max([self._peak] + [s["rss_mib"] for s in stats])
+        return stats
+
+    def take(self) -> dict:
+        """The interval's figures; the next interval starts now."""
+        stats = self._sample()
+        with self._lock:
+            row = {"workers": len(stats), "worker_rss_mib_peak": self._peak,
+                   "worker_fds": max((s["fds"] for s in stats), default=0),
+                   "worker_threads": max((s["threads"] for s in stats), default=0),
+                   "workers_started": self._new}
+            self._peak, self._new = 0.0, 0
+        return row
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def sample_images() -> tuple[bytes, bytes, bytes]:
@@ -205,7 +276,7 @@ async def worker(ctx: Context, stop: asyncio.Event, intervals: list[Interval]) -
         interval = intervals[-1]
         interval.requests += 1
         interval.codes[code.name] += 1
-        if code not in kind.expected:
+        if code not in (kind.expected | kind.aged if ctx.aged else kind.expected):
             interval.unexpected[f"{kind.name}:{code.name}"] += 1
         elif kind.valid and code == C.OK:
             interval.latencies.append(time.perf_counter() - started)
@@ -221,7 +292,7 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "server", "--models-dir", str(models_dir), "--port", "0",
              "--device", "cpu", "--max-message-bytes", str(MAX_MESSAGE), "--grace", "10",
-             *_no_metrics_port(), *extra],
+             "--metrics-port", "0", "--http-port", "0", *extra],  # theirs would clash
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
         threading.Thread(target=lambda: self.lines.extend(l.rstrip() for l in self.proc.stdout),
@@ -245,15 +316,6 @@ class Server:
             return -9
 
 
-def _no_metrics_port() -> list[str]:
-    """`--metrics-port 0` where the server has that flag (its default port would clash between
-    soaks and tests running side by side)."""
-    sys.path.insert(0, str(REPO))
-    from server.cli import get_args_parser
-
-    return ["--metrics-port", "0"] if "--metrics-port" in get_args_parser().format_help() else []
-
-
 def build_model(workdir: Path) -> Path:
     sys.path.insert(0, str(REPO))
     from tests.conftest import write_fashion_mnist
@@ -273,48 +335,81 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 async def run(args, pid: int, port: int, model: str) -> list[dict]:
+    """The traffic, from --concurrency callers over --connections connections, and one row per
+    interval after the warm-up."""
     png, jpeg, raw = sample_images()
-    intervals = [Interval()]
-    rows = []
-    stop = asyncio.Event()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[
-            ("grpc.max_send_message_length", 4 * MAX_MESSAGE)]) as channel:
-        stub, v2_stub = pb_grpc.ClassifierStub(channel), v2_grpc.GRPCInferenceServiceStub(channel)
-        tasks = [asyncio.create_task(worker(Context(stub, v2_stub, model, png, jpeg, raw,
-                                                    random.Random(args.seed + i)), stop, intervals))
-                 for i in range(args.concurrency)]
-        await asyncio.sleep(args.warmup_seconds)  # traffic not counted: sessions, arenas, caches
-        intervals.append(Interval())
-        started = time.monotonic()
-        n = max(1, round(args.seconds / args.report_seconds))
-        for i in range(n):
-            await asyncio.sleep(started + (i + 1) * args.report_seconds - time.monotonic())
-            intervals.append(Interval())
-            done = intervals[-2]
-            row = {"interval": i + 1, "requests": done.requests, "codes": dict(done.codes),
-                   "unexpected": dict(done.unexpected),
-                   "p50_ms": percentile(done.latencies, 50),
-                   "p99_ms": percentile(done.latencies, 99), **process_stats(pid)}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+    sampler = Sampler(pid) if args.workers != "1" or args.max_worker_rss_mb else None
+    intervals, stop = [Interval()], asyncio.Event()
+    options = [("grpc.max_send_message_length", 4 * MAX_MESSAGE),
+               ("grpc.use_local_subchannel_pool", 1)]  # one connection per channel
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options)
+                for _ in range(args.connections)]
+    stubs = [(pb_grpc.ClassifierStub(c), v2_grpc.GRPCInferenceServiceStub(c)) for c in channels]
+    tasks = [asyncio.create_task(worker(Context(
+        *stubs[i % len(stubs)], model, png, jpeg, raw, random.Random(args.seed + i),
+        ages_connections(args)), stop, intervals)) for i in range(args.concurrency)]
+    try:
+        return await measure(args, pid, intervals, sampler)
+    finally:
         stop.set()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for channel in channels:
+            await channel.close()
+        if sampler is not None:
+            sampler.stop()
+
+
+async def measure(args, pid: int, intervals: list[Interval], sampler: Sampler | None) -> list:
+    await asyncio.sleep(args.warmup_seconds)  # traffic not counted: sessions, arenas, caches
+    intervals.append(Interval())
+    if sampler is not None:
+        sampler.take()  # the warm-up's figures go
+    rows, started = [], time.monotonic()
+    for i in range(max(1, round(args.seconds / args.report_seconds))):
+        await asyncio.sleep(started + (i + 1) * args.report_seconds - time.monotonic())
+        intervals.append(Interval())
+        done = intervals[-2]
+        rows.append({"interval": i + 1, "requests": done.requests, "codes": dict(done.codes),
+                     "unexpected": dict(done.unexpected),
+                     "p50_ms": percentile(done.latencies, 50),
+                     "p99_ms": percentile(done.latencies, 99), **process_stats(pid),
+                     **(sampler.take() if sampler is not None else {})})
+        print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
-def judge(rows: list[dict]) -> list[str]:
-    """What failed: unexpected codes, or RSS/fds/threads drifting from the first interval."""
+def ages_connections(args: argparse.Namespace) -> bool:
+    """Whether the server closes connections by age: recycling workers, or the flag."""
+    age = [a for a in args.server_args if a.startswith("--max-connection-age-seconds")]
+    return args.max_worker_rss_mb is not None or bool(age)
+
+
+def judge(rows: list[dict], max_worker_rss_mb: float | None = None) -> list[str]:
+    """What failed: unexpected codes; RSS/fds/threads drifting from the first interval (the
+    server's, or with workers the parent's and the largest worker's fds and threads); a
+    worker's RSS over --max-worker-rss-mb (+10%), or without it drifting like the rest."""
     problems = [f"interval {r['interval']}: unexpected {r['unexpected']}"
                 for r in rows if r["unexpected"]]
+    workers = "workers" in rows[0]
+    drifting = [("rss_mib", 0.0), ("fds", 2), ("threads", 2)]
+    if workers:
+        drifting += [("worker_fds", 2), ("worker_threads", 2)]
+        if max_worker_rss_mb is None:
+            drifting.append(("worker_rss_mib_peak", 0.0))
     base = rows[0]
     for r in rows[1:]:
-        for key, floor in (("rss_mib", 0.0), ("fds", 2), ("threads", 2)):
+        for key, floor in drifting:
             allowed = max(base[key] * TOLERANCE, floor)
             if abs(r[key] - base[key]) > allowed:
                 problems.append(f"interval {r['interval']}: {key} {r[key]} is more than "
                                 f"{allowed:g} from the first interval's {base[key]}")
+    if workers and max_worker_rss_mb is not None:
+        bound = max_worker_rss_mb * (1 + TOLERANCE)
+        problems += [f"interval {r['interval']}: a worker reached {r['worker_rss_mib_peak']} MiB, "
+                     f"over --max-worker-rss-mb {max_worker_rss_mb:g} + 10%" for r in rows
+                     if r["worker_rss_mib_peak"] > bound]
     return problems
 
 
@@ -324,6 +419,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="how long to run ($SOAK_SECONDS)")
     p.add_argument("--report-seconds", type=float, default=60.0, help="length of an interval")
     p.add_argument("--concurrency", type=int, default=8, help="calls in flight at once")
+    p.add_argument("--connections", type=int, default=1,
+                   help="connections they share (with --workers, each lands on one worker)")
     p.add_argument("--warmup-seconds", type=float, default=30.0,
                    help="traffic before the first interval, not counted")
     p.add_argument("--models-dir", type=Path,
@@ -332,6 +429,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--malloc-arena-max", type=int, default=2,
                    help="MALLOC_ARENA_MAX for the server; 0: glibc's default (8 per core)")
+    p.add_argument("--workers", default="1",
+                   help="the server's --workers (auto: one per usable core)")
+    p.add_argument("--max-worker-rss-mb", type=float,
+                   help="the server's --max-worker-rss-mb, and the bound on every worker's RSS")
     p.add_argument("--json", type=Path, help="also write the rows and the verdict here")
     p.add_argument("server_args", nargs="*", help="more `python -m server` flags (after --)")
     return p
@@ -340,13 +441,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="soak-") as workdir:
         models_dir = args.models_dir or build_model(Path(workdir))
-        server = Server(models_dir, args.server_args, args.malloc_arena_max)
+        server = Server(models_dir, [*worker_flags(args), *args.server_args],
+                        args.malloc_arena_max)
         try:
             port = server.port()
             rows = asyncio.run(run(args, server.proc.pid, port, args.model))
         finally:
             rc = server.stop()
-    problems = judge(rows)
+    problems = judge(rows, args.max_worker_rss_mb)
     if rc != 0:
         problems.append(f"the server exited {rc} on SIGTERM")
     tracebacks = [i for i, line in enumerate(server.lines) if "Traceback" in line]
@@ -360,7 +462,9 @@ def main(args: argparse.Namespace) -> int:
     verdict = {"passed": not problems, "problems": problems, "requests": sum(total.values()),
                "codes": dict(total), "cpu": _cpu(), "seconds": args.seconds,
                "concurrency": args.concurrency, "warmup_seconds": args.warmup_seconds,
-               "malloc_arena_max": args.malloc_arena_max}
+               "malloc_arena_max": args.malloc_arena_max, "workers": args.workers,
+               "max_worker_rss_mb": args.max_worker_rss_mb,
+               "workers_started": sum(r.get("workers_started", 0) for r in rows)}
     print(json.dumps(verdict), flush=True)
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, **verdict}, indent=1))
@@ -368,6 +472,13 @@ def main(args: argparse.Namespace) -> int:
         print("\n".join(["soak FAILED:", *problems, "server log tail:", *server.lines[-20:]]),
               file=sys.stderr)
     return 0 if not problems else 1
+
+
+def worker_flags(args: argparse.Namespace) -> list[str]:
+    flags = ["--workers", args.workers] if args.workers != "1" else []
+    if args.max_worker_rss_mb is not None:
+        flags += ["--max-worker-rss-mb", f"{args.max_worker_rss_mb:g}"]
+    return flags
 
 
 def _cpu() -> str:

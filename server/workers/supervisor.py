@@ -324,6 +324,8 @@ class Supervisor:
             else:
                 log.info("health NOT_SERVING: %s", "stopping" if self.stop_at else
                          f"worker(s) {', '.join(map(str, waiting))} not serving")
+        if self.stop_at:
+            return  # draining workers close their health themselves, and then their loop
         for w in self.workers:
             if w.started and not w.retiring and w.gate != gate:
                 w.gate = gate

@@ -106,7 +106,7 @@ def _obey(link: Link, server, stop: threading.Event, done: threading.Event,
           max_age: float) -> None:
     """The parent's messages, until it retires this worker or its socket closes."""
     for message in link.messages():
-        if "gate" in message:
+        if "gate" in message and not done.is_set():  # once stopping, its loop may be closed
             server.set_gate(message["gate"])
         if message.get("retire"):
             _retire(server, stop, max_age)

@@ -1,54 +1,84 @@
-"""bench/serve.py runs end to end (a smoke test with tiny settings; no timing is asserted)."""
+"""bench/serve.py and bench/peer.py run end to end (smoke tests with tiny settings; no timing is
+asserted: speed belongs in `make bench-serve`), and fail when what they measure is not what they
+meant to measure."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
+import pytest
+
 from tests.serving_fixtures import REPO
 
+needs_h2load = pytest.mark.skipif(shutil.which("h2load") is None,
+                                  reason="h2load missing: `make install` installs it as root "
+                                         "(Debian nghttp2-client)")
+TINY = ("--models", "lenet", "--device", "cpu", "--seconds", "0.2", "--no-attacks")
 
-def test_bench_serve_smoke(models_dir, tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.serve", "--models-dir", str(models_dir), "--models", "lenet",
-         "--device", "cpu", "--seconds", "0.2", "--callers", "1", "2", "--batch-callers", "2",
-         "--max-batch", "4", "--no-attacks", "--artifacts", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert "CPU: " in out.stdout and "ISA: " in out.stdout
-    assert "32 callers" not in out.stdout  # only the cells asked for
+
+def bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench.serve", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+@needs_h2load
+def test_bench_serve_measures_every_cell_it_was_asked_for(models_dir, tmp_path):
+    out = bench("--models-dir", str(models_dir), *TINY, "--callers", "1", "2", "--workers", "1",
+                "--batch-callers", "2", "--max-batch", "4", "--artifacts", str(tmp_path))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "CPU: " in out.stdout and "ISA: " in out.stdout and "load average" in out.stdout
     assert "1 caller p50 - in-process batch-1 p50" in out.stdout
+    assert "32 callers" not in out.stdout.split("\nlenet\n")[1].split("\n\n")[0]  # asked: 1, 2
     document = json.loads((tmp_path / "bench" / "serve.json").read_text())
-    cells = [(r["side"], r["batch"], r["callers"]) for r in document["rows"]]
-    assert cells == [("in-process", 1, 1), ("in-process", 4, 1), ("server", 1, 1),
-                     ("server", 1, 2), ("server", 4, 2)]
+    cells = [(r["side"], r["protocol"], r["workers"], r["batch"], r["callers"])
+             for r in document["rows"]]
+    assert cells == [
+        ("in-process", "-", "-", 1, 1), ("in-process", "-", "-", 4, 1),
+        ("bare grpc.aio", "v1", "1", 1, 1), ("bare grpc.aio", "v1", "1", 1, 2),
+        ("bare grpc.aio", "v1", "2", 1, 1), ("bare grpc.aio", "v1", "2", 1, 2),
+        ("fmnist-serve", "v1", "1", 1, 1), ("fmnist-serve", "v1", "1", 1, 2),
+        ("fmnist-serve", "v1", "1", 4, 2),
+        ("fmnist-serve", "v2", "1", 1, 1), ("fmnist-serve", "v2", "1", 1, 2)]
     assert all(r["calls"] > 0 and r["images_per_s"] > 0 for r in document["rows"])
     assert document["cpu"] and isinstance(document["isa"], list)
+    assert len(document["load_before"]) == 3
+
+
+@needs_h2load
+def test_bench_serve_fails_when_the_server_refuses_calls_h2load_counts_as_http_200(
+        models_dir, tmp_path):
+    """--max-in-flight 1 with 16 callers: some calls are RESOURCE_EXHAUSTED, each an HTTP 200
+    with a gRPC error to h2load; the server's own counts give them away."""
+    out = bench("--models-dir", str(models_dir), *TINY, "--callers", "16", "--workers", "1",
+                "--protocols", "v1", "--batch-callers", "0", "--no-bare",
+                "--server-arg=--max-in-flight", "--server-arg=1", "--artifacts", str(tmp_path))
+    assert out.returncode != 0
+    assert "the server counted {'RESOURCE_EXHAUSTED'" in out.stdout + out.stderr
 
 
 def test_bench_serve_fails_when_the_server_does_not_exit_cleanly(models_dir, tmp_path):
     """An unknown server argument makes the server exit 2 at once: the benchmark must say so
     and fail, not report success."""
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.serve", "--models-dir", str(models_dir), "--models", "lenet",
-         "--device", "cpu", "--seconds", "0.2", "--no-attacks", "--server-arg=--no-such-flag",
-         "--artifacts", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = bench("--models-dir", str(models_dir), *TINY, "--no-bare",
+                "--server-arg=--no-such-flag", "--artifacts", str(tmp_path))
     assert out.returncode != 0
     assert "did not start" in out.stdout + out.stderr
 
 
 def test_bench_serve_says_what_to_run_without_models(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "bench.serve", "--models-dir", str(tmp_path)],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    out = bench("--models-dir", str(tmp_path), timeout=120)
     assert out.returncode != 0 and "make train export" in out.stderr
 
 
-def test_bench_peer_says_how_to_get_mlserver(models_dir, tmp_path):
-    """MLServer lives in .venv-peer, which `make bench-peer` creates; CI has none, so this checks
-    the one-line way out (the comparison itself ran by hand; docs/benchmarks.md)."""
+def test_bench_peer_says_how_to_get_its_peers(models_dir, tmp_path):
+    """MLServer and PyTriton live in venvs `make bench-peer` creates; without them the
+    benchmark says so in one line (the comparison itself: `make bench-peer`)."""
     out = subprocess.run(
         [sys.executable, "-m", "bench.peer", "--models-dir", str(models_dir), "--models", "lenet",
-         "--peer-python", str(tmp_path / "no-venv" / "bin" / "python"), "--artifacts",
+         "--mlserver-python", str(tmp_path / "no-venv" / "bin" / "python"), "--artifacts",
          str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "make bench-peer" in out.stderr
