@@ -3,14 +3,14 @@ inference with JSON tensors, with binary tensors (Triton's binary data extension
 tritonclient.http sends them), and /v1/models/{m}:classify with multipart PNG files.
 
 Server-independent: it imports nothing of server/, only aiohttp's client (one connection per
-caller, kept alive, as a real client keeps it). bench/serve.py drives the cells with its own
-closed loop, so HTTP and gRPC rows are measured the same way:
+caller, kept alive, as a real client keeps it), driven by bench/load.py's closed loop; `payload`
+alone gives the (path, body, headers) that h2load --h1 can replay instead:
 
     from bench import http_load
     rows = asyncio.run(http_load.measure(f"http://127.0.0.1:{http_port}", "lenet_bn", pixels, pngs,
                                          drive, cells=[(1, 1), (1, 32), (32, 4)], seconds=3))
 
-`drive(call, callers, seconds, images_per_call)` is bench/serve.py's: awaits `call()` from
+`drive(call, callers, seconds, images_per_call)` is bench/load.py's: awaits `call()` from
 `callers` tasks for `seconds` and returns {"images_per_s", "calls", "p50_ms", "p90_ms", "p99_ms"}.
 Each row is that plus {"model", "side": "http json" | "http binary" | "http multipart", "batch",
 "callers"}. A request that does not answer 200 stops the run with the server's message.

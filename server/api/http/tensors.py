@@ -129,19 +129,29 @@ def _input(request: pb.ModelInferRequest, tensor: dict, i: int,
 
 def _contents(tensor, name: str, data) -> None:
     """JSON data into the tensor's typed contents, as a gRPC client would send it."""
-    values = _flat(data)
     if tensor.datatype == "BYTES":
+        values = _flat(data)
         tensor.contents.bytes_contents.extend(_base64(v, name, j) for j, v in enumerate(values))
         return
-    if not all(_is_int(v) and 0 <= v < _UINT32 for v in values):
-        bad = next(v for v in values if not (_is_int(v) and 0 <= v < _UINT32))
-        raise InvalidRequest(f"input {name!r}: UINT8 data must be integers 0..255, got "
-                             f"{shorten(json.dumps(bad))}")
-    tensor.contents.uint_contents.extend(values)
+    tensor.contents.uint_contents.extend(_integers(data, name).tolist())
+
+
+def _integers(data, name: str) -> np.ndarray:
+    """Nested lists of integers (a row-major tensor) as one flat array, read by numpy: a Python
+    loop over an image's 784 values cost 5 ms, more than the model."""
+    try:
+        values = np.asarray(data).ravel()
+    except (ValueError, OverflowError):  # ragged lists, integers past 64 bits
+        values = np.asarray([None])
+    if values.size and not (values.dtype.kind in "iu" and values.min() >= 0
+                            and values.max() < _UINT32):
+        raise InvalidRequest(f"input {name!r}: UINT8 data must be integers 0..255 (a flat or "
+                             f"nested list), got {shorten(json.dumps(data))}")
+    return values
 
 
 def _flat(data) -> list:
-    """Nested lists (a row-major tensor) as one flat list."""
+    """Nested lists as one flat list (BYTES: a few elements, each a string)."""
     if not isinstance(data, list):
         return [data]
     flat = []

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from bench import http_load
-from bench.serve import drive
+from bench.load import drive
 from tests.server.api.http.web import sample_pixels, sample_png
 
 
