@@ -158,5 +158,17 @@ soak: install  ## a real server under mixed traffic (10 min): per-minute figures
 	  --workers $(SOAK_WORKERS) --connections $(SOAK_CONNECTIONS) \
 	  $(if $(SOAK_MAX_WORKER_RSS_MB),--max-worker-rss-mb $(SOAK_MAX_WORKER_RSS_MB))
 
+# `make gpu-check`: scripts/gpu_check.py proves every CUDA path in one run of at most 8 minutes
+# (docs/gpu.md); DEVICE=cpu rehearses the same steps with tiny budgets in at most 5. WHEELS=dir
+# installs the wheels in dir first (pip --no-index: a GPU host here has no network, so no
+# `install` either); gpu-check.json and gpu-check.md go to GPU_CHECK_OUT. It runs with the venv's
+# Python when there is one, else $(PYTHON) (a GPU image's own, with torch).
+GPU_CHECK_OUT ?= artifacts/gpu-check/
+WHEELS ?=
+.PHONY: gpu-check
+gpu-check:  ## prove every CUDA path on this GPU in <= 8 min (DEVICE=cpu: the CPU rehearsal)
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) scripts/gpu_check.py --device $(DEVICE) \
+	  --out $(GPU_CHECK_OUT) $(if $(WHEELS),--wheels $(WHEELS)) $(model_flags)
+
 clean:  ## remove generated stubs and caches (keeps the venv, data and artifacts)
 	rm -rf $(GEN) .pytest_cache
