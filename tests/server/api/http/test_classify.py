@@ -120,8 +120,8 @@ def test_curl_as_the_readme_shows_it(base):
     form = subprocess.run(["curl", "-sS", "-F", f"image=@{SAMPLES / 'coat.png'}",
                            f"{base}/v1/models/{MODEL}:classify?top_k=3"],
                           capture_output=True, text=True, timeout=60, check=True)
-    raw = subprocess.run(["curl", "-sS", "--data-binary", f"@{SAMPLES / 'coat.png'}", "-H",
-                          "Content-Type: image/png", f"{base}/v1/models/{MODEL}:classify"],
+    raw = subprocess.run(["curl", "-sS", "--data-binary", f"@{SAMPLES / 'coat.png'}",
+                          f"{base}/v1/models/{MODEL}:classify"],
                          capture_output=True, text=True, timeout=60, check=True)
     top3 = json.loads(form.stdout)["classifications"][0]["predictions"]
     top1 = json.loads(raw.stdout)["classifications"][0]["predictions"]
