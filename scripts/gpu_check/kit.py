@@ -50,12 +50,14 @@ class Plan:
         return self.device == "cuda"
 
 
-# GPU: ~10 s of bf16 training per architecture (all 8, one process), resnet18's resume and
-# torchrun runs on 2,048 images, exports parity-checked on 500 test images, 2-second cells.
+# GPU: 8 s of bf16 training per architecture (all 8, one process), resnet18's resume and
+# torchrun runs on 2,048 images, exports parity-checked on 500 test images, 1.5-second cells:
+# about 7 minutes by an estimate of each step (none has run on a GPU yet); what does not fit in
+# the 8 is skipped, last the --cuda-tf32 server.
 # CPU: one architecture per input side (28, 96, 224 pixels), a step or two each: on 2 cores a
 # torch.onnx export alone takes 10-20 s, so all eight would not fit in 5 minutes.
 PLANS = {
-    "cuda": Plan("cuda", 8.0, "bf16", 10.0, None, None, 1000, "resnet18", 2048, 128, 500, 32, 2.0),
+    "cuda": Plan("cuda", 8.0, "bf16", 8.0, None, None, 1000, "resnet18", 2048, 128, 500, 32, 1.5),
     "cpu": Plan("cpu", 5.0, "auto", 1.0, 4, 32, 8, "lenet_bn", 64, 8, 16, 8, 0.3,
                 archs=("lenet_bn", "resnet18", "alexnet")),
 }

@@ -42,6 +42,9 @@ def preflight(kit: Kit) -> str | None:
     except KitError as e:
         return _stop(kit, "stubs", str(e))
     kit.record.info["stubs"] = stubs
+    problem = _stubs_import()
+    if problem:
+        return _stop(kit, "stubs", problem)
     problem = _load_test_images(kit)
     if problem:
         return _stop(kit, "data", problem)
@@ -90,6 +93,19 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def _stubs_import() -> str | None:
+    """The generated stubs refuse a grpcio or protobuf runtime older than the grpcio-tools that
+    made them (1.85 here): found now, not when the server starts."""
+    try:
+        import fmnist.v1.classifier_pb2_grpc  # noqa: F401
+        import inference.grpc_service_pb2_grpc  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - version checks raise RuntimeError, ImportError, ...
+        first = (str(e).strip().splitlines() or [""])[0]
+        return (f"the gRPC stubs do not import ({type(e).__name__}: {first}): bring the grpcio "
+                "1.85.3 and protobuf 7.36.2 wheels (docs/gpu.md)")
+    return None
 
 
 def _load_test_images(kit: Kit) -> str | None:

@@ -95,7 +95,7 @@ def serve(kit: Kit):
     except SystemExit as e:
         return [Check("serve", "server", FAILED, str(e).splitlines()[0] + ": "
                       + " | ".join(str(e).splitlines()[-3:]))], None
-    served, logged = list_models(server.port), parsed_log(server.log)
+    served, logged = list_models(server.port), parsed_log(list(server.log))
     return [_all_loaded(kit, expected_names(folders), served, logged),
             *(_model(kit, name, logged.get(name, {})) for name in sorted(served))], server
 
@@ -151,7 +151,7 @@ def serve_tf32(kit: Kit) -> list[Check]:
     except SystemExit as e:
         return [Check("tf32", "server --cuda-tf32", FAILED, str(e).splitlines()[0])]
     try:
-        served, logged = list_models(server.port), parsed_log(server.log)
+        served, logged = list_models(server.port), parsed_log(list(server.log))
     finally:
         server.stop()
     checks = []
