@@ -149,8 +149,9 @@ def main(args: argparse.Namespace) -> int:
     if world.is_main:
         check_writable(args.artifacts, archs)
     ds = fmnist.load(args.data_dir)
-    log.info("Fashion-MNIST from %s: %d train, %d test images; device %s, %s, %d process(es)",
-             ds.source, len(ds.train_labels), len(ds.test_labels), device, precision, world.size)
+    log.info("Fashion-MNIST from %s: %d train, %d test images; device %s, %s, %d process(es)%s",
+             ds.source, len(ds.train_labels), len(ds.test_labels), device, precision, world.size,
+             f" in a {world.backend} process group" if world.distributed else "")
     ds = ds.to(device)
     rows = [train(_config(args, arch, device, precision), ds, world,
                   progress_bar=not args.no_progress) for arch in archs]

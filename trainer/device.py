@@ -68,6 +68,7 @@ class World:
 
     rank: int = 0
     size: int = 1
+    backend: str = ""  # the process group's ("nccl", "gloo"); "" without torchrun
 
     @property
     def is_main(self) -> bool:
@@ -75,19 +76,21 @@ class World:
 
     @property
     def distributed(self) -> bool:
-        return self.size > 1
+        """In a torchrun process group: the collectives run through it, even with one rank
+        (so `torchrun --nproc_per_node=1` exercises nccl on a single GPU)."""
+        return bool(self.backend)
 
 
 def init_world(device: torch.device) -> World:
-    """Join torchrun's process group when launched by it: nccl on GPUs, gloo on CPUs."""
-    size = int(os.environ.get("WORLD_SIZE", 1))
-    if size == 1:
+    """Join torchrun's process group when launched by it (it sets WORLD_SIZE): nccl on GPUs,
+    gloo on CPUs."""
+    if "WORLD_SIZE" not in os.environ:
         return World()
     if not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return World(dist.get_rank(), dist.get_world_size())
+    return World(dist.get_rank(), dist.get_world_size(), dist.get_backend())
 
 
 def group_device() -> torch.device:

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from gpu_check.kit import Kit, Ran
-from gpu_check.record import NO_CUDA, PASSED, Check, passed_if
+from gpu_check.record import PASSED, Check, passed_if
 
 TRAINER = ["-m", "trainer"]
 # "resnet18 epoch 1/1: ..." for a whole epoch (trainer/run.py _record_epoch)
@@ -117,8 +117,8 @@ def weights_difference(a: Path, b: Path, arch: str) -> tuple[float, int]:
 
 
 def torchrun(kit: Kit) -> list[Check]:
-    """`torchrun --nproc_per_node=1 -m trainer` through an epoch end; on CUDA, with NCCL's own
-    log on, whether a NCCL process group was joined."""
+    """`torchrun --nproc_per_node=1 -m trainer` through an epoch end, and whether its process
+    group was joined (nccl on CUDA, with NCCL's own log on; gloo in the CPU rehearsal)."""
     arch = _resume_arch(kit)
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
     ran = kit.run("torchrun", [*launcher, *TRAINER, *_short_run(kit, kit.work / "torchrun")], 240,
@@ -130,12 +130,12 @@ def torchrun(kit: Kit) -> list[Check]:
                     passed_if(ran.rc == 0 and ended),
                     f"exit {ran.rc}, " + ("an epoch ended" if ended else "no epoch end logged"),
                     {"rc": ran.rc, "seconds": round(ran.seconds, 1)})]
-    if not kit.plan.cuda:
-        checks.append(Check("torchrun", "NCCL process group", NO_CUDA))
-        return checks
-    joined = "NCCL INFO" in ran.output
-    checks.append(Check("torchrun", "NCCL process group", passed_if(joined),
-                        "NCCL initialised" if joined else
-                        "NCCL never initialised: at WORLD_SIZE=1 trainer/device.py init_world "
-                        "joins no process group, so no NCCL reduction ran"))
+    backend = "nccl" if kit.plan.cuda else "gloo"  # the CPU rehearsal shows the same path
+    joined = f"in a {backend} process group" in ran.output
+    if kit.plan.cuda:
+        joined = joined and "NCCL INFO" in ran.output
+    checks.append(Check("torchrun", f"{backend} process group", passed_if(joined),
+                        f"{backend} initialised, the epoch's reductions ran through it" if joined
+                        else f"no {backend} process group was joined (trainer/device.py "
+                             "init_world)"))
     return checks
