@@ -120,6 +120,9 @@ def test_keyboard_only(page):
                 return
         raise AssertionError(f"Tab never reached #{element_id}")
 
+    # Playwright subscribes to file choosers without waiting for the browser's word (its
+    # _update_subscription is fire-and-forget): subscribe now, long before Space is pressed.
+    page.on("filechooser", lambda chooser: None)
     tab_to("model")
     before = page.input_value("#model")
     page.keyboard.press("ArrowDown" if before == page.eval_on_selector(
