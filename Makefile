@@ -152,7 +152,7 @@ fuzz: install  ## fuzz decode and Classify (hypothesis), far longer than `make t
 SOAK_SECONDS ?= 600
 SOAK_WORKERS ?= 2
 SOAK_CONNECTIONS ?= 4
-SOAK_MAX_WORKER_RSS_MB ?= 140
+SOAK_MAX_WORKER_RSS_MB ?= 135
 soak: install  ## a real server under mixed traffic (10 min): per-minute figures, pass/fail
 	$(PY) scripts/soak.py --seconds $(SOAK_SECONDS) $(if $(SOAK_MODELS),--models-dir $(SOAK_MODELS)) \
 	  --workers $(SOAK_WORKERS) --connections $(SOAK_CONNECTIONS) \

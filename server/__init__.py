@@ -4,7 +4,8 @@ Layers, each importing only those below it (tests/server/test_layers.py keeps it
 
 - bootstrap: ``cli`` (flags, logging, signals; ``python -m server --help``), ``app``
   (``create_server``: binds, loads, wires the layers, health and reflection), ``metrics``
-  (Prometheus /metrics from the dataplane's and batchers' events);
+  (Prometheus /metrics from the dataplane's and batchers' events), ``workers/`` (--workers: N
+  server processes on one port behind a parent; usable cores and thread counts);
 - ``api/``: the wire protocols and nothing else; the only layer that imports grpc:
   ``classifier`` (fmnist.v1), ``kserve`` and ``kserve_tensors`` (KServe v2 / Triton),
   ``status`` (domain errors -> status codes, deadlines), ``transport`` (options, the handler
