@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -68,7 +69,7 @@ def test_ports_and_probes_line_up(predictor):
     image = get_args_parser().parse_args(dockerfile_cmd())
     assert (image.port, image.metrics_port) == (args.port, args.metrics_port)
     exposed = re.findall(r"^EXPOSE (.*)$", (DEPLOY / "Dockerfile").read_text(), re.M)[0].split()
-    assert {str(args.port), str(args.metrics_port)} == set(exposed)
+    assert {str(args.port), str(args.http_port), str(args.metrics_port)} == set(exposed)
 
 
 def test_the_serving_image_needs_no_torch():
@@ -90,12 +91,12 @@ def container_env() -> dict[str, str]:
     return {k: v for k, v in pairs if k != "PYTHONPATH"}
 
 
-def as_run_here(args: list[str], models: Path) -> tuple[list[str], int, int]:
-    """The container's arguments with the models folder and both ports moved; the rest as written."""
+def as_run_here(args: list[str], models: Path) -> tuple[list[str], dict[str, int]]:
+    """The container's arguments with the models folder and the ports moved; the rest as written."""
     moved = {"--models-dir": str(models), "--port": str(free_port()),
-             "--metrics-port": str(free_port())}
+             "--http-port": str(free_port()), "--metrics-port": str(free_port())}
     out = [moved.get(args[i - 1], a) if i else a for i, a in enumerate(args)]
-    return out, int(moved["--port"]), int(moved["--metrics-port"])
+    return out, {flag: int(port) for flag, port in moved.items() if flag != "--models-dir"}
 
 
 def health(port: int, service: str) -> int:
@@ -123,16 +124,19 @@ def test_the_containers_command_line_polls_and_is_ready_only_with_models(predict
     poll = float(get_args_parser().parse_args(written).poll_seconds)
     empty = tmp_path / "empty"
     empty.mkdir()
-    args, _, _ = as_run_here(written, empty)
+    args, _ = as_run_here(written, empty)
     with ServerProcess(*args, env=container_env()) as server:
         assert server.wait(60) == 1  # no model: never ready, and it says why
     assert "no model in" in server.log
     models = tmp_path / "models"
     shutil.copytree(models_dir, models)
-    args, port, _ = as_run_here(written, models)
+    args, ports = as_run_here(written, models)
     with ServerProcess(*args, env=container_env()) as server:
-        assert server.wait_for_port() == port
-        assert health(port, SERVICE_NAME) == health_pb2.HealthCheckResponse.SERVING
+        assert server.wait_for_port() == ports["--port"]
+        assert health(ports["--port"], SERVICE_NAME) == health_pb2.HealthCheckResponse.SERVING
+        ready = f"http://127.0.0.1:{ports['--http-port']}/v2/health/ready"
+        with urllib.request.urlopen(ready, timeout=30) as answer:  # the image's HTTP port
+            assert answer.status == 200
         shutil.copytree(models / "lenet_bn" / "1", models / "lenet_bn" / "2")
         server.wait_for_log("now serving lenet_bn v2", timeout=poll + 60)
     assert '"level": "ERROR"' not in server.log
