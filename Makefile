@@ -12,6 +12,7 @@ DEVICE    ?= auto
 HOST      ?= 127.0.0.1
 PORT      ?= 50051
 METRICS_PORT ?= 8002
+HTTP_PORT ?= 8000
 # `make demo` (scripts/demo.py): DEMO_BUDGET is the mean seconds of training per architecture,
 # evaluation included (40: 320 s for all 8); each gets its input side's share of it (scripts/demo.py
 # PLAN_BY_SIDE: 96-pixel nets the most, 224-pixel ones the least), and is evaluated and
@@ -93,9 +94,9 @@ train: install  ## train (MODELS="resnet18 lenet_bn" EPOCHS=3 to narrow)
 export: install  ## export every best.pt to artifacts/models/<arch>/<version>/model.onnx
 	$(PY) -m exporter $(model_flags) --artifacts $(ARTIFACTS)
 
-serve: install  ## serve every exported model on $(HOST):$(PORT), /metrics on $(METRICS_PORT) (0: off)
+serve: install  ## serve every exported model: gRPC $(HOST):$(PORT), HTTP and the page on $(HTTP_PORT), /metrics on $(METRICS_PORT) (0: off)
 	$(PY) -m server --models-dir $(ARTIFACTS)/models --host $(HOST) --port $(PORT) \
-	  --metrics-port $(METRICS_PORT) --device $(DEVICE)
+	  --http-port $(HTTP_PORT) --metrics-port $(METRICS_PORT) --device $(DEVICE)
 
 bench-train: install  ## the seeds' training loop against ours, side by side
 	$(PY) -m bench.train $(model_flags)

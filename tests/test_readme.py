@@ -64,8 +64,13 @@ def kind_of(argv: list[str]) -> str:
         return argv[1]
     if argv[:2] == ["python", "client/predict.py"]:
         return "client"
+    if argv[:1] == ["curl"] and any(a.startswith(README_HTTP) for a in argv):
+        return "curl"
     raise AssertionError(f"README command {shlex.join(argv)!r} is of a kind tests/test_readme.py "
                          "cannot run: teach it to, or leave the line out of the marked blocks")
+
+
+README_HTTP = "http://127.0.0.1:8000/"  # the address the README's curl lines name
 
 
 def make_command(target: str, variables: list[str], **overrides: str) -> list[str]:
@@ -117,13 +122,16 @@ class Session:
     stack: ExitStack
     server: ServerProcess | None = None
     port: int = 0
-    classified: dict[str, int] = field(default_factory=lambda: {"fmnist.v1": 0, "v2": 0})
+    http_port: int = 0
+    classified: dict[str, int] = field(default_factory=lambda: {"fmnist.v1": 0, "v2": 0,
+                                                                 "http": 0})
 
 
 def run_serve(session: Session, argv: list[str]) -> None:
     """`make serve` as the Makefile runs it, on the test's artifacts and a free port."""
-    port = free_port()
-    command = make_command("serve", argv[2:], ARTIFACTS=str(session.artifacts), PORT=str(port))
+    port, session.http_port = free_port(), free_port()
+    command = make_command("serve", argv[2:], ARTIFACTS=str(session.artifacts), PORT=str(port),
+                           HTTP_PORT=str(session.http_port))
     args = without_option(command[3:], "--metrics-port")  # ServerProcess picks a free one
     session.server = session.stack.enter_context(ServerProcess(*args, metrics=True))
     session.port = session.server.wait_for_port()
@@ -152,6 +160,24 @@ def run_client(session: Session, argv: list[str]) -> None:
     else:
         check_top_k(out.stdout, files, parsed.top_k, model)
     session.classified["fmnist.v1"] += 1
+
+
+def run_curl(session: Session, argv: list[str]) -> None:
+    """A `curl` line against the README's HTTP address, sent to the test's server: it must
+    answer the Classify result as JSON (the curl of a person reading it)."""
+    assert session.server is not None, f"{shlex.join(argv)} comes before `make serve`"
+    here = f"http://127.0.0.1:{session.http_port}/"
+    args = [a.replace(README_HTTP, here) for a in argv[1:]]
+    out = subprocess.run(["curl", "--silent", "--show-error", "--fail-with-body", *args],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, f"{shlex.join(argv)} exited {out.returncode}:\n{out.stdout}{out.stderr}"
+    answer = json.loads(out.stdout)
+    url = next(a for a in argv if a.startswith(README_HTTP))
+    top_k = int(re.search(r"top_k=(\d+)", url).group(1)) if "top_k=" in url else 1
+    assert answer["model"] in session.served and answer["version"] >= 1, answer
+    [classification] = answer["classifications"]
+    assert len(classification["predictions"]) == top_k, answer
+    session.classified["http"] += 1
 
 
 def check_listing(stdout: str, served: set[str]) -> None:
@@ -232,6 +258,8 @@ def test_the_quick_start_runs_as_written(models_dir, fmnist_dir, tmp_path):  # n
                 run_serve(session, step)
             elif command == "client":
                 run_client(session, step)
+            elif command == "curl":
+                run_curl(session, step)
             elif command == "report":
                 run_report(session, step)
         assert session.server is not None, "the quick start never starts the server"
@@ -256,12 +284,13 @@ def test_the_quick_start_covers_what_a_newcomer_does_first():
     assert any(len(files) > 1 for files in inputs), client
     assert any(args.list for args in client), client
     assert any(kind == "python" and "tritonclient" in step for kind, step in found)
+    assert any(kind == "shell" and kind_of(argv) == "curl" for kind, argv in found)
     assert len(text.splitlines()) <= 200
     [(line, file)] = re.findall(r"e\.g\. `((samples/\S+?):[^`]+)`", text)
     assert top1_line(file).fullmatch(line), line
 
 
-@pytest.mark.parametrize("line", ["curl http://127.0.0.1:8000/v2", "python -m server --port 1"])
+@pytest.mark.parametrize("line", ["curl http://example.com/v2", "python -m server --port 1"])
 def test_a_marked_line_of_an_unknown_kind_fails_rather_than_being_skipped(line):
     text = f"<!-- readme-test: shell -->\n```sh\n{line}\n```\n"
     [(kind, argv)] = steps(text)
