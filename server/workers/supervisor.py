@@ -35,6 +35,7 @@ import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -77,13 +78,13 @@ class Worker:
             pass
 
     def rss_mb(self) -> float | None:
+        """Its resident memory (MiB); None once it is gone."""
         try:
-            for line in open(f"/proc/{self.proc.pid}/status"):
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
         except OSError:
-            pass
-        return None
+            return None
+        return next((int(line.split()[1]) / 1024 for line in status.splitlines()
+                     if line.startswith("VmRSS:")), None)
 
 
 def supervises(args: argparse.Namespace, plan: Plan) -> bool:
@@ -117,6 +118,10 @@ def supervise(args: argparse.Namespace, plan: Plan, argv: list[str]) -> int:
 
 
 class Supervisor:
+    """The parent's state: the slots (one per worker asked for) and every live worker process,
+    changed only by `run`'s loop, one event at a time (a worker's message or exit, a signal, the
+    tick)."""
+
     def __init__(self, args: argparse.Namespace, plan: Plan, argv: list[str],
                  ports: tuple[int, int]):
         """`ports`: the gRPC and HTTP ports held (HTTP 0: none)."""
@@ -200,7 +205,8 @@ class Supervisor:
             self.workers.remove(w)
         self.sum.retire(w.proc.pid, w.final_metrics)
         if self.stop_at:  # one still loading has nothing to drain: SIGTERM ends it at once
-            self.status |= code != 0 and (w.started or code != -signal.SIGTERM)
+            if code != 0 and (w.started or code != -signal.SIGTERM):
+                self.status = 1
             log.info("%s exited (%s)", w.name, how)
         elif w.retiring:
             log.info("%s retired (%s)", w.name, how)
@@ -218,6 +224,9 @@ class Supervisor:
             self.replacing = None
         elif self.slots[w.slot] is w:
             self.slots[w.slot] = None
+            if self.replacing is not None and self.replacing.slot == w.slot:
+                log.warning("%s exited (%s): its replacement, starting, takes over", w.name, how)
+                return
         else:
             return
         if w.started:
@@ -317,7 +326,7 @@ class Supervisor:
         waiting = [slot for slot, s in enumerate(self.slots)
                    if s is None or not (s.started and s.serving)]
         gate = self.started and not self.stop_at and not waiting
-        if self.started and gate != self.gate:
+        if self.started and gate != self.gate:  # say so when it changes
             self.gate = gate
             if gate:
                 log.info("health SERVING: every worker serves")

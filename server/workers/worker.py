@@ -108,6 +108,8 @@ def _obey(link: Link, server, stop: threading.Event, done: threading.Event,
     for message in link.messages():
         if "gate" in message and not done.is_set():  # once stopping, its loop may be closed
             server.set_gate(message["gate"])
+            log.info("health %s: the parent's gate is %s", "SERVING" if message["gate"] else
+                     "NOT_SERVING", "open" if message["gate"] else "closed")
         if message.get("retire"):
             _retire(server, stop, max_age)
             break

@@ -117,16 +117,17 @@ def test_a_killed_worker_is_replaced_health_waits_for_it_and_the_port_keeps_answ
                        metrics=True) as server:
         port = server.wait_for_port()
         server.wait_for_log("health SERVING: every worker serves")
-        pid, (slot, _) = next(iter(started_workers(server).items()))
+        (pid, (slot, _)), (_, (other, _)) = started_workers(server).items()
         (root / "lenet_bn").rename(away)
         os.kill(pid, signal.SIGKILL)
         server.wait_for_log(f"worker {slot} (pid {pid}) exited (signal SIGKILL): starting another")
-        server.wait_for_log("health NOT_SERVING")
+        server.wait_for_log(f"health NOT_SERVING: worker(s) {slot} not serving")
+        server.wait_for_log(f"[worker {other}] health NOT_SERVING: the parent's gate is closed")
         server.wait_for_log("exited (exit status 1): starting another in 1 s")
         assert health(port) == NOT_SERVING
         assert classify_on_fresh_connections(port, connections=4, calls=2) == 8
         away.rename(root / "lenet_bn")
-        wait_for_lines(server, "health SERVING: every worker serves", 2)
+        wait_for_lines(server, "health SERVING: the parent's gate is open", 4)  # 2 workers, twice
         assert health(port) == SERVING
         assert len(started_workers(server)) == 3
         restarts = by_labels(scrape(server.metrics_port), "fmnist_worker_restarts_total",
