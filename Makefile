@@ -146,6 +146,16 @@ FUZZ_EXAMPLES ?= 25
 fuzz: install  ## fuzz decode and Classify (hypothesis), far longer than `make test` does
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/server/test_fuzz.py -q
 
+# `make profile-serve` (scripts/profile_serve.py): py-spy samples `python -m server` serving
+# PROFILE_MODEL to 32 single-image callers (h2load), PROFILE_SECONDS per protocol; raw stacks in
+# $(ARTIFACTS)/profile/.
+PROFILE_MODEL ?= lenet_bn
+PROFILE_SECONDS ?= 10
+.PHONY: profile-serve
+profile-serve: install  ## where a request's CPU goes in the server under load (v1, v2): per thread, top frames
+	$(PY) scripts/profile_serve.py --model $(PROFILE_MODEL) --seconds $(PROFILE_SECONDS) \
+	  --artifacts $(ARTIFACTS)
+
 # `make soak`: SOAK_SECONDS to change the length; SOAK_MODELS=dir serves those models instead of
 # a lenet_bn trained for it on synthetic data. SOAK_WORKERS workers over SOAK_CONNECTIONS
 # connections, each replaced past SOAK_MAX_WORKER_RSS_MB (grpc.aio's own leak, grpc/grpc#43360,

@@ -47,11 +47,13 @@ def inversion_from(request: pb.ClassifyRequest) -> str:
 
 
 def classify_response(result: ClassifyResult) -> pb.ClassifyResponse:
-    return pb.ClassifyResponse(
-        model=result.model, version=result.version,
-        classifications=[pb.Classification(predictions=[
-            pb.Prediction(class_id=p.class_id, label=p.label, probability=p.probability)
-            for p in predictions]) for predictions in result.classifications])
+    """Built in place (add()), not from lists of messages that the constructors would copy."""
+    response = pb.ClassifyResponse(model=result.model, version=result.version)
+    for predictions in result.classifications:
+        add = response.classifications.add().predictions.add
+        for p in predictions:
+            add(class_id=p.class_id, label=p.label, probability=p.probability)
+    return response
 
 
 def list_models_response(models: list[ModelView], limits: Limits,

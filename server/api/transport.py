@@ -6,7 +6,11 @@ thread, so 200 streams that open and never send hold no worker. Each fmnist.v1 m
 registered as a client-streaming handler that reads exactly one message within
 `request_read_timeout` seconds (DEADLINE_EXCEEDED otherwise), which bounds how long such a stream
 is kept. For the client nothing changes: on the wire a unary call and a one-message client stream
-are the same HTTP/2 exchange.
+are the same HTTP/2 exchange. For the server it costs nothing either, read as it is here, with
+`context.read()` under an `asyncio.timeout`. Reading through the request iterator instead leaves an
+async generator unfinished on every call, which asyncio finalizes with a task it schedules by
+call_soon_threadsafe: a bare server (2 cores, 32 callers) spent 363 us of CPU a call that way,
+286 this way, and 298 as a unary method.
 """
 
 from __future__ import annotations
@@ -53,21 +57,21 @@ def unary_handler(behavior, request_deserializer, response_serializer,
                   read_timeout: float) -> grpc.RpcMethodHandler:
     """A unary method whose request must arrive within `read_timeout` seconds."""
 
-    async def handler(request_iterator, context):
+    async def handler(unused_requests, context):
         try:
             async with asyncio.timeout(read_timeout):  # a timer, not a task as wait_for makes
-                request = await anext(request_iterator)
+                request = await context.read()  # not the iterator: see the module docstring
         except TimeoutError:
             return fail(context, grpc.StatusCode.DEADLINE_EXCEEDED,
                         f"the request message did not arrive within {read_timeout:g} s of the "
                         "call's start (--request-read-timeout)")
-        except StopAsyncIteration:
-            await _stop_if_open_but_empty(context)
-            return fail(context, grpc.StatusCode.INVALID_ARGUMENT,
-                        "the call sent no request message")
         except DecodeError:  # the bytes are not this method's message (else: UNKNOWN, "Unexpected")
             return fail(context, grpc.StatusCode.INVALID_ARGUMENT,
                         "the request message is not valid protobuf for this method")
+        if request is grpc.aio.EOF:
+            await _stop_if_open_but_empty(context)
+            return fail(context, grpc.StatusCode.INVALID_ARGUMENT,
+                        "the call sent no request message")
         _stop_if_ended(context)
         response = await behavior(request, context)
         _stop_if_ended(context)

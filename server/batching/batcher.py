@@ -127,7 +127,7 @@ class BatchStats:
         self.last_batch_at = time.time()
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Request:
     images: np.ndarray  # uint8 [n, 1, 28, 28]
     deadline: float | None  # time.monotonic() seconds
@@ -142,7 +142,7 @@ class _Request:
     cancelled: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class _Piece:
     request: _Request
     start: int
@@ -251,14 +251,15 @@ class Batcher:
         if self._closed:
             raise Unavailable(f"{self.name} is shutting down; retry on another instance")
         if self._queued_images + n > self.policy.max_queue_images:
-            wait = self._time_ahead(now, best=False)
+            wait = self._running_left(now, best=False) + self.costs.expected(
+                self._queued_images, max_batch)
             raise Overloaded(
                 f"{self.name}'s queue is full ({self._queued_images} of "
                 f"{self.policy.max_queue_images} images waiting); retry in about "
                 f"{max(wait, 0.001) * 1000:.0f} ms", retry_after=wait)
         if request.deadline is not None:
             left = request.deadline - now
-            running = self._time_ahead(now, best=True, queued=False)
+            running = self._running_left(now, best=True)
             needed = running + self.costs.optimistic(self._queued_images + n, max_batch)
             if left <= needed:
                 raise DeadlineExceeded(
@@ -271,22 +272,17 @@ class Batcher:
         """Whether `request` would be admitted with nothing queued ahead of it."""
         if request.queued > self.policy.max_queue_images:
             return False
-        return request.deadline is None or request.deadline - now > (
-            self._time_ahead(now, best=True, queued=False)
-            + self.costs.optimistic(request.queued, self.policy.max_batch))
+        alone = self.costs.optimistic(request.queued, self.policy.max_batch)
+        return request.deadline is None or (
+            request.deadline - now > self._running_left(now, best=True) + alone)
 
-    def _time_ahead(self, now: float, best: bool, queued: bool = True) -> float:
-        """Seconds until the queue (without: the running batch) is through, at best or usually:
-        what the running batch has left by that measure, then the queued images."""
-        max_batch = self.policy.max_batch
-        ahead = 0.0
-        if self._running_images:
-            estimate = self.costs.optimistic if best else self.costs.expected
-            ahead = max(0.0, self._running_since + estimate(self._running_images, max_batch) - now)
-        if queued:
-            ahead += (self.costs.optimistic if best else self.costs.expected)(
-                self._queued_images, max_batch)
-        return ahead
+    def _running_left(self, now: float, best: bool) -> float:
+        """Seconds the running batch has left: its best (or usual) time less what it has run."""
+        if not self._running_images:
+            return 0.0
+        estimate = self.costs.optimistic if best else self.costs.expected
+        return max(0.0, self._running_since + estimate(self._running_images, self.policy.max_batch)
+                   - now)
 
     def _enqueue(self, request: _Request) -> None:
         n = request.queued
@@ -343,9 +339,10 @@ class Batcher:
         needed = self.costs.optimistic(batch, self.policy.max_batch)
         if left > needed:
             return None
+        waited = (now - request.enqueued) * 1000
         return DeadlineExceeded(
-            f"the deadline passed while queued for {self.name} ({(now - request.enqueued) * 1000:.1f}"
-            f" ms in the queue; a batch needs at least {needed * 1000:.1f} ms)")
+            f"the deadline passed while queued for {self.name} ({waited:.1f} ms in the queue; a "
+            f"batch needs at least {needed * 1000:.1f} ms)")
 
     # --- the batching thread ----------------------------------------------------------------
 
@@ -529,7 +526,8 @@ def _set(future: AnyFuture, outcome: RunOutput | BaseException) -> None:
     """Set a future that nobody cancelled (a thread's Future must be marked running first)."""
     if future.done():
         return
-    if isinstance(future, Future) and not (future.running() or future.set_running_or_notify_cancel()):
+    if isinstance(future, Future) and not (future.running()
+                                           or future.set_running_or_notify_cancel()):
         return  # cancelled while pending: nobody waits for it
     if isinstance(outcome, BaseException):
         future.set_exception(outcome)

@@ -396,5 +396,6 @@ def _count(images: Images) -> int:
 
 def _predictions(labels: Sequence[str], probabilities: np.ndarray,
                  k: int) -> list[list[Prediction]]:
-    return [[Prediction(int(c), labels[c], float(row[c])) for c in order]
-            for row, order in zip(probabilities, top_k(probabilities, k))]
+    """Python ints and floats (one tolist each, not a numpy scalar per value)."""
+    return [[Prediction(c, labels[c], row[c]) for c in order]
+            for row, order in zip(probabilities.tolist(), top_k(probabilities, k).tolist())]

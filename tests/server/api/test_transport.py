@@ -89,12 +89,20 @@ def test_a_call_that_ends_without_its_request_is_invalid_argument_at_once(server
 
 
 class EndedCall:
-    """What the handler uses of a grpc.aio context, for a call grpc has already ended: every
-    batch sent on it fails (grpc.aio never frees a failed batch, grpc/grpc#43360)."""
+    """What the handler uses of a grpc.aio context, for a call grpc has already ended: its
+    request messages are `requests`' (then EOF), and every batch sent on it fails (grpc.aio
+    never frees a failed batch, grpc/grpc#43360)."""
 
-    def __init__(self):
+    def __init__(self, requests):
+        self.requests = requests
         self.remaining = None
         self.batches = []
+
+    async def read(self):
+        try:
+            return await anext(self.requests)
+        except StopAsyncIteration:
+            return grpc.aio.EOF
 
     def time_remaining(self):
         return self.remaining
@@ -119,7 +127,7 @@ async def _no_message():
     yield
 
 
-async def _handle(requests, context: EndedCall, cancelled_by_grpc: bool, deadline: str,
+async def _handle(context: EndedCall, cancelled_by_grpc: bool, deadline: str,
                   ran: list) -> None:
     """Run the Classify handler on `context`, whose deadline passes "before" the request comes,
     "while running" the servicer, or "never"; the servicer's requests go to `ran`."""
@@ -131,13 +139,13 @@ async def _handle(requests, context: EndedCall, cancelled_by_grpc: bool, deadlin
 
     if deadline == "before":
         context.remaining = 0.0
-    if cancelled_by_grpc:  # grpc cancelled the task, and the CancelledError went astray, as
-        asyncio.current_task().cancel()  # asyncio.wait_for loses it when its read ends then
+    if cancelled_by_grpc:  # grpc cancelled the task, and the CancelledError went astray, as it
+        asyncio.current_task().cancel()  # can when the read it interrupts ends at that moment
         try:
             await asyncio.sleep(0)
         except asyncio.CancelledError:
             pass
-    await unary_handler(behavior, None, None, read_timeout=5).stream_unary(requests, context)
+    await unary_handler(behavior, None, None, read_timeout=5).stream_unary(None, context)
 
 
 @pytest.mark.parametrize("requests, cancelled_by_grpc, deadline, batches, runs", [
@@ -155,8 +163,8 @@ def test_no_status_is_sent_on_a_call_grpc_has_ended(requests, cancelled_by_grpc,
     one (CancelledError, which grpc takes as "nothing to send"), and without running the model
     for a caller who is gone. The one batch allowed is the probe that tells a call that sent no
     request apart from an open one, when nothing else says grpc ended it."""
-    context, ran = EndedCall(), []
+    context, ran = EndedCall(requests()), []
     with pytest.raises(asyncio.CancelledError):
-        asyncio.run(_handle(requests(), context, cancelled_by_grpc, deadline, ran))
+        asyncio.run(_handle(context, cancelled_by_grpc, deadline, ran))
     assert context.batches == batches
     assert len(ran) == runs
