@@ -20,6 +20,7 @@ import threading
 from pathlib import Path
 
 from cli_text import HelpFormatter
+from model_contract import default_models_dir
 from server import logs
 from server.api import security
 from server.api.transport import Transport
@@ -31,6 +32,11 @@ from server.models.scan import parse_version_flags
 from server.workers.cores import parse_workers
 
 log = logging.getLogger("server")
+
+# Python runs a signal's handler in the main thread, and only once that thread runs bytecode: a
+# SIGTERM that the kernel hands to another thread (grpc's, onnxruntime's) leaves a main thread
+# blocked in a long wait unaware until the wait ends. So the main thread waits in short steps.
+SIGNAL_POLL = 0.25
 
 _DEFAULTS = Limits()
 _BATCH = BatchPolicy()
@@ -77,8 +83,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m server", description=__doc__.split("\n\n")[0],
         formatter_class=HelpFormatter)
-    default_dir = Path(os.environ.get("ARTIFACTS", "artifacts")) / "models"
-    p.add_argument("--models-dir", type=Path, default=default_dir,
+    p.add_argument("--models-dir", type=Path, default=default_models_dir(),
                    help="folder of <name>/<version>/model.onnx ($ARTIFACTS/models)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (0.0.0.0: every interface)")
@@ -210,7 +215,7 @@ def main(args: argparse.Namespace) -> int:
              "SERVING" if models else "NOT_SERVING until a model is served", len(models),
              ", ".join(f"{m.name} v{m.version} [{m.provider}]" for m in models) or "none",
              extra={"host": args.host, "port": port})
-    while not stop.wait(3600):
+    while not stop.wait(SIGNAL_POLL):
         pass
     finished = server.stop(args.grace)
     log.info("stopped%s", "" if finished else " (some requests were cut off by the grace period)")

@@ -94,7 +94,8 @@ def serve(server, stop: threading.Event, grace: float, max_age: float) -> int:
     link.send(started=True, serving=server.ready, pid=os.getpid(),
               metrics_port=server.metrics.port if server.metrics else None,
               models=[f"{m.name} v{m.version} [{m.provider}]" for m in models])
-    done.wait()
+    while not done.wait(0.25):  # short steps: see server/cli.py SIGNAL_POLL
+        pass
     finished = server.stop(grace)
     if server.metrics is not None:
         link.send(final_metrics=generate_latest(server.metrics.registry).decode())

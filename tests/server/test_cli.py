@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -148,3 +149,21 @@ def test_core_and_decoder_never_import_grpc():
             "server.models.repository, server.batching.batcher\n"
             "assert 'grpc' not in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
+
+
+def test_sigterm_delivered_to_another_thread_still_stops_the_server(models_dir):
+    """The kernel hands a process's SIGTERM to any thread that does not block it; Python runs the
+    handler only in the main thread. Sent here to a grpc or onnxruntime thread on purpose
+    (tgkill), it must still drain and exit (the main thread used to wait an hour for it)."""
+    import ctypes
+
+    server = ServerProcess("--models-dir", str(models_dir), "--port", "0", "--device", "cpu")
+    server.wait_for_port()
+    pid = server.proc.pid
+    others = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
+    assert others, "the server runs no other thread"
+    libc = ctypes.CDLL(None, use_errno=True)
+    SYS_tgkill = 234  # x86-64 and the same number on no other ABI: this test is x86-64's
+    assert libc.syscall(SYS_tgkill, pid, others[-1], signal.SIGTERM) == 0, ctypes.get_errno()
+    assert server.wait(30) == 0, server.log
+    assert "SIGTERM received: draining" in server.log
