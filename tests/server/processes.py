@@ -4,6 +4,7 @@ that guess how long something takes)."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import socket
@@ -27,6 +28,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_STARTED: list["ServerProcess"] = []
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    """A test that failed before stopping its server leaves no process behind the run."""
+    for server in _STARTED:
+        if server.proc.poll() is None:
+            server.proc.kill()
+
+
 class ServerProcess:
     """`python -m server ...` with its stderr collected line by line (so the pipe never fills).
     Metrics are off (--metrics-port 0) unless asked for (`metrics=True` picks a free port, kept
@@ -45,6 +57,7 @@ class ServerProcess:
                                      cwd=REPO,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      env=None if env is None else {**os.environ, **env})
+        _STARTED.append(self)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

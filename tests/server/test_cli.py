@@ -157,13 +157,13 @@ def test_sigterm_delivered_to_another_thread_still_stops_the_server(models_dir):
     (tgkill), it must still drain and exit (the main thread used to wait an hour for it)."""
     import ctypes
 
-    server = ServerProcess("--models-dir", str(models_dir), "--port", "0", "--device", "cpu")
-    server.wait_for_port()
-    pid = server.proc.pid
-    others = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
-    assert others, "the server runs no other thread"
-    libc = ctypes.CDLL(None, use_errno=True)
-    SYS_tgkill = 234  # x86-64 and the same number on no other ABI: this test is x86-64's
-    assert libc.syscall(SYS_tgkill, pid, others[-1], signal.SIGTERM) == 0, ctypes.get_errno()
-    assert server.wait(30) == 0, server.log
+    with ServerProcess("--models-dir", str(models_dir), "--port", "0", "--device", "cpu") as server:
+        server.wait_for_port()
+        pid = server.proc.pid
+        others = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
+        assert others, "the server runs no other thread"
+        libc = ctypes.CDLL(None, use_errno=True)
+        SYS_tgkill = 234  # the x86-64 number (tests run on x86-64 here)
+        assert libc.syscall(SYS_tgkill, pid, others[-1], signal.SIGTERM) == 0, ctypes.get_errno()
+        assert server.wait(30) == 0, server.log
     assert "SIGTERM received: draining" in server.log
