@@ -165,6 +165,18 @@ def models_ready(port: int, models: list[str]) -> bool:
             return False
 
 
+def server_metadata(port: int) -> str:
+    """The server's own name and version (KServe v2 ServerMetadata), e.g. "triton 2.51.0"."""
+    import grpc
+    from inference import grpc_service_pb2 as v2
+    from inference import grpc_service_pb2_grpc as v2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        answer = v2_grpc.GRPCInferenceServiceStub(channel).ServerMetadata(
+            v2.ServerMetadataRequest(), timeout=30)
+    return f"{answer.name} {answer.version}"
+
+
 def v2_request(model: str, pixels):
     """One raw uint8 image, the probabilities output, no version (each server's own default)."""
     from inference import grpc_service_pb2 as v2
@@ -278,6 +290,9 @@ def main(args: argparse.Namespace) -> int:
             (Path(tmp) / peer).mkdir()
         servers = start(args, files, folders, Path(tmp), cores.usable)
         try:
+            versions = {name: server_metadata(server.grpc_port if isinstance(server, Peer)
+                                              else server.port) for name, _, server in servers}
+            print("servers: " + ", ".join(f"{n}: {v}" for n, v in versions.items()), flush=True)
             rows = measure(servers, models, pixels, args)
         finally:
             status = stop(servers)
@@ -287,7 +302,8 @@ def main(args: argparse.Namespace) -> int:
     path = results.write("peer", {"rows": rows, "ratios": found, "seconds": args.seconds,
                                   "max_batch": args.max_batch, "delay_ms": args.delay_ms,
                                   "usable_cores": cores.usable, "load_before": load_before,
-                                  "load_after": load_after}, args.artifacts)
+                                  "load_after": load_after, "versions": versions},
+                         args.artifacts)
     print(f"written: {path}")
     return status
 
