@@ -13,6 +13,7 @@ import socket
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -23,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.workers.cores import Cores, plan, usable_cores
 from server.workers.summing import MetricsSum, parse
-from tests.server.processes import ServerProcess, by_labels, scrape
+from tests.server.processes import ServerProcess, by_labels, free_port, scrape
 from tests.serving_fixtures import models_dir  # noqa: F401 - fixture
 
 CPU = ("--port", "0", "--http-port", "0", "--device", "cpu")
@@ -298,3 +299,26 @@ def test_counters_keep_what_a_retired_worker_counted_gauges_do_not_and_ready_is_
     assert after[("fmnist_requests_in_flight", ())] == 2 + 4
     assert after[("fmnist_model_ready", (("model", "m"), ("version", "2")))] == 1
     assert parse(worker_text(1, 0, {}))["fmnist_requests"].kind == "counter"
+
+
+def test_the_workers_share_the_http_port_too_and_a_taken_one_stops_the_start(root):
+    http_port = free_port()
+    with ServerProcess("--models-dir", str(root), "--port", "0", "--http-port", str(http_port),
+                       "--device", "cpu", "--workers", "2") as server:
+        server.wait_for_port()
+        for n in (0, 1):
+            server.wait_for_log(f"[worker {n}] HTTP on http://127.0.0.1:{http_port}/")
+        for _ in range(8):  # new connections, each to a worker the kernel picks
+            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready",
+                                        timeout=30) as answer:
+                assert answer.status == 200
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        taken = other.getsockname()[1]
+        with ServerProcess("--models-dir", str(root), "--port", "0", "--http-port", str(taken),
+                           "--device", "cpu", "--workers", "2") as server:
+            assert server.wait(60) == 1
+    assert f"cannot listen on 127.0.0.1:{taken} (--http-port)" in server.log
+    assert "loaded model" not in server.log
