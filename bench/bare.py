@@ -29,7 +29,7 @@ class Fixed(pb_grpc.ClassifierServicer):
     def __init__(self) -> None:
         self.answer = reply()
 
-    async def Classify(self, request, context):  # noqa: N802 - the proto's name
+    async def Classify(self, request, context):  # the proto's name
         return self.answer
 
 

@@ -24,8 +24,8 @@ import struct
 import subprocess
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Awaitable, Callable
 
 import numpy as np
 
@@ -54,6 +54,11 @@ def frame(message) -> bytes:
     return b"\0" + struct.pack(">I", len(data)) + data
 
 
+def _ms(seconds: float) -> str:
+    """h2load's durations take whole units: "250ms"."""
+    return f"{max(1, round(seconds * 1000))}ms"
+
+
 def require_h2load() -> str:
     found = shutil.which("h2load")
     if found is None:
@@ -70,12 +75,11 @@ def h2load(port: int, path: str, body: bytes, callers: int, seconds: float,
     with tempfile.TemporaryDirectory(prefix="h2load-") as tmp:
         data, log = Path(tmp) / "request", Path(tmp) / "calls.tsv"
         data.write_bytes(body)
-        ms = lambda s: f"{max(1, round(s * 1000))}ms"  # noqa: E731 - h2load takes whole units
-        command = [require_h2load(), "-c", str(callers), "-m", "1", "-t", "1", "-D", ms(seconds),
-                   "--warm-up-time", ms(warmup), "-d", str(data), "-H",
+        command = [require_h2load(), "-c", str(callers), "-m", "1", "-t", "1", "-D", _ms(seconds),
+                   "--warm-up-time", _ms(warmup), "-d", str(data), "-H",
                    "content-type: application/grpc", "-H", "te: trailers", "--log-file",
                    str(log), f"http://127.0.0.1:{port}{path}"]
-        out = subprocess.run(command, capture_output=True, text=True,
+        out = subprocess.run(command, capture_output=True, text=True, check=False,
                              timeout=seconds + warmup + 120)
         calls = [line.split("\t") for line in log.read_text().splitlines()] if log.exists() else []
     counts = _COUNTS.search(out.stdout)

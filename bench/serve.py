@@ -55,8 +55,9 @@ from pathlib import Path
 import numpy as np
 
 from bench import results
-# drive and OWN_CONNECTION: also imported from here (scripts/profile_serve.py, tests)
 from bench.load import OWN_CONNECTION, PATHS, drive, frame, h2load, require_h2load  # noqa: F401
+
+# drive and OWN_CONNECTION are also imported from here (scripts/profile_serve.py, tests).
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSIFY = PATHS["v1"]
@@ -285,8 +286,8 @@ def in_process_cells(models: dict, pixels: np.ndarray, args, threads: int) -> di
                             spinning="--spinning" in args.server_arg)
         for b in (1, args.max_batch):
             images = batch_of(pixels, b)
-            out[(name, b)] = {"provider": runner.provider,
-                              **in_process(lambda: runner.run(images), args.seconds / 2, b)}
+            out[(name, b)] = {"provider": runner.provider, **in_process(
+                lambda runner=runner, images=images: runner.run(images), args.seconds / 2, b)}
         runner.close()
     return out
 

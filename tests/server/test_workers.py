@@ -205,8 +205,8 @@ def test_a_port_another_program_listens_on_is_a_start_up_error_with_workers(root
     assert "loaded model" not in server.log
 
 
-AFFINITY_ONE_CORE = ("-c", "import os, sys; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))});"
-                           " os.execv(sys.executable, [sys.executable, '-m', 'server', *sys.argv[1:]])")
+AFFINITY_ONE_CORE = ("-c", ("import os, sys; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))});"
+                            " os.execv(sys.executable, [sys.executable, '-m', 'server', *sys.argv[1:]])"))
 
 
 def test_workers_auto_follows_the_cpu_affinity(root):
