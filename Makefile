@@ -85,8 +85,10 @@ demo:  ## quick train of every architecture -> export -> serve -> classify sampl
 	  $(if $(DEMO_TEST_IMAGES),--test-images $(DEMO_TEST_IMAGES)) --precision $(DEMO_PRECISION) \
 	  --device $(DEVICE) --artifacts $(ARTIFACTS)
 
-test: install  ## the whole test suite
-	$(PY) -m pytest
+# TEST_JOBS pytest processes, each taking whole files (module fixtures are built once per file).
+TEST_JOBS ?= 2
+test: install  ## the whole test suite (TEST_JOBS=1: one process)
+	$(PY) -m pytest $(if $(filter-out 1,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile)
 
 train: install  ## train (MODELS="resnet18 lenet_bn" EPOCHS=3 to narrow)
 	$(PY) -m trainer $(model_flags) $(if $(EPOCHS),--epochs $(EPOCHS)) --device $(DEVICE) --artifacts $(ARTIFACTS)

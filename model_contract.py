@@ -116,6 +116,7 @@ def split_name(name: str) -> tuple[str, str | None]:
     arch, sep, variant = name.partition(VARIANT_SEPARATOR)
     return (arch, variant) if sep else (name, None)
 
+
 def default_artifacts() -> Path:
     """Where every command reads and writes by default: $ARTIFACTS, else ./artifacts."""
     return Path(os.environ.get("ARTIFACTS", "artifacts"))

@@ -59,7 +59,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=1.0,
                    help="time spent measuring each cell, in 3 turns after one warm-up call "
                         "(default: 1)")
-    p.add_argument("--artifacts", type=Path, default=results.default_artifacts(),
+    p.add_argument("--artifacts", type=Path, default=contract.default_artifacts(),
                    help="where to look for checkpoints/<arch>/best.pt (default: $ARTIFACTS or "
                         "artifacts)")
     return p
@@ -68,7 +68,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def throughput(runners: dict, batch: int, seconds: float, rounds: int = 3) -> dict[str, float]:
     """Images/s of each runner at `batch`: the best of `rounds` turns of seconds/rounds each, the
     runners taking turns, so a burst of load from another process spoils one turn, not a cell."""
-    images = torch.randint(0, 256, (batch, 1, 28, 28), dtype=torch.uint8)
+    images = torch.randint(0, 256, (batch, 1, contract.SIDE, contract.SIDE), dtype=torch.uint8)
     for run in runners.values():
         run(images)  # warm-up: allocations, oneDNN primitives, onnxruntime's arena
     best = dict.fromkeys(runners, 0.0)

@@ -24,13 +24,14 @@ import struct
 import subprocess
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 PATHS = {"v1": "/fmnist.v1.Classifier/Classify",
          "v2": "/inference.GRPCInferenceService/ModelInfer"}
+GRPC_HEADERS = ("content-type: application/grpc", "te: trailers")
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_send_message_length", -1),
                   ("grpc.max_receive_message_length", -1)]
 _COUNTS = re.compile(r"requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, "
@@ -68,17 +69,19 @@ def require_h2load() -> str:
 
 
 def h2load(port: int, path: str, body: bytes, callers: int, seconds: float,
-           images_per_call: int = 1, warmup: float = 1.0) -> dict:
+           images_per_call: int = 1, warmup: float = 1.0, *,
+           headers: Sequence[str] = GRPC_HEADERS, h1: bool = False) -> dict:
     """`callers` connections with one call in flight each, `seconds` after `warmup` seconds;
     img/s and p50/p90/p99 of every call of the measured part. LoadError when any call did not
-    end in HTTP 200 (a gRPC error still does: check the server's counts too)."""
+    end in HTTP 200 (a gRPC error still does: check the server's counts too). `h1`: HTTP/1.1
+    keep-alive connections (the HTTP API), with `headers` of its own."""
     with tempfile.TemporaryDirectory(prefix="h2load-") as tmp:
         data, log = Path(tmp) / "request", Path(tmp) / "calls.tsv"
         data.write_bytes(body)
         command = [require_h2load(), "-c", str(callers), "-m", "1", "-t", "1", "-D", _ms(seconds),
-                   "--warm-up-time", _ms(warmup), "-d", str(data), "-H",
-                   "content-type: application/grpc", "-H", "te: trailers", "--log-file",
-                   str(log), f"http://127.0.0.1:{port}{path}"]
+                   "--warm-up-time", _ms(warmup), "-d", str(data), "--log-file", str(log),
+                   *(["--h1"] if h1 else []), *(a for h in headers for a in ("-H", h)),
+                   f"http://127.0.0.1:{port}{path}"]
         out = subprocess.run(command, capture_output=True, text=True, check=False,
                              timeout=seconds + warmup + 120)
         calls = [line.split("\t") for line in log.read_text().splitlines()] if log.exists() else []

@@ -33,6 +33,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import model_contract as contract
 from bench import results
 from bench.load import PATHS, frame, h2load, require_h2load
 from bench.serve import ServerProcess, free_port, measured, pick_models, sample_images
@@ -47,9 +48,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", default=["lenet_bn", "resnet18"], metavar="NAME",
                    help="models to compare (default: lenet_bn resnet18)")
     p.add_argument("--models-dir", type=Path,
-                   default=results.default_artifacts() / "models",
+                   default=contract.default_models_dir(),
                    help="exported models (default: $ARTIFACTS/models or artifacts/models)")
-    p.add_argument("--artifacts", type=Path, default=results.default_artifacts(),
+    p.add_argument("--artifacts", type=Path, default=contract.default_artifacts(),
                    help="where bench/peer.json is written (default: $ARTIFACTS or artifacts)")
     p.add_argument("--peers", nargs="+", choices=("mlserver", "triton"),
                    default=["mlserver", "triton"], help="the other servers (default: both)")
@@ -181,7 +182,8 @@ def v2_request(model: str, pixels):
     """One raw uint8 image, the probabilities output, no version (each server's own default)."""
     from inference import grpc_service_pb2 as v2
     request = v2.ModelInferRequest(model_name=model)
-    request.inputs.add(name="image", datatype="UINT8", shape=[1, 1, 28, 28])
+    side = contract.SIDE
+    request.inputs.add(name=contract.INPUT, datatype="UINT8", shape=[1, 1, side, side])
     request.outputs.add(name="probabilities")
     request.raw_input_contents.append(pixels[:1].tobytes())
     return request
@@ -275,7 +277,7 @@ def main(args: argparse.Namespace) -> int:
 
     require_h2load()
     models = pick_models(args.models_dir, args.models)
-    files = {n: d / str(v) / "model.onnx" for n, (v, d) in models.items()}
+    files = {n: d / str(v) / contract.MODEL_FILE for n, (v, d) in models.items()}
     folders = {n: d / str(v) for n, (v, d) in models.items()}
     pixels, _ = sample_images()
     cores = usable_cores()

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+import model_contract as contract
 from bench import results
 from bench.serve import ServerProcess, pick_models
 
@@ -47,7 +48,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="Fashion-MNIST folder (default: the trainer's: $FASHION_MNIST_DIR, ...)")
     p.add_argument("--seed", type=int, default=0, help="seeds the photos' sizes and tints")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
-    p.add_argument("--artifacts", type=Path, default=results.default_artifacts())
+    p.add_argument("--artifacts", type=Path, default=contract.default_artifacts())
     return p
 
 

@@ -43,12 +43,6 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 _ISA = re.compile(r"(sse\S*|ssse3|avx\S*|amx\S*|fma\S*|f16c|asimd\S*|sve\S*|sme(?!p)\S*|bf16|i8mm)")
 
 
-def default_artifacts() -> Path:
-    """The artifacts folder every benchmark defaults to: $ARTIFACTS, as the Makefile exports it,
-    else ./artifacts."""
-    return Path(os.environ.get("ARTIFACTS", "artifacts"))
-
-
 def bench_dir(artifacts: str | os.PathLike) -> Path:
     return Path(artifacts) / "bench"
 

@@ -9,9 +9,11 @@ decoding is not timed):
 - a bare grpc.aio server answering Classify with a fixed reply (bench/bare.py: the Python
   ceiling), one process and two on one port (SO_REUSEPORT); measured once, shown for each model;
 - fmnist-serve (`python -m server`, its own processes) over fmnist.v1 Classify and KServe v2
-  ModelInfer at 1, 8, 32 and 64 single-image callers, with --workers 1 and auto; and 4 callers
-  of --max-batch images (fmnist.v1, one worker).
-Load comes from h2load (bench/load.py: one connection per caller). Every cell first checks one
+  ModelInfer at 1, 8, 32 and 64 single-image callers, with --workers 1 and auto; 4 callers of
+  --max-batch images (fmnist.v1, one worker); and over HTTP with the first --workers setting, at
+  the same caller counts (bench/http_load.py: KServe v2 JSON tensors, v2 binary tensor data, PNG
+  files to /v1/models/{m}:classify as multipart/form-data).
+Load comes from h2load (bench/load.py: one connection per caller, HTTP/1.1 for the HTTP API). Every cell first checks one
 reply with a real stub, and after it the server's own fmnist_requests_total: a request that did
 not end OK fails the run (a gRPC error is an HTTP 200 to h2load).
 
@@ -22,6 +24,7 @@ Printed per cell: img/s, p50/p90/p99 per call; then the ratios the targets are s
 - fmnist.v1 / KServe v2 at 32 callers, one worker                   (within 5%)
 - `auto` workers / one worker at 32 callers                         (reported; `make bench-peer`
   holds auto workers to >= 1.2x Triton's core)
+- each HTTP kind / KServe v2 over gRPC at 32 callers, one worker     (reported)
 The CPU, its ISA flags and the load averages before and after are printed and written with the
 figures: rerun on a quiet machine (`uptime`) before quoting them.
 
@@ -54,7 +57,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import results
+import model_contract as contract
+from bench import http_load, results
 from bench.load import OWN_CONNECTION, PATHS, drive, frame, h2load, require_h2load  # noqa: F401
 
 # drive and OWN_CONNECTION are also imported from here (scripts/profile_serve.py, tests).
@@ -62,6 +66,7 @@ from bench.load import OWN_CONNECTION, PATHS, drive, frame, h2load, require_h2lo
 REPO = Path(__file__).resolve().parent.parent
 CLASSIFY = PATHS["v1"]
 BARE = "bare grpc.aio"
+PROTOCOLS = ("-", *PATHS, *(f"http {kind}" for kind in http_load.KINDS))  # the tables' order
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -70,9 +75,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", metavar="NAME", default=["lenet_bn", "resnet18"],
                    help="models to measure (default: lenet_bn resnet18)")
     p.add_argument("--models-dir", type=Path,
-                   default=results.default_artifacts() / "models",
+                   default=contract.default_models_dir(),
                    help="exported models (default: $ARTIFACTS/models or artifacts/models)")
-    p.add_argument("--artifacts", type=Path, default=results.default_artifacts(),
+    p.add_argument("--artifacts", type=Path, default=contract.default_artifacts(),
                    help="where bench/serve.json is written (default: $ARTIFACTS or artifacts)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--callers", nargs="+", type=int, default=[1, 8, 32, 64], metavar="N",
@@ -81,6 +86,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="the server's --workers, one set of cells each (default: 1 auto)")
     p.add_argument("--protocols", nargs="+", choices=tuple(PATHS), default=list(PATHS),
                    help="v1: fmnist.v1 Classify; v2: KServe v2 ModelInfer (default: both)")
+    p.add_argument("--http", nargs="*", choices=http_load.KINDS, default=list(http_load.KINDS),
+                   metavar="KIND", help="HTTP API cells with the first --workers setting: json "
+                   "(KServe v2 JSON tensors), binary (v2 binary tensor data), multipart (PNG files "
+                   "to /v1/models/{m}:classify); default: all three; --http alone: none")
     p.add_argument("--batch-callers", type=int, default=4,
                    help="concurrent callers of --max-batch images (default: 4; 0: none)")
     p.add_argument("--max-batch", type=int, default=32, help="the server's --max-batch (default: 32)")
@@ -98,11 +107,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 # --- processes -----------------------------------------------------------------------------------
 
 class ServerProcess:
-    """`python -m server --port 0` over a folder holding only the chosen models, HTTP off;
-    `metrics`: /metrics on a free port (`metrics_port`)."""
+    """`python -m server --port 0` over a folder holding only the chosen models; `metrics`:
+    /metrics on a free port (`metrics_port`); `http`: the HTTP API on one (`http_port`), else off."""
 
     def __init__(self, models: dict[str, Path], device: str, extra: list[str],
-                 metrics: bool = False):
+                 metrics: bool = False, http: bool = False):
         """`models`: name -> the version folder to serve. Linked (or copied) into a folder of
         their own: the server refuses symlinks that lead out of its models folder."""
         self._tmp = tempfile.TemporaryDirectory(prefix="bench-serve-")
@@ -114,9 +123,10 @@ class ServerProcess:
                 shutil.rmtree(target, ignore_errors=True)
                 shutil.copytree(version_dir, target)
         self.metrics_port = free_port() if metrics else 0
+        self.http_port = free_port() if http else 0
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "server", "--models-dir", self._tmp.name, "--port", "0",
-             "--metrics-port", str(self.metrics_port), "--http-port", "0", "--device", device,
+             "--metrics-port", str(self.metrics_port), "--http-port", str(self.http_port), "--device", device,
              "--log-format", "json", *extra],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.port: int | None = None
@@ -250,7 +260,16 @@ def requests_for(model: str, version: int, pixels: np.ndarray, n: int = 1) -> di
 
 
 def check_reply(port: int, protocol: str, request) -> None:
-    """One call with a real stub (h2load counts a gRPC error as an HTTP 200)."""
+    """One call with a real stub (h2load counts a gRPC error as an HTTP 200); an HTTP `request`
+    (path, body, headers) once with urllib, to see its answer hold results."""
+    if protocol.startswith("http"):
+        path, body, headers = request
+        call = urllib.request.Request(f"http://127.0.0.1:{port}{path}", body, headers)
+        with urllib.request.urlopen(call, timeout=60) as answer:
+            text = answer.read()
+        if b"probabilities" not in text and b"classifications" not in text:
+            raise SystemExit(f"{protocol}: an answer without results: {text[:300]!r}")
+        return
     import grpc
     from fmnist.v1 import classifier_pb2 as pb
     from inference import grpc_service_pb2 as v2
@@ -282,7 +301,7 @@ def in_process_cells(models: dict, pixels: np.ndarray, args, threads: int) -> di
 
     policy, out = ProviderPolicy(args.device), {}
     for name, (version, model_dir) in models.items():
-        runner = OnnxRunner(model_dir / str(version) / "model.onnx", policy.requested(), threads,
+        runner = OnnxRunner(model_dir / str(version) / contract.MODEL_FILE, policy.requested(), threads,
                             spinning="--spinning" in args.server_arg)
         for b in (1, args.max_batch):
             images = batch_of(pixels, b)
@@ -328,6 +347,11 @@ def server_cells(server: ServerProcess, models: dict, pixels, args, workers: str
         cells = [(p, 1, c) for p in args.protocols for c in args.callers]
         if workers == args.workers[0] and args.batch_callers and "v1" in args.protocols:
             cells.append(("v1", args.max_batch, args.batch_callers))
+        if workers == args.workers[0]:
+            _, pngs = sample_images()
+            for kind in args.http:
+                single[f"http {kind}"] = http_load.payload(kind, name, pixels[:, None], pngs, 1)
+                cells += [(f"http {kind}", 1, c) for c in args.callers]
         for protocol, batch, callers in cells:
             request = single[protocol] if batch == 1 else requests_for(
                 name, version, pixels, batch)[protocol]
@@ -342,10 +366,18 @@ def measured(server: ServerProcess, protocol: str, request, callers: int, second
              batch: int) -> dict:
     """One h2load cell, with a stub's reply checked first and the server's counts after: every
     call OK, but for the calls in flight when h2load stops (it resets them: CANCELLED)."""
-    check_reply(server.port, protocol, request)
+    http = protocol.startswith("http")
+    port = server.http_port if http else server.port
+    check_reply(port, protocol, request)
+    if http:
+        path, body, headers = request
+        load = {"path": path, "body": body, "h1": True,
+                "headers": [f"{k}: {v}" for k, v in headers.items()]}
+    else:
+        load = {"path": PATHS[protocol], "body": frame(request)}
     before = server.counts()
-    cell = h2load(server.port, PATHS[protocol], frame(request), callers, seconds, batch,
-                  warmup=min(1.0, seconds))
+    cell = h2load(port, callers=callers, seconds=seconds, images_per_call=batch,
+                  warmup=min(1.0, seconds), **load)
     after = server.counts()
     failed = {code: after[code] - before[code] for code in after
               if code != "OK" and after[code] > before[code]}
@@ -505,7 +537,8 @@ def what(row: dict) -> str:
     if row["side"] == BARE:
         return f"{BARE}, {row['workers']} process{'es' if row['workers'] != '1' else ''}"
     batch = f" of {row['batch']}" if row["batch"] > 1 else ""
-    return f"fmnist-serve {row['protocol']}, workers {row['workers']}{batch}"
+    protocol = row["protocol"].replace("http", "HTTP")
+    return f"fmnist-serve {protocol}, workers {row['workers']}{batch}"
 
 
 def format_table(rows: list[dict]) -> str:
@@ -547,6 +580,11 @@ def ratios(rows: list[dict], model: str, max_batch: int) -> list[dict]:
         add("32 callers v1 / v2", v1["images_per_s"] / v2["images_per_s"], "0.95..1.05")
     if v1 and auto:
         add("32 callers v1, auto workers / 1 worker", auto["images_per_s"] / v1["images_per_s"], "-")
+    for kind in ("json", "binary", "multipart"):
+        http = cell("fmnist-serve", f"http {kind}", "1", 1, 32)
+        if http and v2:
+            add(f"32 callers HTTP {kind} / KServe v2 gRPC", http["images_per_s"] / v2["images_per_s"],
+                "-")
     return out
 
 
@@ -592,7 +630,8 @@ def main(args: argparse.Namespace) -> int:
     rows_attacks, status = serve_all(models, pixels, args, rows)
     rows += in_process_rows(before, in_process_cells(models, pixels, args, cores.usable))
     rows.sort(key=lambda r: (["in-process", BARE, "fmnist-serve"].index(r["side"]), r["model"],
-                             r["protocol"], r["workers"] != "1", r["batch"], r["callers"]))
+                             PROTOCOLS.index(r["protocol"]), r["workers"] != "1", r["batch"],
+                             r["callers"]))
     found = [r for name in models for r in ratios(rows, name, args.max_batch)]
     report(rows, found, models)
     for a in rows_attacks:
@@ -616,7 +655,8 @@ def serve_all(models: dict, pixels, args, rows: list[dict]) -> tuple[list[dict],
              *args.server_arg]
     folders = {n: d / str(v) for n, (v, d) in models.items()}
     for workers in args.workers:
-        server = ServerProcess(folders, args.device, [*extra, "--workers", workers], metrics=True)
+        server = ServerProcess(folders, args.device, [*extra, "--workers", workers], metrics=True,
+                               http=workers == args.workers[0] and bool(args.http))
         try:
             port = server.wait()
             served = {m.name for m in _list_models(port).models}

@@ -23,12 +23,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+import model_contract as contract
 from bench import results
+from cli_text import format_table
 from trainer import data as fmnist
 from trainer import models
 from trainer.device import resolve_precision
 from trainer.loop import train_step, xavier_init
-from cli_text import format_table
 from trainer.preprocess import Preprocess
 
 
@@ -43,7 +44,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2,
                    help="DataLoader workers for the seeds' loop (the seeds use 0 to 4; default 2)")
     p.add_argument("--data-dir", type=Path, help="Fashion-MNIST folder (default: as the trainer)")
-    p.add_argument("--artifacts", type=Path, default=results.default_artifacts(),
+    p.add_argument("--artifacts", type=Path, default=contract.default_artifacts(),
                    help="writes the result to its bench/train.json (default: $ARTIFACTS or "
                         "artifacts)")
     return p

@@ -25,7 +25,7 @@ from exporter.wrap import Servable
 DEFAULT_OPSET = 20
 MIN_OPSET = 18  # torch.onnx's own opset; it cannot convert below it (it stays at 18, with warnings)
 # The example batch has 2 images: torch.export specialises a dimension whose example size is 1.
-_EXAMPLE = torch.zeros(2, 1, 28, 28, dtype=torch.uint8)
+_EXAMPLE = torch.zeros(2, 1, contract.SIDE, contract.SIDE, dtype=torch.uint8)
 
 
 def export(servable: Servable, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:

@@ -153,7 +153,8 @@ def logits(session: ort.InferenceSession, images: np.ndarray, batch_size: int = 
 
 def images_per_second(session: ort.InferenceSession, batch: int, seconds: float = 0.6) -> float:
     """Best of three turns of seconds/3 each, after one warm-up call."""
-    x = np.random.default_rng(0).integers(0, 256, (batch, 1, 28, 28), dtype=np.uint8)
+    side = contract.SIDE
+    x = np.random.default_rng(0).integers(0, 256, (batch, 1, side, side), dtype=np.uint8)
     session.run([contract.LOGITS], {contract.INPUT: x})
     best = 0.0
     for _ in range(3):

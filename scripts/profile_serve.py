@@ -161,7 +161,8 @@ def requests_for(model: str, version: int):
     pixels = np.asarray(Image.open(REPO / "samples" / "ankle_boot.png"), np.uint8)
     v1 = pb.ClassifyRequest(model=model, version=version, images=[pb.Image(raw=pixels.tobytes())])
     infer = v2.ModelInferRequest(model_name=model, model_version=str(version))
-    infer.inputs.add(name=model_contract.INPUT, datatype="UINT8", shape=[1, 1, 28, 28])
+    side = model_contract.SIDE
+    infer.inputs.add(name=model_contract.INPUT, datatype="UINT8", shape=[1, 1, side, side])
     infer.raw_input_contents.append(pixels.tobytes())
     return {"v1": v1, "v2": infer}
 

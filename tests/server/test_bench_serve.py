@@ -42,7 +42,10 @@ def test_bench_serve_measures_every_cell_it_was_asked_for(models_dir, tmp_path):
         ("bare grpc.aio", "v1", "2", 1, 1), ("bare grpc.aio", "v1", "2", 1, 2),
         ("fmnist-serve", "v1", "1", 1, 1), ("fmnist-serve", "v1", "1", 1, 2),
         ("fmnist-serve", "v1", "1", 4, 2),
-        ("fmnist-serve", "v2", "1", 1, 1), ("fmnist-serve", "v2", "1", 1, 2)]
+        ("fmnist-serve", "v2", "1", 1, 1), ("fmnist-serve", "v2", "1", 1, 2),
+        *(("fmnist-serve", f"http {kind}", "1", 1, callers)
+          for kind in ("json", "binary", "multipart") for callers in (1, 2))]
+    assert "fmnist-serve HTTP multipart, workers 1" in out.stdout
     assert all(r["calls"] > 0 and r["images_per_s"] > 0 for r in document["rows"])
     assert document["cpu"] and isinstance(document["isa"], list)
     assert len(document["load_before"]) == 3
