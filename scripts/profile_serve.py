@@ -243,6 +243,7 @@ class Window:
     """What the server did while py-spy sampled it."""
 
     protocol: str
+    callers: int
     seconds: float
     codes: dict[str, float]  # requests by status code
     threads: dict[int, tuple[str, float]]  # tid -> (kernel name, CPU seconds in the window)
@@ -277,7 +278,7 @@ def profile(served: Served, protocol: str, request, args: argparse.Namespace,
         raise SystemExit(f"the load generator failed:\n{load.output[-2000:]}")
     threads = {tid: (name, seconds_ - cpu.get(tid, (name, 0.0))[1])
                for tid, (name, seconds_) in after.items()}
-    return Window(protocol, seconds, {c: n - codes.get(c, 0.0) for c, n in codes_after.items()},
+    return Window(protocol, args.callers, seconds, {c: n - codes.get(c, 0.0) for c, n in codes_after.items()},
                   threads, stacks)
 
 
@@ -303,9 +304,12 @@ def read_stacks(path: Path) -> dict[int, tuple[str, collections.Counter, collect
 def report(window: Window, top: int) -> str:
     cpu_total = sum(seconds for _, seconds in window.threads.values())
     bad = {c: int(n) for c, n in window.codes.items() if c != "OK" and n}
+    # The load generator resets the calls in flight when it stops: one per caller at most.
+    cut = bad.pop("CANCELLED") if 0 < bad.get("CANCELLED", 0) <= window.callers else 0
     lines = [f"{window.protocol}: {window.ok / window.seconds:,.0f} img/s, server CPU "
              f"{cpu_total / max(window.ok, 1) * 1e6:,.0f} us per request "
-             f"({cpu_total / window.seconds:.2f} cores)" + (f"; NOT OK: {bad}" if bad else "")]
+             f"({cpu_total / window.seconds:.2f} cores)" + (f"; NOT OK: {bad}" if bad else "")
+             + (f"; {cut} cancelled as the load stopped" if cut else "")]
     stacks = read_stacks(window.stacks)
     for tid, (name, seconds) in sorted(window.threads.items(), key=lambda t: -t[1][1]):
         if seconds / max(cpu_total, 1e-9) < 0.01:
