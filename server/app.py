@@ -289,9 +289,10 @@ def _bind(loop: _Loop, config: ServerConfig) -> tuple[_Parts, int]:
         if metrics is not None:
             metrics.start(config.metrics_host or config.host, config.metrics_port)
         if config.http_port is not None:
-            parts.http = HttpListener.bind(config.host, config.http_port, config.security,
-                                           config.transport.request_read_timeout_seconds,
-                                           reuse_port=config.worker)
+            parts.http = HttpListener.bind(
+                config.host, config.http_port, config.security,
+                config.transport.request_read_timeout_seconds,
+                config.transport.max_connection_idle_seconds, reuse_port=config.worker)
     except StartupError:
         loop.call(grpc_server.stop(None))
         if metrics is not None:

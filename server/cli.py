@@ -158,12 +158,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="ping idle connections this often; unanswered pings close them")
     t.add_argument("--max-connection-idle-seconds", type=_seconds,
                    default=_TRANSPORT.max_connection_idle_seconds,
-                   help="close connections without calls for this long; 0: never")
+                   help="close connections without calls (gRPC) or requests (HTTP) for this "
+                        "long; 0: never")
     t.add_argument("--max-connection-age-seconds", type=_seconds,
                    default=_TRANSPORT.max_connection_age_seconds,
                    help="close connections this old (clients reconnect; spreads load behind a "
                         "balancer); 0: never")
-    w = p.add_argument_group("workers (docs/workers.md)")
+    w = p.add_argument_group("workers (docs/serving.md#workers)")
     w.add_argument("--workers", type=parse_workers, default=1,
                    help="server processes sharing --port (SO_REUSEPORT), started and watched by "
                         "this one: one /metrics and one health answer for all; auto: one per "

@@ -75,31 +75,40 @@ def bind_sockets(host: str, port: int, reuse_port: bool = False) -> tuple[list[s
     return sockets, port
 
 
+_NEVER = 10.0 ** 9  # seconds: aiohttp's keep-alive timer has no "off"
+
+
 class HttpListener:
     """Bound sockets, then (start) aiohttp serving an application on them."""
 
     def __init__(self, sockets: list[socket.socket], port: int,
-                 context: ssl.SSLContext | None, read_timeout: float):
+                 context: ssl.SSLContext | None, read_timeout: float, idle_timeout: float):
         self.sockets = sockets
         self.port = port
         self.tls = context is not None
         self._context = context
         self._read_timeout = read_timeout
+        self._idle_timeout = idle_timeout
         self._runner: web.AppRunner | None = None
 
     @classmethod
     def bind(cls, host: str, port: int, security: Security, read_timeout: float = 10.0,
-             reuse_port: bool = False) -> HttpListener:
+             idle_timeout: float = 300.0, reuse_port: bool = False) -> HttpListener:
+        """`idle_timeout`: a connection without a request in progress for this long is closed
+        (one that never sends one, or sends half its headers, too); 0: never."""
         context = ssl_context(security)  # a bad certificate fails before the port is taken
         sockets, port = bind_sockets(host, port, reuse_port)
-        return cls(sockets, port, context, read_timeout)
+        return cls(sockets, port, context, read_timeout, idle_timeout)
 
     async def start(self, app: web.Application) -> None:
         """Serve `app` (on the running loop). A client that goes away cancels its handler, as a
         cancelled gRPC call does; an unread body over the limit is drained for at most the read
-        timeout, so that its 413 reaches the client."""
+        timeout, so that its 413 reaches the client. aiohttp's keep-alive timer runs from the
+        connection's start and between requests: it is the idle timeout (its default, an hour,
+        let idle connections hold file descriptors; its 0 would close after every answer)."""
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
-                                     lingering_time=self._read_timeout, shutdown_timeout=0.5)
+                                     lingering_time=self._read_timeout, shutdown_timeout=0.5,
+                                     keepalive_timeout=self._idle_timeout or _NEVER)
         await self._runner.setup()
         for sock in self.sockets:
             await web.SockSite(self._runner, sock, ssl_context=self._context).start()

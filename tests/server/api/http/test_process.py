@@ -43,6 +43,26 @@ def test_http_port_serves_the_page_and_the_api_until_sigterm(models_dir):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
+def test_idle_http_connections_are_closed_after_max_connection_idle_seconds(models_dir):
+    """One that never sends a request, one stalled in its headers and one idle after an answer:
+    each is closed by the server (the socket reads its end) rather than holding a file
+    descriptor for aiohttp's default hour."""
+    port = free_port()
+    with ServerProcess("--models-dir", str(models_dir), *CPU, "--http-port", str(port),
+                       "--max-connection-idle-seconds", "1") as server:
+        server.wait_for_port()
+        server.wait_for_log(f"HTTP on http://127.0.0.1:{port}/")
+        silent, stalled, used = (socket.create_connection(("127.0.0.1", port), timeout=30)
+                                 for _ in range(3))
+        stalled.sendall(b"GET /v2 HTTP/1.1\r\nHost: x\r\n")
+        used.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert used.recv(4096).startswith(b"HTTP/1.1 200")
+        for sock in (silent, stalled, used):
+            with sock:
+                assert sock.recv(4096) == b""  # the server closed it (a hang: TimeoutError)
+        assert call(f"http://127.0.0.1:{port}/v2/health/live").status == 200  # still serving
+
+
 def test_http_port_0_serves_no_http(models_dir):
     with ServerProcess("--models-dir", str(models_dir), *CPU, "--http-port", "0") as server:
         server.wait_for_port()
