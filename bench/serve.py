@@ -13,9 +13,10 @@ decoding is not timed):
   --max-batch images (fmnist.v1, one worker); and over HTTP with the first --workers setting, at
   the same caller counts (bench/http_load.py: KServe v2 JSON tensors, v2 binary tensor data, PNG
   files to /v1/models/{m}:classify as multipart/form-data).
-Load comes from h2load (bench/load.py: one connection per caller, HTTP/1.1 for the HTTP API). Every cell first checks one
-reply with a real stub, and after it the server's own fmnist_requests_total: a request that did
-not end OK fails the run (a gRPC error is an HTTP 200 to h2load).
+Load comes from h2load (bench/load.py: one connection per caller, HTTP/1.1 for the HTTP API).
+Every cell first checks one reply with a real client, and after it the server's own
+fmnist_requests_total: a request that did not end OK fails the run (a gRPC error is an HTTP 200
+to h2load).
 
 Printed per cell: img/s, p50/p90/p99 per call; then the ratios the targets are stated in:
 - 32 callers, fmnist.v1, one worker / the lower ceiling at 32 callers: the bare server (>= 0.85,
@@ -108,7 +109,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 class ServerProcess:
     """`python -m server --port 0` over a folder holding only the chosen models; `metrics`:
-    /metrics on a free port (`metrics_port`); `http`: the HTTP API on one (`http_port`), else off."""
+    /metrics on a free port (`metrics_port`); `http`: the HTTP API on one (`http_port`), else
+    off."""
 
     def __init__(self, models: dict[str, Path], device: str, extra: list[str],
                  metrics: bool = False, http: bool = False):
@@ -126,8 +128,8 @@ class ServerProcess:
         self.http_port = free_port() if http else 0
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "server", "--models-dir", self._tmp.name, "--port", "0",
-             "--metrics-port", str(self.metrics_port), "--http-port", str(self.http_port), "--device", device,
-             "--log-format", "json", *extra],
+             "--metrics-port", str(self.metrics_port), "--http-port", str(self.http_port),
+             "--device", device, "--log-format", "json", *extra],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.port: int | None = None
         self.log: collections.deque[str] = collections.deque(maxlen=200)
@@ -301,8 +303,8 @@ def in_process_cells(models: dict, pixels: np.ndarray, args, threads: int) -> di
 
     policy, out = ProviderPolicy(args.device), {}
     for name, (version, model_dir) in models.items():
-        runner = OnnxRunner(model_dir / str(version) / contract.MODEL_FILE, policy.requested(), threads,
-                            spinning="--spinning" in args.server_arg)
+        runner = OnnxRunner(model_dir / str(version) / contract.MODEL_FILE, policy.requested(),
+                            threads, spinning="--spinning" in args.server_arg)
         for b in (1, args.max_batch):
             images = batch_of(pixels, b)
             out[(name, b)] = {"provider": runner.provider, **in_process(

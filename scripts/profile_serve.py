@@ -278,8 +278,8 @@ def profile(served: Served, protocol: str, request, args: argparse.Namespace,
         raise SystemExit(f"the load generator failed:\n{load.output[-2000:]}")
     threads = {tid: (name, seconds_ - cpu.get(tid, (name, 0.0))[1])
                for tid, (name, seconds_) in after.items()}
-    return Window(protocol, args.callers, seconds, {c: n - codes.get(c, 0.0) for c, n in codes_after.items()},
-                  threads, stacks)
+    in_window = {c: n - codes.get(c, 0.0) for c, n in codes_after.items()}
+    return Window(protocol, args.callers, seconds, in_window, threads, stacks)
 
 
 def read_stacks(path: Path) -> dict[int, tuple[str, collections.Counter, collections.Counter]]:
