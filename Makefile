@@ -14,12 +14,12 @@ PORT      ?= 50051
 METRICS_PORT ?= 8002
 HTTP_PORT ?= 8000
 # `make demo` (scripts/demo.py): DEMO_BUDGET is the mean seconds of training per architecture,
-# evaluation included (40: 320 s for all 8); each gets its input side's share of it (scripts/demo.py
+# evaluation included (35: 280 s for all 8); each gets its input side's share of it (scripts/demo.py
 # PLAN_BY_SIDE: 96-pixel nets the most, 224-pixel ones the least), and is evaluated and
 # parity-checked on its side's test subset (10,000 / 1,000 / 200 images). DEMO_LIMIT (training
 # images per epoch), DEMO_BATCH (one batch size for all) and DEMO_TEST_IMAGES (one subset for all)
 # override the table when set; DEMO_PRECISION=fp32 shows what a CPU without bf16 does.
-DEMO_BUDGET ?= 40
+DEMO_BUDGET ?= 35
 DEMO_LIMIT  ?=
 DEMO_BATCH  ?=
 DEMO_TEST_IMAGES ?=
