@@ -82,9 +82,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     names = list(models.ARCHITECTURES)
     p.add_argument("--models", nargs="+", default=names, choices=names, metavar="NAME",
                    help=f"architectures (default: all: {' '.join(names)})")
-    p.add_argument("--budget", type=float, default=40.0,
+    p.add_argument("--budget", type=float, default=35.0,
                    help="mean seconds of training (its evaluations included) per architecture; "
-                        "each gets its input side's share (default: 40, so 320 s for all 8)")
+                        "each gets its input side's share (default: 35, so 280 s for all 8)")
     p.add_argument("--limit-train", type=int, metavar="N",
                    help="train on the first N training images only (default: all 60,000)")
     p.add_argument("--batch-size", type=int, help="one batch size for all (default: per side)")
