@@ -281,10 +281,7 @@ def main(args: argparse.Namespace) -> int:
     folders = {n: d / str(v) for n, (v, d) in models.items()}
     pixels, _ = sample_images()
     cores = usable_cores()
-    cpu, isa = results.cpu_info()
-    load_before = os.getloadavg()
-    print(f"CPU: {cpu}, {cores}; ISA: {' '.join(isa) or 'unknown'}")
-    print(f"load average (1, 5, 15 min): {' '.join(f'{x:.2f}' for x in load_before)}")
+    load_before = results.announce_machine(cores)
     print(f"models: {', '.join(models)}; max batch {args.max_batch}, {args.delay_ms:g} ms on all; "
           f"{args.seconds:g} s per cell; callers {args.callers}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-peer-") as tmp:

@@ -77,6 +77,16 @@ def write(name: str, result: dict, artifacts: str | os.PathLike) -> Path:
     return path
 
 
+def announce_machine(cores) -> tuple[float, float, float]:
+    """Print the CPU, `cores` (server.workers.cores' account of them), the ISA flags and the load
+    averages, as a serving benchmark starts; the load averages, to write beside the figures."""
+    cpu, isa = cpu_info()
+    load = os.getloadavg()
+    print(f"CPU: {cpu}, {cores}; ISA: {' '.join(isa) or 'unknown'}")
+    print(f"load average (1, 5, 15 min): {' '.join(f'{x:.2f}' for x in load)}")
+    return load
+
+
 def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, list[str]]:
     """(CPU model name, sorted vector/matrix ISA flags) from /proc/cpuinfo; elsewhere the platform's
     processor string and no flags."""

@@ -620,10 +620,7 @@ def main(args: argparse.Namespace) -> int:
     models = pick_models(args.models_dir, args.models)
     pixels, _ = sample_images()
     cores = usable_cores()
-    cpu, isa = results.cpu_info()
-    load_before = os.getloadavg()
-    print(f"CPU: {cpu}, {cores}; ISA: {' '.join(isa) or 'unknown'}")
-    print(f"load average (1, 5, 15 min): {' '.join(f'{x:.2f}' for x in load_before)}")
+    load_before = results.announce_machine(cores)
     print(f"models: {', '.join(f'{n} v{v}' for n, (v, _) in models.items())}; device "
           f"{args.device}; {args.seconds:g} s per cell; max batch {args.max_batch}, queue delay "
           f"{args.delay_ms:g} ms; raw images", flush=True)
