@@ -28,6 +28,7 @@ from server.errors import ModelNotFound
 from server.api.kserve import V2Servicer, statistics
 from server.models.runner import OnnxRunner
 from tests.server import triton_calls
+from tests.server.answers import classify_probabilities
 from tests.server.fakes import fake_model
 from tests.server.images import encode, object_on
 from tests.serving_fixtures import SAMPLES
@@ -79,16 +80,6 @@ def pixels(n: int) -> np.ndarray:
 
 def image_input(images: np.ndarray):
     return [("image", "UINT8", images)]
-
-
-def classify(stub, images: list[pb.Image]) -> np.ndarray:
-    """fmnist.v1 Classify's probabilities, [n, 10] by class id."""
-    response = stub.Classify(pb.ClassifyRequest(model=MODEL, images=images, top_k=10), timeout=30)
-    out = np.zeros((len(images), 10), np.float32)
-    for row, c in zip(out, response.classifications):
-        for p in c.predictions:
-            row[p.class_id] = p.probability
-    return out
 
 
 # --- health and metadata -------------------------------------------------------------------------
@@ -149,7 +140,8 @@ def test_pixels_give_the_probabilities_classify_gives(triton, stub, models_dir, 
     outputs = result["outputs"]
     assert sorted(outputs) == ["logits", "probabilities"]
     assert outputs["probabilities"].dtype == np.float32 and outputs["logits"].shape == (5, 10)
-    expected = classify(stub, [pb.Image(raw=image.tobytes()) for image in images])
+    expected = classify_probabilities(stub, MODEL,
+                                      [pb.Image(raw=image.tobytes()) for image in images])
     np.testing.assert_array_equal(outputs["probabilities"], expected)
     runner = OnnxRunner(models_dir / MODEL / "1" / "model.onnx", ["CPUExecutionProvider"])
     direct = runner.run(images)
@@ -168,8 +160,8 @@ def test_image_bytes_are_decoded_as_classify_decodes_them(triton, stub):
     files = [p.read_bytes() for p in PNGS[:4]] + [encode(object_on(230, size=(90, 60)))]
     result = triton.infer([("image_bytes", "BYTES", np.array(files, dtype=np.object_))],
                           [("probabilities", 0)])
-    np.testing.assert_array_equal(result["outputs"]["probabilities"],
-                                  classify(stub, [pb.Image(encoded=f) for f in files]))
+    expected = classify_probabilities(stub, MODEL, [pb.Image(encoded=f) for f in files])
+    np.testing.assert_array_equal(result["outputs"]["probabilities"], expected)
 
 
 def test_only_the_requested_outputs_come_back(triton):

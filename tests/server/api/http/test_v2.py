@@ -22,6 +22,7 @@ from tritonclient.utils import InferenceServerException
 
 import server as server_package
 from server.app import create_server
+from tests.server.answers import classify_probabilities
 from tests.server.api.http.web import call, post_json, sample_pixels, sample_png
 
 MODEL = "lenet_bn"
@@ -31,16 +32,6 @@ SAMPLES = ("coat", "bag", "trouser", "sneaker")
 @pytest.fixture(scope="module")
 def client(http_server):
     return triton.InferenceServerClient(f"127.0.0.1:{http_server.http_port}")
-
-
-def grpc_probabilities(stub, images: list[pb.Image]) -> np.ndarray:
-    """fmnist.v1 Classify's probabilities on the same server, [n, 10] by class id."""
-    response = stub.Classify(pb.ClassifyRequest(model=MODEL, images=images, top_k=10), timeout=30)
-    out = np.zeros((len(images), 10), np.float32)
-    for row, c in zip(out, response.classifications):
-        for p in c.predictions:
-            row[p.class_id] = p.probability
-    return out
 
 
 def image_input(pixels: np.ndarray, binary: bool = True) -> triton.InferInput:
@@ -96,7 +87,7 @@ def test_pixels_give_grpcs_probabilities(client, stub, binary):
     response = result.get_response()
     assert (response["model_name"], response["model_version"]) == (MODEL, "1")
     assert all(("data" in o) != binary for o in response["outputs"])  # as asked, each way
-    expected = grpc_probabilities(stub, [pb.Image(raw=p.tobytes()) for p in pixels])
+    expected = classify_probabilities(stub, MODEL, [pb.Image(raw=p.tobytes()) for p in pixels])
     np.testing.assert_array_equal(result.as_numpy("probabilities"), expected)
     logits = result.as_numpy("logits")
     softmax = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
@@ -115,8 +106,8 @@ def test_image_bytes_are_decoded_as_classify_decodes_them(client, stub):
     tensor = triton.InferInput("image_bytes", [len(files)], "BYTES")
     tensor.set_data_from_numpy(np.array(files, dtype=np.object_))
     result = client.infer(MODEL, [tensor], outputs=[triton.InferRequestedOutput("probabilities")])
-    np.testing.assert_array_equal(result.as_numpy("probabilities"),
-                                  grpc_probabilities(stub, [pb.Image(encoded=f) for f in files]))
+    expected = classify_probabilities(stub, MODEL, [pb.Image(encoded=f) for f in files])
+    np.testing.assert_array_equal(result.as_numpy("probabilities"), expected)
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
@@ -126,7 +117,7 @@ def test_classification_extension(client, stub, binary):
         triton.InferRequestedOutput("probabilities", binary_data=binary, class_count=3)])
     strings = result.as_numpy("probabilities")
     assert strings.shape == (4, 3)
-    expected = grpc_probabilities(stub, [pb.Image(raw=p.tobytes()) for p in pixels])
+    expected = classify_probabilities(stub, MODEL, [pb.Image(raw=p.tobytes()) for p in pixels])
     for row, probabilities in zip(strings, expected):
         top = np.argsort(-probabilities, kind="stable")[:3]
         parsed = [(item.decode() if isinstance(item, bytes) else item).split(":") for item in row]
@@ -149,7 +140,8 @@ def test_hand_written_json_flat_or_nested_base64_bytes(base, stub):
          "data": [base64.b64encode(sample_png(n)).decode() for n in ("coat", "bag")]}]})
     assert nested.status == flat.status == encoded.status == 200
     assert nested.json["id"] == "r1" and "id" not in flat.json
-    expected = grpc_probabilities(stub, [pb.Image(raw=p.tobytes()) for p in pixels]).ravel()
+    images = [pb.Image(raw=p.tobytes()) for p in pixels]
+    expected = classify_probabilities(stub, MODEL, images).ravel()
     for answer in (nested, flat, encoded):
         (output,) = answer.json["outputs"]
         assert (output["name"], output["datatype"], output["shape"]) == (
