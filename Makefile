@@ -171,6 +171,14 @@ soak: install  ## a real server under mixed traffic (10 min): per-minute figures
 	  --workers $(SOAK_WORKERS) --connections $(SOAK_CONNECTIONS) \
 	  $(if $(SOAK_MAX_WORKER_RSS_MB),--max-worker-rss-mb $(SOAK_MAX_WORKER_RSS_MB))
 
+# `make attack` (scripts/attack.py): every hostile request of scripts/attacks/catalog.py at full
+# size against a real `python -m server` (ATTACK_MODELS=dir serves those models instead of two
+# trained for it on synthetic data); the table goes to the terminal and into docs/security.md.
+ATTACK_MODELS ?=
+.PHONY: attack
+attack: install  ## every hostile request at full size against a real server: health latency, RSS, fds (docs/security.md)
+	$(PY) scripts/attack.py $(if $(ATTACK_MODELS),--models-dir $(ATTACK_MODELS)) --docs docs/security.md
+
 # `make gpu-check`: scripts/gpu_check.py proves every CUDA path in one run of at most 8 minutes
 # (docs/gpu.md); DEVICE=cpu rehearses the same steps with tiny budgets in at most 5. WHEELS=dir
 # installs the wheels in dir first (pip --no-index: a GPU host here has no network, so no

@@ -58,6 +58,8 @@ from inference import grpc_service_pb2 as v2
 from inference import grpc_service_pb2_grpc as v2_grpc
 from PIL import Image
 
+from harness.models import build_small_models
+
 REPO = Path(__file__).resolve().parent.parent
 MAX_MESSAGE = 1024 * 1024  # the soak server's --max-message-bytes: oversize requests are cheap
 TOLERANCE = 0.10
@@ -321,17 +323,7 @@ class Server:
 
 
 def build_model(workdir: Path) -> Path:
-    sys.path.insert(0, str(REPO))
-    from tests.conftest import write_fashion_mnist
-    from tests.serving_fixtures import run_cli
-
-    data = write_fashion_mnist(workdir / "data")
-    run_cli("-m", "trainer", "--models", "lenet_bn", "--epochs", "1", "--limit-train", "256",
-            "--data-dir", str(data), "--artifacts", str(workdir), "--device", "cpu",
-            "--no-progress")
-    run_cli("-m", "exporter", "--models", "lenet_bn", "--artifacts", str(workdir),
-            "--data-dir", str(data), "--no-progress")
-    return workdir / "models"
+    return build_small_models(workdir, ("lenet_bn",))
 
 
 def percentile(values: list[float], q: float) -> float | None:

@@ -40,7 +40,8 @@ from server.api.transport import Transport, grpc_options, service_handler
 from server.dataplane.core import Core
 from server.dataplane.types import Batching, Limits
 from server.errors import StartupError
-from server.metrics import Metrics
+from server.loop import EventLoop
+from server.metrics.registry import Metrics
 from server.models.loading import LoadedModel, Loader, default_runner_factory
 from server.models.providers import CudaOptions, ProviderPolicy
 from server.models.repository import Repository
@@ -84,28 +85,11 @@ class ServerConfig:
     metrics_host: str | None = None  # None: `host`
 
 
-class _Loop:
-    """An asyncio event loop running in its own thread; `call` runs a coroutine there and waits."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="grpc-loop", daemon=True)
-        self.thread.start()
-
-    def call(self, coroutine, timeout: float | None = None):
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
-        self.loop.close()
-
-
 @dataclass
 class _Parts:
     """What create_server made, handed to Server in one piece."""
 
-    loop: _Loop
+    loop: EventLoop
     grpc_server: grpc.aio.Server
     health: health.aio.HealthServicer
     metrics: Metrics | None
@@ -239,7 +223,7 @@ def create_server(models_dir: str | Path | None = None, *, models: list[LoadedMo
     if models is None and not Path(models_dir).is_dir():
         raise StartupError(f"--models-dir {models_dir} is not a folder (expected "
                            "<name>/<version>/model.onnx inside it; `make export` writes one)")
-    loop = _Loop()
+    loop = EventLoop()
     parts = None
     try:
         if config.worker:  # its parent checked the port: listen once loaded
@@ -253,7 +237,7 @@ def create_server(models_dir: str | Path | None = None, *, models: list[LoadedMo
                           parts.repository.refused() if parts.repository else (),
                           observer=parts.metrics.observe_request if parts.metrics else None)
         if parts.metrics is not None:
-            parts.metrics.watch(parts.core)
+            parts.metrics.watch(parts.core, loop, parts.http.guard if parts.http else None)
         if parts.repository is not None:
             parts.repository.attach(parts.core)
         if parts.http is not None:
@@ -272,7 +256,7 @@ def create_server(models_dir: str | Path | None = None, *, models: list[LoadedMo
                   config.poll_seconds, gate=not config.worker), port
 
 
-def _bind(loop: _Loop, config: ServerConfig) -> tuple[_Parts, int]:
+def _bind(loop: EventLoop, config: ServerConfig) -> tuple[_Parts, int]:
     """The gRPC server bound on every address of the host, /metrics serving and the HTTP port
     bound, before any model loads."""
     async def make():
@@ -292,7 +276,8 @@ def _bind(loop: _Loop, config: ServerConfig) -> tuple[_Parts, int]:
             parts.http = HttpListener.bind(
                 config.host, config.http_port, config.security,
                 config.transport.request_read_timeout_seconds,
-                config.transport.max_connection_idle_seconds, reuse_port=config.worker)
+                config.transport.max_connection_idle_seconds, reuse_port=config.worker,
+                max_connections=config.transport.max_connections)
     except StartupError:
         loop.call(grpc_server.stop(None))
         if metrics is not None:
@@ -332,7 +317,7 @@ async def _add_services(parts: _Parts, transport: Transport) -> None:
     add_reflection(server, (SERVICE_NAME, V2_SERVICE_NAME, health.SERVICE_NAME))
 
 
-def _close(core: Core | None, loop: _Loop, metrics: Metrics | None) -> None:
+def _close(core: Core | None, loop: EventLoop, metrics: Metrics | None) -> None:
     if core is not None:
         core.close()
     loop.close()

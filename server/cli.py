@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import signal
 import sys
 import threading
@@ -37,6 +38,7 @@ log = logging.getLogger("server")
 # SIGTERM that the kernel hands to another thread (grpc's, onnxruntime's) leaves a main thread
 # blocked in a long wait unaware until the wait ends. So the main thread waits in short steps.
 SIGNAL_POLL = 0.25
+RESERVED_FDS = 512  # file descriptors kept from --max-connections' default
 
 _DEFAULTS = Limits()
 _BATCH = BatchPolicy()
@@ -160,6 +162,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    default=_TRANSPORT.max_connection_idle_seconds,
                    help="close connections without calls (gRPC) or requests (HTTP) for this "
                         "long; 0: never")
+    t.add_argument("--max-connections", type=_positive_int, metavar="N",
+                   help="connections open at once on each port (gRPC, HTTP); more are closed as "
+                        "they arrive (default: from the process's file limit, raised to its hard "
+                        f"limit: half each, less {RESERVED_FDS} for models, logs and threads)")
     t.add_argument("--max-connection-age-seconds", type=_seconds,
                    default=_TRANSPORT.max_connection_age_seconds,
                    help="close connections this old (clients reconnect; spreads load behind a "
@@ -184,6 +190,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     logs.setup(args.log_format, args.log_level)
+    raise_file_limit()
     try:  # after logging is set up: importing grpc can log
         from server import workers
         from server.app import create_server
@@ -201,6 +208,8 @@ def main(args: argparse.Namespace) -> int:
         config = server_config(args, plan)
         log.info("starting: models_dir=%s device=%s limits=%s batching=%s", args.models_dir,
                  args.device, config.limits, config.batching)
+        log.info("at most %d connections per port (--max-connections)",
+                 config.transport.max_connections)
         server, port = create_server(args.models_dir, config=config)
     except (StartupError, ValueError) as e:
         log.error("cannot start: %s", e)
@@ -242,7 +251,8 @@ def server_config(args: argparse.Namespace, plan=None):
     transport = Transport(request_read_timeout_seconds=args.request_read_timeout,
                           keepalive_seconds=args.keepalive_seconds,
                           max_connection_idle_seconds=args.max_connection_idle_seconds,
-                          max_connection_age_seconds=args.max_connection_age_seconds)
+                          max_connection_age_seconds=args.max_connection_age_seconds,
+                          max_connections=args.max_connections or default_max_connections())
     return ServerConfig(
         host=args.host, port=args.port, device=args.device, cuda_tf32=args.cuda_tf32,
         versions=parse_version_flags(args.model_version), limits=limits, batching=_batching(args),
@@ -255,6 +265,30 @@ def server_config(args: argparse.Namespace, plan=None):
         allow_empty=args.allow_empty,
         runner_factory=lambda path, providers: OnnxRunner(path, providers, plan.intra_op_threads,
                                                           args.spinning))
+
+
+def raise_file_limit() -> int:
+    """Raise the soft limit of open files to the hard one (as servers do: the soft default of
+    1,024 is a shell's, not a server's); returns the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            log.warning("cannot raise the open-file limit from %d to %d", soft, target)
+    return soft
+
+
+def default_max_connections() -> int:
+    """--max-connections by default: of the files this process may open, RESERVED_FDS for its
+    models, logs, threads and scans, half the rest for each port, so both ports full still leave
+    it able to work (and never at EMFILE, where accepting fails over and over)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(16, (soft - RESERVED_FDS) // 2)
 
 
 def _batching(args: argparse.Namespace) -> Batching:

@@ -1,10 +1,12 @@
-"""Log lines as text (for people) or JSON (one object per line, for machines): `--log-format`."""
+"""Log lines as text (for people) or JSON (one object per line, for machines): `--log-format`;
+`Throttle` for events that come in floods."""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
+import threading
 import time
 
 FORMATS = ("text", "json")
@@ -34,3 +36,30 @@ def setup(fmt: str = "text", level: str = "INFO", stream=None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+class Throttle:
+    """At most one log line per `interval` seconds for an event that can come in floods (malformed
+    HTTP requests, connections over the cap, failed accepts): the first of each interval is
+    logged, with how many like it were not since the last line. Thread-safe."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 60.0):
+        self._log = logger
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._next = 0.0
+        self._quiet = 0
+
+    def log(self, level: int, message: str, *args, **kwargs) -> bool:
+        """Log `message % args` unless a line went out less than `interval` seconds ago; True
+        when it was logged."""
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next:
+                self._quiet += 1
+                return False
+            quiet, self._quiet, self._next = self._quiet, 0, now + self._interval
+        if quiet:
+            message += f" (and {quiet:,} more like it since the last such line)"
+        self._log.log(level, message, *args, **kwargs)
+        return True

@@ -9,36 +9,15 @@ once per test session (a module-level cache, since each conftest gets its own co
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-ARCHS = ("lenet_bn", "lenet")  # the two cheap ones: a few seconds of CPU each
+from harness import REPO
+from harness.models import ARCHS, build_models, run_cli  # noqa: F401 - for the tests
+
 SAMPLES = REPO / "samples"
 _CACHE: dict[str, Path] = {}
-
-
-def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def build_models(artifacts: Path, data_dir: Path) -> Path:
-    """Train ARCHS for a few steps and export them; returns artifacts/models."""
-    run_cli("-m", "trainer", "--models", *ARCHS, "--epochs", "1", "--limit-train", "256",
-            "--data-dir", str(data_dir), "--artifacts", str(artifacts), "--device", "cpu",
-            "--no-progress")
-    run_cli("-m", "exporter", "--models", *ARCHS, "--artifacts", str(artifacts),
-            "--data-dir", str(data_dir), "--no-progress")
-    return artifacts / "models"
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ import yaml
 
 from server.api.classifier import SERVICE_NAME
 from server.cli import get_args_parser
-from tests.server.processes import ServerProcess, free_port
+from harness.process import ServerProcess, free_port
 from tests.serving_fixtures import models_dir  # noqa: F401 - fixture
 
 REPO = Path(__file__).resolve().parent.parent

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from client.predict import get_args_parser
-from tests.server.processes import ServerProcess, free_port, scrape
+from harness.process import ServerProcess, free_port, scrape
 from tests.serving_fixtures import ARCHS, REPO, SAMPLES, models_dir  # noqa: F401 (a fixture)
 
 README = REPO / "README.md"

@@ -22,6 +22,7 @@ class ClassifierServicer:
 
     @map_errors
     async def Classify(self, request: pb.ClassifyRequest, context) -> pb.ClassifyResponse:
+        self.core.check_image_count(len(request.images))  # before a value is made per image
         result = await self.core.classify(request.model, request.version, images_from(request),
                                           request.top_k, inversion_from(request),
                                           deadline_of(context))

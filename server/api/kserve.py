@@ -20,10 +20,13 @@ from inference import model_config_pb2 as mc_pb
 
 import model_contract as mc
 import server
-from server.api import kserve_tensors as tensors
+from server.api import kserve_tensors
 from server.api.status import deadline_of, map_errors
 from server.batching.batcher import BatchStats
+from server.dataplane import tensors
 from server.dataplane.core import Core
+from server.dataplane.tensors import TensorRequest, check_id
+from server.dataplane.types import version_of
 from server.errors import InvalidRequest, ModelNotFound, Unimplemented, shorten
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -91,15 +94,11 @@ class V2Servicer:
 
     @map_errors
     async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
-        wanted: list[tensors.Wanted] = []
-
-        def parse():  # called once the model is found: an unknown model is answered first
-            wanted.extend(tensors.wanted_of(request))
-            return tensors.images_of(request)
-
-        spec, out = await self.core.infer(request.model_name, version_of(request.model_version),
-                                          parse, deadline=deadline_of(context), protocol="v2")
-        return tensors.infer_response(request.id, spec, out, wanted)
+        answer = await self.core.infer_tensors(TensorRequest(
+            request.model_name, version_of(request.model_version),
+            lambda: kserve_tensors.parse(request, self.core.limits), check_id(request.id),
+            deadline_of(context), "v2"))
+        return kserve_tensors.response(answer)
 
     @map_errors
     async def ModelConfig(self, request: pb.ModelConfigRequest, context) -> pb.ModelConfigResponse:
@@ -172,17 +171,6 @@ class V2Servicer:
             raise InvalidRequest(f"parameters are not supported by {action}: "
                                  f"{', '.join(map(shorten, unsupported))}")
         await asyncio.to_thread(getattr(self.repository, action), request.model_name)
-
-
-def version_of(text: str) -> int:
-    """A v2 model version ("" or "3") as the core's (0: the newest)."""
-    if text == "":
-        return 0
-    version = mc.parse_version(text)
-    if version is None:
-        raise InvalidRequest(f"model version must be \"\" (the newest) or a positive integer, got "
-                             f"{shorten(text)}")
-    return version
 
 
 def model_input(name: str, datatype: str, shape: tuple[int, ...]) -> mc_pb.ModelInput:

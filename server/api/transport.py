@@ -31,6 +31,7 @@ class Transport:
     max_connection_idle_seconds: float = 300.0  # connections without calls are closed (GOAWAY)
     max_connection_age_seconds: float = 0.0  # 0: connections live as long as they are used
     request_read_timeout_seconds: float = 10.0  # from the call's start to its request message
+    max_connections: int = 1024  # open at once per port (gRPC, HTTP); more are closed as they come
 
 
 def grpc_options(transport: Transport, max_message_bytes: int,
@@ -44,7 +45,8 @@ def grpc_options(transport: Transport, max_message_bytes: int,
                ("grpc.keepalive_time_ms", ms(transport.keepalive_seconds)),
                ("grpc.keepalive_timeout_ms", ms(transport.keepalive_timeout_seconds)),
                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-               ("grpc.keepalive_permit_without_calls", 1)]
+               ("grpc.keepalive_permit_without_calls", 1),
+               ("grpc.max_allowed_incoming_connections", transport.max_connections)]
     if transport.max_connection_idle_seconds > 0:
         options.append(("grpc.max_connection_idle_ms", ms(transport.max_connection_idle_seconds)))
     if transport.max_connection_age_seconds > 0:

@@ -38,8 +38,10 @@ from server.batching.batcher import BatchEvent, Batcher, BatchPolicy, BatchStats
 from server.dataplane import decode
 from server.dataplane.budget import PixelBudget
 from server.dataplane.decoding import check_deadline, decode_request, raw_batch
+from server.dataplane.tensors import Output, TensorAnswer, TensorRequest, answer_tensors
 from server.dataplane.types import (MAX_MODEL_NAME_BYTES, MAX_TOP_K, Batching, ClassifyResult,
-                                    ImageData, Limits, ModelView, Prediction, RequestEvent)
+                                    ImageData, Limits, ModelView, Prediction, RequestEvent,
+                                    top_k)
 from server.errors import (InvalidRequest, ModelNotFound, Overloaded, ServingError, Unavailable,
                            shorten)
 from server.models.loading import LoadedModel
@@ -53,13 +55,6 @@ Images = Union[Sequence[ImageData], np.ndarray]
 # whose tensors are checked only then answers an unknown model first, and every error is counted.
 ImagesOrParser = Union[Images, Callable[[], Images]]
 BatchObserver = Callable[[str, int, BatchEvent], None]  # (model, version, event): batcher thread
-
-
-def top_k(rows: np.ndarray, k: int) -> np.ndarray:
-    """The indices of each row's k largest values, largest first; ties keep the lower index."""
-    if k == 1:  # what most requests ask for: argmax is the first largest, without a sort
-        return rows.argmax(axis=1)[:, None]
-    return np.argsort(-rows, axis=1, kind="stable")[:, :k]
 
 
 @dataclass
@@ -205,6 +200,22 @@ class Core:
         with _Observed(self.observer, protocol, images) as event:
             return await self._answer(event, model, version, images, inversion, deadline)
 
+    async def infer_tensors(self, request: TensorRequest) -> TensorAnswer:
+        """KServe v2 inference in tensors (server/dataplane/tensors.py): the request's input and
+        outputs are read once its model is found, run as `infer` runs images, and answered
+        with the outputs it asked for."""
+        outputs: list[Output] = []
+
+        def parse() -> Images:
+            images, wanted = request.parse()
+            outputs.extend(wanted)
+            return images
+
+        spec, out = await self.infer(request.model, request.version, parse,
+                                     deadline=request.deadline, protocol=request.protocol)
+        return TensorAnswer(spec.name, spec.version, request.id,
+                            answer_tensors(spec, out, outputs))
+
     def drain(self) -> None:
         """From now on, new requests get UNAVAILABLE; requests in flight go on.
 
@@ -244,7 +255,7 @@ class Core:
         """`infer` without the observing; notes in `event` the version and the decode time."""
         if inversion not in decode.INVERSIONS:
             raise InvalidRequest(f"inversion must be one of {', '.join(decode.INVERSIONS)}, "
-                                 f"got {inversion!r}")
+                                 f"got {shorten(inversion)}")
         if not callable(images):
             self._check_images(images)
         served = self._acquire(model, version)
@@ -275,11 +286,14 @@ class Core:
             raise InvalidRequest(f"input {INPUT!r}: the models take uint8 of shape [N, 1, {SIDE}, "
                                  f"{SIDE}] with N >= 1, got {images.dtype} of shape "
                                  f"{list(images.shape)}")
-        n = len(images)
+        self.check_image_count(len(images))
+
+    def check_image_count(self, n: int) -> None:
+        """A request's image count, judged before a protocol converts its images one by one."""
         if n == 0:
             raise InvalidRequest("no images in the request")
         if n > self.limits.max_images_per_request:
-            raise InvalidRequest(f"{n} images is over the limit of "
+            raise InvalidRequest(f"{n:,} images is over the limit of "
                                  f"{self.limits.max_images_per_request} per request; split them")
 
     def _find(self, model: str, version: int) -> _Version:

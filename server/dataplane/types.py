@@ -6,9 +6,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
+import model_contract as mc
 from model_contract import MAX_NAME_BYTES as MAX_MODEL_NAME_BYTES  # noqa: F401 - re-exported
 from server.batching.batcher import BatchPolicy
 from server.dataplane import decode
+from server.errors import InvalidRequest, shorten
 from server.models.spec import ModelSpec
 
 MAX_TOP_K = 10
@@ -86,3 +90,21 @@ class RequestEvent:
     code: str = "OK"  # the status code name (ServingError.code, or CANCELLED, INTERNAL)
     seconds: float = 0.0  # from entering the core to the answer or the error
     decode_seconds: float | None = None  # None: nothing was decoded
+
+
+def top_k(rows: np.ndarray, k: int) -> np.ndarray:
+    """The indices of each row's k largest values, largest first; ties keep the lower index."""
+    if k == 1:  # what most requests ask for: argmax is the first largest, without a sort
+        return rows.argmax(axis=1)[:, None]
+    return np.argsort(-rows, axis=1, kind="stable")[:, :k]
+
+
+def version_of(text: str) -> int:
+    """A v2 model version ("" or "3") as the core's (0: the newest)."""
+    if text == "":
+        return 0
+    version = mc.parse_version(text)
+    if version is None:
+        raise InvalidRequest(f"model version must be \"\" (the newest) or a positive integer, got "
+                             f"{shorten(text)}")
+    return version

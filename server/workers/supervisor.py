@@ -37,14 +37,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from server.api.binding import bracketed
 from server.errors import StartupError
 from server.workers import ports, worker
 from server.workers.cores import Plan
-from server.workers.summing import MetricsSum
+from server.metrics.exposition import serve
+from server.metrics.summing import MetricsSum
 
 log = logging.getLogger(__name__)
 
@@ -357,13 +358,9 @@ class Supervisor:
             return
         registry = CollectorRegistry()
         registry.register(_Collector(self))
-        try:
-            self._http = start_http_server(self.args.metrics_port, self.args.host, registry)
-        except (OSError, OverflowError) as e:
-            raise StartupError(f"cannot serve metrics on {self.args.host}:"
-                               f"{self.args.metrics_port}: {e}") from None
+        self._http = serve(registry, self.args.host, self.args.metrics_port)
         log.info("metrics of every worker on http://%s:%d/metrics", self.args.host,
-                 self._http[0].server_port, extra={"metrics_port": self._http[0].server_port})
+                 self._http.port, extra={"metrics_port": self._http.port})
 
     def scrape_workers(self) -> None:
         with self._lock:
@@ -396,8 +393,7 @@ class Supervisor:
 
     def close(self) -> None:
         if self._http is not None:
-            self._http[0].shutdown()
-            self._http[0].server_close()
+            self._http.stop()
 
 
 def _state(w: Worker) -> str:

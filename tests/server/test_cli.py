@@ -20,7 +20,7 @@ from PIL import Image
 
 from tests.server.fakes import needs_no_gpu
 from tests.server.images import encode
-from tests.server.processes import ServerProcess
+from harness.process import ServerProcess
 from tests.serving_fixtures import REPO
 
 

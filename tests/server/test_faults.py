@@ -23,7 +23,7 @@ import torch
 from fmnist.v1 import classifier_pb2 as pb
 from fmnist.v1 import classifier_pb2_grpc as pb_grpc
 
-from tests.server.processes import ServerProcess
+from harness.process import ServerProcess
 from tests.server.test_cli import big_request
 from tests.serving_fixtures import REPO
 

@@ -29,7 +29,7 @@ from PIL import Image
 from bench.serve import open_idle_streams
 from tests.server.certs import CertificateAuthority
 from tests.server.images import encode
-from tests.server.processes import ServerProcess, free_port
+from harness.process import ServerProcess, free_port
 from tests.server.test_cli import big_request
 from tests.serving_fixtures import models_dir  # noqa: F401 - fixture
 

@@ -20,10 +20,10 @@ from server.batching.batcher import BatchPolicy
 from server.cli import get_args_parser
 from server.dataplane.core import Core
 from server.dataplane.types import Batching, ImageData
-from server.metrics import Metrics
+from server.metrics.registry import Metrics
 from server.models.spec import Refusal
 from tests.server.fakes import fake_model
-from tests.server.processes import ServerProcess, by_labels, scrape
+from harness.process import ServerProcess, by_labels, scrape
 
 RAW = bytes(range(200)) * 3 + bytes(184)  # 784 bytes: one 28x28 image
 

@@ -23,7 +23,7 @@ from inference import grpc_service_pb2_grpc as v2_grpc
 from onnx import numpy_helper
 
 import model_contract
-from tests.server.processes import ServerProcess, by_labels, scrape
+from harness.process import ServerProcess, by_labels, scrape
 from tests.serving_fixtures import SAMPLES, models_dir  # noqa: F401 - fixture
 
 AS_NOBODY = ("tests/server/as_user.py",)

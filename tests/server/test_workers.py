@@ -23,8 +23,8 @@ from fmnist.v1 import classifier_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.workers.cores import Cores, plan, usable_cores
-from server.workers.summing import MetricsSum, parse
-from tests.server.processes import ServerProcess, by_labels, free_port, scrape
+from server.metrics.summing import MetricsSum, parse
+from harness.process import ServerProcess, by_labels, free_port, scrape
 from tests.serving_fixtures import models_dir  # noqa: F401 - fixture
 
 CPU = ("--port", "0", "--http-port", "0", "--device", "cpu")

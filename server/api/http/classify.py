@@ -24,10 +24,9 @@ from server.api.http.auth import CLASSIFIER, twin
 from server.api.http.body import read_body, read_form
 from server.api.http.deadlines import deadline
 from server.api.http.jsonpb import message_dict
-from server.api.kserve import version_of
 from server.dataplane import decode
 from server.dataplane.core import Core
-from server.dataplane.types import ImageData
+from server.dataplane.types import ImageData, version_of
 from server.errors import InvalidImage, InvalidRequest, shorten
 
 FIELDS = ("top_k", "inversion")
@@ -78,7 +77,9 @@ class ClassifyRoutes:
             body = await read_body(request, limit, self.read_timeout)
             return ([ImageData("encoded", body)] if body else []), [], {}
         images, names, fields = [], [], {}
-        for name, filename, content in await read_form(request, limit, self.read_timeout):
+        max_parts = self.core.limits.max_images_per_request + len(FIELDS)
+        for name, filename, content in await read_form(request, limit, self.read_timeout,
+                                                       max_parts):
             if name in FIELDS and filename is None:
                 fields[name] = content.decode("utf-8", "replace").strip()
             else:

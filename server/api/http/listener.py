@@ -11,20 +11,38 @@ found within a second. `reuse_port=True` sets SO_REUSEPORT, so that several serv
 (--workers) share the port and the kernel spreads connections over them; without it a port in
 use is an error, never shared. TLS uses the gRPC port's certificate flags (--tls-cert,
 --tls-key, --tls-client-ca for client certificates).
+
+What aiohttp would otherwise do on the event loop for any client, before a handler could say no:
+- inflate a `Content-Encoding: br|gzip|deflate` body (a 16 KB brotli body is 10 GiB of work):
+  bodies are read as sent (auto_decompress off) and compressed ones refused (service.py);
+- drain what a handler left unread for up to `lingering_time`: off; service.py drains a small
+  rest or closes the connection;
+- answer a malformed request with its own text quoted whole, logged with a traceback at ERROR:
+  here a short 400, counted (`guard.malformed`) and logged at most once a minute;
+- accept connections until the process runs out of file descriptors: at `max_connections` open
+  ones, a new one is closed at once (`guard.refused`; logged at most once a minute);
+- give a TLS handshake a minute: here it has the read timeout, as a request's body has.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import socket
 import ssl
 
 from aiohttp import web
 
 from server.api.binding import bracketed, listen_addresses
+from server.api.http.errors import error_response
 from server.api.security import Security
-from server.errors import StartupError
+from server.errors import StartupError, shorten
+from server.logs import Throttle
+
+log = logging.getLogger(__name__)
 
 _BACKLOG = 512
+_THROTTLE = 60.0  # seconds between log lines about malformed requests or refused connections
 
 
 def ssl_context(security: Security) -> ssl.SSLContext | None:
@@ -78,14 +96,127 @@ def bind_sockets(host: str, port: int, reuse_port: bool = False) -> tuple[list[s
 _NEVER = 10.0 ** 9  # seconds: aiohttp's keep-alive timer has no "off"
 
 
+class ConnectionGuard:
+    """The listener's open connections under a cap, and what it turned away: connections over
+    the cap and malformed requests (read by /metrics). Touched only on the event loop."""
+
+    def __init__(self, cap: int):
+        self.cap = cap
+        self.open = 0
+        self.refused = 0
+        self.malformed = 0
+        self._refused_log = Throttle(log, _THROTTLE)
+        self._malformed_log = Throttle(log, _THROTTLE)
+
+    def admit(self) -> bool:
+        """Count one connection more, or refuse it (False) at the cap. Counted as it is
+        accepted, not when its handler starts: asyncio accepts a burst of connections before
+        any starts."""
+        if self.open < self.cap:
+            self.open += 1
+            return True
+        self.refused += 1
+        self._refused_log.log(logging.WARNING, "HTTP connection refused: %d open, the limit "
+                              "(--max-connections)", self.open)
+        return False
+
+    def release(self) -> None:
+        self.open -= 1
+
+    def malformed_request(self, remote: str | None, status: int, problem) -> str:
+        """Count and (at most once a minute) log a request aiohttp could not parse; returns the
+        short message to answer with."""
+        self.malformed += 1
+        message = f"malformed HTTP request: {shorten(str(problem), 120)}"
+        self._malformed_log.log(logging.WARNING, "%s from %s -> %d", message, remote, status)
+        return message
+
+
+class _Handler(web.RequestHandler):
+    """aiohttp's connection handler, counted by a guard: admitted as it is made, released as its
+    connection ends, or, when it never started (a TLS handshake that failed or timed out: asyncio
+    then tells the protocol nothing), once the handshake's time is up. It answers what it cannot
+    parse with a short 400 instead of aiohttp's own text and an ERROR traceback."""
+
+    def __init__(self, manager: web.Server, guard: ConnectionGuard, handshake_timeout: float,
+                 **kwargs):
+        super().__init__(manager, **kwargs)
+        self._guard = guard
+        self._counted = True
+        self._started = False
+        self._loop.call_later(handshake_timeout + 1.0, self._if_never_started)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._started = True
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._release()
+        super().connection_lost(exc)
+
+    def _if_never_started(self) -> None:
+        if not self._started:
+            self._release()
+
+    def _release(self) -> None:
+        if self._counted:
+            self._counted = False
+            self._guard.release()
+
+    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if status >= 500:  # not the client's doing: aiohttp's own account, traceback included
+            return super().handle_error(request, status, exc, message)
+        if request.writer.output_size > 0:
+            raise ConnectionError("a response was sent already; the connection is broken")
+        response = error_response(status, self._guard.malformed_request(
+            request.remote, status, message or exc))
+        response.force_close()
+        return response
+
+
+class _Refused(asyncio.Protocol):
+    """A connection over the cap: closed at once (reset: no FIN handshake, no state kept)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.abort()
+
+
+class _GuardedSite(web.SockSite):
+    """A SockSite whose connections are made by the guard's factory, with our backlog."""
+
+    def __init__(self, runner: web.AppRunner, sock: socket.socket, guard: ConnectionGuard,
+                 handler_args: dict, ssl_context: ssl.SSLContext | None,
+                 handshake_timeout: float):
+        super().__init__(runner, sock, ssl_context=ssl_context, backlog=_BACKLOG)
+        self._guard, self._handler_args = guard, handler_args
+        self._handshake_timeout = handshake_timeout
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        loop = asyncio.get_running_loop()
+        tls = {} if self._ssl_context is None else {
+            "ssl": self._ssl_context, "ssl_handshake_timeout": self._handshake_timeout}
+        self._server = await loop.create_server(self._connection, sock=self._sock,
+                                                backlog=self._backlog, **tls)
+
+    def _connection(self) -> asyncio.Protocol:
+        if not self._guard.admit():
+            return _Refused()
+        return _Handler(self._runner.server, self._guard, self._handshake_timeout,
+                        loop=asyncio.get_running_loop(), **self._handler_args)
+
+
 class HttpListener:
     """Bound sockets, then (start) aiohttp serving an application on them."""
 
     def __init__(self, sockets: list[socket.socket], port: int,
-                 context: ssl.SSLContext | None, read_timeout: float, idle_timeout: float):
+                 context: ssl.SSLContext | None, read_timeout: float, idle_timeout: float,
+                 max_connections: int):
         self.sockets = sockets
         self.port = port
         self.tls = context is not None
+        self.guard = ConnectionGuard(max_connections)
         self._context = context
         self._read_timeout = read_timeout
         self._idle_timeout = idle_timeout
@@ -93,25 +224,28 @@ class HttpListener:
 
     @classmethod
     def bind(cls, host: str, port: int, security: Security, read_timeout: float = 10.0,
-             idle_timeout: float = 300.0, reuse_port: bool = False) -> HttpListener:
+             idle_timeout: float = 300.0, reuse_port: bool = False,
+             max_connections: int = 1024) -> HttpListener:
         """`idle_timeout`: a connection without a request in progress for this long is closed
-        (one that never sends one, or sends half its headers, too); 0: never."""
+        (one that never sends one, or sends half its headers, too); 0: never.
+        `max_connections`: connections open at once; more are closed as they come."""
         context = ssl_context(security)  # a bad certificate fails before the port is taken
         sockets, port = bind_sockets(host, port, reuse_port)
-        return cls(sockets, port, context, read_timeout, idle_timeout)
+        return cls(sockets, port, context, read_timeout, idle_timeout, max_connections)
 
     async def start(self, app: web.Application) -> None:
         """Serve `app` (on the running loop). A client that goes away cancels its handler, as a
-        cancelled gRPC call does; an unread body over the limit is drained for at most the read
-        timeout, so that its 413 reaches the client. aiohttp's keep-alive timer runs from the
-        connection's start and between requests: it is the idle timeout (its default, an hour,
-        let idle connections hold file descriptors; its 0 would close after every answer)."""
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
-                                     lingering_time=self._read_timeout, shutdown_timeout=0.5,
-                                     keepalive_timeout=self._idle_timeout or _NEVER)
+        cancelled gRPC call does. aiohttp's keep-alive timer runs from the connection's start
+        and between requests: it is the idle timeout (its default, an hour, let idle
+        connections hold file descriptors; its 0 would close after every answer)."""
+        handler_args = dict(access_log=None, lingering_time=0, auto_decompress=False,
+                            keepalive_timeout=self._idle_timeout or _NEVER)
+        self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5,
+                                     **handler_args)
         await self._runner.setup()
         for sock in self.sockets:
-            await web.SockSite(self._runner, sock, ssl_context=self._context).start()
+            await _GuardedSite(self._runner, sock, self.guard, handler_args, self._context,
+                               self._read_timeout or _NEVER).start()
 
     async def stop(self) -> None:
         """Stop listening and close every connection (Server.stop has waited for the requests

@@ -4,7 +4,7 @@ same tensor names, limits and routes the server uses, so it cannot describe anot
 from __future__ import annotations
 
 import server
-from server.api import kserve_tensors
+from server.dataplane import tensors as kserve_tensors
 from server.api.http.deadlines import TIMEOUT_HEADER
 from server.api.http.tensors import HEADER_LENGTH
 from server.dataplane import decode

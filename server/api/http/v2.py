@@ -17,30 +17,36 @@ as JSON (jsonpb.py): the two protocols cannot drift apart. Inference is translat
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 from inference import grpc_service_pb2 as pb
 
-from server.api import kserve_tensors
 from server.api.http import tensors
 from server.api.http.auth import HEALTH, V2, twin
-from server.api.http.body import read_body
+from server.api.http.body import json_value, read_body
 from server.api.http.deadlines import deadline
 from server.api.http.jsonpb import message_dict, set_parameter
-from server.api.kserve import Repository, V2Servicer, version_of
+from server.api.kserve import Repository, V2Servicer
 from server.dataplane.core import Core
+from server.dataplane.tensors import TensorRequest
+from server.dataplane.types import version_of
 from server.errors import InvalidRequest, Unavailable, shorten
 
 _SMALL_BODY = 64 * 1024  # repository requests carry a few parameters at most
+INLINE_BODY_BYTES = 256 * 1024  # inference bodies up to this size are parsed on the loop (<1 ms)
 
 
 class V2Routes:
-    def __init__(self, core: Core, repository: Repository | None, read_timeout: float):
+    def __init__(self, core: Core, repository: Repository | None, read_timeout: float,
+                 parser: ThreadPoolExecutor):
         self.core = core
         self.servicer = V2Servicer(core, repository)
         self.read_timeout = read_timeout
+        self._parser = parser
 
     def add_to(self, router: web.UrlDispatcher, expect) -> None:
         router.add_get("/v2", self.server_metadata)
@@ -103,19 +109,21 @@ class V2Routes:
     async def infer(self, request: web.Request) -> web.Response:
         body = await read_body(request, self.core.limits.max_message_bytes, self.read_timeout)
         name, version = _model(request)
-        call = tensors.parse_infer(body, request.headers.get(tensors.HEADER_LENGTH), name, version)
-        wanted: list[kserve_tensors.Wanted] = []
-
-        def parse():  # called once the model is found, as over gRPC
-            wanted.extend(kserve_tensors.wanted_of(call.request))
-            return kserve_tensors.images_of(call.request)
-
-        spec, out = await self.core.infer(name, version_of(version), parse,
-                                          deadline=deadline(request, call.timeout),
-                                          protocol="http")
-        answer = kserve_tensors.infer_response(call.request.id, spec, out, wanted)
+        call = await self._parse(body, request.headers.get(tensors.HEADER_LENGTH))
+        answer = await self.core.infer_tensors(TensorRequest(
+            name, version_of(version), call.read, call.id, deadline(request, call.timeout),
+            protocol="http"))
         data, headers = tensors.infer_body(answer, call)
         return web.Response(body=data, headers=headers)
+
+    async def _parse(self, body: bytes, header_length: str | None) -> tensors.InferCall:
+        """The body parsed on the loop when small; a large one in the parser's one thread, so
+        the loop answers others meanwhile (between the parser's C calls) and parses never pile
+        up on the GIL more than one at a time."""
+        if len(body) <= INLINE_BODY_BYTES:
+            return tensors.parse_infer(body, header_length, self.core.limits)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._parser, tensors.parse_infer, body, header_length, self.core.limits)
 
     @twin(V2 + "RepositoryIndex")
     async def repository_index(self, request: web.Request) -> web.Response:
@@ -163,10 +171,7 @@ class V2Routes:
                                self.read_timeout)
         if not body.strip():
             return {}
-        try:
-            value = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InvalidRequest(f"the request body is not JSON: {e}") from None
+        value = json_value(body)
         if not isinstance(value, dict):
             raise InvalidRequest("the request body must be a JSON object")
         return value

@@ -18,7 +18,7 @@ import model_contract as mc
 from server.models.loading import Loader
 from server.models.providers import (CPU, CUDA, TF32_PROBE_TOLERANCE, CudaOptions,
                                      ProviderPolicy)
-from tests.server.processes import ServerProcess
+from harness.process import ServerProcess
 
 REAL_SESSION = ort.InferenceSession
 FULL_FP32 = {"use_tf32": "0", "cudnn_conv_algo_search": "EXHAUSTIVE",

@@ -23,7 +23,7 @@ from server.app import create_server
 from server.models.providers import ProviderPolicy
 from server.models.loading import load_models
 from server.models.scan import scan
-from tests.server.processes import by_labels, scrape
+from harness.process import by_labels, scrape
 from tests.serving_fixtures import REPO, models_dir, run_cli  # noqa: F401 - fixtures
 
 INT8 = "lenet_bn:int8"

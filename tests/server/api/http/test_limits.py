@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import threading
 import time
 
@@ -47,6 +48,39 @@ def test_a_declared_body_over_the_limit_is_refused_before_it_is_sent(http_server
                                      f"{LIMIT:,} bytes (--max-message-bytes); send fewer or "
                                      "smaller images per request")
     still_serving(base)
+
+
+def test_a_declared_body_over_the_limit_is_refused_before_a_byte_of_it_arrives(http_server):
+    """Without Expect: 100-continue too: the headers alone are answered (a server that counted
+    the body as it came would wait for it, and answer 408 after the read timeout)."""
+    port = http_server.http_port
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        s.sendall(head(port, f"/v2/models/{MODEL}/infer", LIMIT + 1))
+        answer = s.recv(65536)
+    assert status_of(answer) == 413 and b"--max-message-bytes" in answer
+
+
+def test_a_small_unread_body_is_read_away_and_the_connection_serves_on(http_server):
+    connection = http.client.HTTPConnection("127.0.0.1", http_server.http_port, timeout=60)
+    connection.request("GET", "/v2/health/live", body=bytes(1000))
+    assert connection.getresponse().read() == b'{"live": true}'
+    connection.request("GET", "/v2/health/live")  # the same connection
+    assert connection.getresponse().status == 200
+    connection.close()
+
+
+def test_a_huge_unread_body_closes_the_connection_unread(http_server):
+    """A declared 10 GB body on a route that reads none: answered, then the connection closed
+    at once. A server that read it away would hold the connection for its read timeout (10 s)
+    while the client sends nothing more: the socket's 5 s timeout would end the test first."""
+    port = http_server.http_port
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000000"
+                  b"\r\n\r\n" + bytes(65536))
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    assert status_of(data) == 200 and b"Connection: close" in data
 
 
 @pytest.mark.parametrize("path", [f"/v1/models/{MODEL}:classify", f"/v2/models/{MODEL}/infer"])

@@ -4,7 +4,7 @@ sees the same figures for what it sent over HTTP as for gRPC (server/metrics.py)
 from __future__ import annotations
 
 from tests.server.api.http.web import call, post_json, sample_png
-from tests.server.processes import by_labels, scrape
+from harness.process import by_labels, scrape
 
 KEYS = ("model", "version", "protocol", "code")
 

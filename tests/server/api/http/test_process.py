@@ -12,7 +12,7 @@ import pytest
 
 from tests.server.api.http.web import body_of, call, raw_exchange, sample_png, status_of
 from tests.server.certs import CertificateAuthority
-from tests.server.processes import ServerProcess, free_port
+from harness.process import ServerProcess, free_port
 
 CPU = ("--port", "0", "--device", "cpu")
 

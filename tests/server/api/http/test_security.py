@@ -9,7 +9,9 @@ import urllib.error
 
 import pytest
 
+from harness.wait import until
 from server.api.security import Security
+from server.api.transport import Transport
 from server.app import create_server
 from tests.server.api.http.web import call, sample_png
 from tests.server.certs import CertificateAuthority
@@ -95,6 +97,27 @@ def test_tls_with_the_grpc_certificate_flags(pki):
                  context=ssl.create_default_context())
         with pytest.raises((ConnectionError, OSError)):  # plaintext to a TLS port
             call(f"http://127.0.0.1:{srv.http_port}/v2/health/ready")
+
+
+def test_failed_handshakes_give_back_their_place_under_the_connection_cap(pki):
+    """With --max-connections 5: 20 plaintext clients fail their TLS handshakes one after
+    another, and a good one still gets in: a handshake that fails never starts its handler,
+    which gives its place back once the handshake's time (the read timeout, 1 s) is up."""
+    srv, _ = create_server(models=[fake_model()], port=0, http_port=0,
+                           security=Security(pki["server"].cert, pki["server"].key),
+                           transport=Transport(max_connections=5,
+                                               request_read_timeout_seconds=1.0))
+    srv.start()
+    try:
+        for _ in range(20):
+            with pytest.raises((ConnectionError, OSError)):
+                call(f"http://127.0.0.1:{srv.http_port}/v2/health/ready")
+        until(lambda: srv.http.guard.open == 0, what="the failed handshakes' places back")
+        trusting = ssl.create_default_context(cafile=pki["ca"].pem)
+        answer = call(f"https://127.0.0.1:{srv.http_port}/v2/health/ready", context=trusting)
+        assert answer.status == 200
+    finally:
+        srv.stop(0)
 
 
 def test_mutual_tls_needs_a_client_certificate(pki):

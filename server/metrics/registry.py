@@ -24,6 +24,12 @@ one process, as in the tests, keep their figures apart. The names are a contract
 - fmnist_requests_in_flight, fmnist_queue_images {model, version}: read when scraped.
 - fmnist_model_ready {model, version, provider}: 1 for each served version (with the execution
   provider in use), 0 for a version found but refused.
+- fmnist_event_loop_lag_seconds: how late a callback scheduled every 0.1 s ran on the event loop
+  that gRPC and HTTP share (server/loop.py); anything that blocks the loop shows here.
+- fmnist_accept_failures_total: accepts that failed for want of file descriptors.
+- fmnist_http_connections (open now), fmnist_http_connections_refused_total (over
+  --max-connections), fmnist_http_malformed_requests_total (requests aiohttp could not parse):
+  the HTTP port's guard (server/api/http/listener.py).
 - process_* and python_info: the process (ProcessCollector, PlatformCollector).
 """
 
@@ -32,17 +38,20 @@ from __future__ import annotations
 import logging
 
 from prometheus_client import (CollectorRegistry, Counter, Histogram, PlatformCollector,
-                               ProcessCollector, start_http_server)
-from prometheus_client.core import GaugeMetricFamily
+                               ProcessCollector)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from server.api.http.listener import ConnectionGuard
 from server.batching.batcher import BatchEvent
 from server.dataplane.core import Core
 from server.dataplane.types import RequestEvent
-from server.errors import StartupError
+from server.loop import EventLoop
+from server.metrics.exposition import serve
 
 log = logging.getLogger(__name__)
 
 # 0.5 ms (a small model's batch) .. 10 s (a large batch of a large model on a CPU).
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                    5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -77,6 +86,9 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("fmnist_batch_size", "Images in one batch (padding excluded)",
                                     _MODEL, buckets=BATCH_BUCKETS, registry=r)
+        self.loop_lag = Histogram("fmnist_event_loop_lag_seconds",
+                                  "How late a callback due every 0.1 s ran on the event loop",
+                                  buckets=LAG_BUCKETS, registry=r)
         # Labelled children bound once per label values (a labels() lookup takes a lock and
         # validates the values: a few us per request on the event loop, saved).
         self._requests_bound: dict[tuple, tuple] = {}
@@ -85,11 +97,20 @@ class Metrics:
         self._http = None
         self.port = 0
 
-    def watch(self, core: Core) -> None:
+    def watch(self, core: Core, loop: EventLoop | None = None,
+              http: ConnectionGuard | None = None) -> None:
         """Follow `core`: the batches of every version it serves (also of versions that come
-        later), and its gauges, read at each scrape."""
+        later), and its gauges, read at each scrape; the event loop's lag and failed accepts;
+        the HTTP port's connections and refusals."""
         core.batch_observers.append(self._on_batch)
         self.registry.register(_CoreCollector(core))
+        if loop is not None:
+            loop.lag_observers.append(self.loop_lag.observe)
+            self.registry.register(_Counted("fmnist_accept_failures", "Accepts that failed for "
+                                            "want of file descriptors",
+                                            lambda: loop.accept_failures))
+        if http is not None:
+            self.registry.register(_HttpCollector(http))
 
     def observe_request(self, event: RequestEvent) -> None:
         """Core's observer: called once per request as it ends, on the event loop."""
@@ -114,23 +135,16 @@ class Metrics:
 
     def start(self, host: str, port: int) -> int:
         """Serve /metrics on host:port (0: a free port); returns the bound port."""
-        try:
-            self._http = start_http_server(port, host, self.registry)
-        except (OSError, OverflowError) as e:  # in use, not an address here, not a port
-            raise StartupError(f"cannot serve metrics on {host}:{port}: {e}") from None
-        self.port = self._http[0].server_port
+        self._http = serve(self.registry, host, port)
+        self.port = self._http.port
         log.info("metrics on http://%s:%d/metrics", host, self.port,
                  extra={"metrics_port": self.port})
         return self.port
 
     def stop(self) -> None:
-        if self._http is None:
-            return
-        server, thread = self._http
-        server.shutdown()
-        server.server_close()
-        thread.join()
-        self._http = None
+        if self._http is not None:
+            self._http.stop()
+            self._http = None
 
     def _on_batch(self, model: str, version: int, event: BatchEvent) -> None:
         bound = self._batches_bound.get((model, version))
@@ -144,6 +158,37 @@ class Metrics:
             queue_seconds.observe(wait)
         inference_seconds.observe(event.seconds)
         batch_size.observe(event.size)
+
+
+class _Counted:
+    """One counter whose value is read, when scraped, from whoever counts it."""
+
+    def __init__(self, name: str, documentation: str, read):
+        self._family = (name, documentation)
+        self._read = read
+
+    def collect(self):
+        counter = CounterMetricFamily(*self._family)
+        counter.add_metric((), self._read())
+        return [counter]
+
+
+class _HttpCollector:
+    """The HTTP port's guard (server/api/http/listener.py), read when scraped."""
+
+    def __init__(self, guard: ConnectionGuard):
+        self.guard = guard
+
+    def collect(self):
+        open_ = GaugeMetricFamily("fmnist_http_connections", "HTTP connections open now")
+        open_.add_metric((), self.guard.open)
+        refused = CounterMetricFamily("fmnist_http_connections_refused",
+                                      "HTTP connections closed at once: --max-connections open")
+        refused.add_metric((), self.guard.refused)
+        malformed = CounterMetricFamily("fmnist_http_malformed_requests",
+                                        "HTTP requests that could not be parsed (answered 400)")
+        malformed.add_metric((), self.guard.malformed)
+        return [open_, refused, malformed]
 
 
 class _CoreCollector:

@@ -1,6 +1,6 @@
-"""A real `python -m server` process for tests: its log collected line by line, its port and its
-metrics read from what it says and serves, and waits on those observable states (never sleeps
-that guess how long something takes)."""
+"""A real `python -m server` process: its log collected line by line, its port and its metrics
+read from what it says and serves, its memory and file descriptors from /proc, and waits on
+those observable states (never sleeps that guess how long something takes)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ import threading
 import time
 import urllib.request
 
+from dataclasses import dataclass
+
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.serving_fixtures import REPO
+from harness import REPO
 
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
 
@@ -119,6 +121,9 @@ class ServerProcess:
                 raise AssertionError(f"{name} stayed at {value}:\n{self.log}")
             time.sleep(0.05)
 
+    def usage(self) -> "Usage":
+        return usage(self.proc.pid)
+
     def wait(self, timeout: float = 60) -> int:
         rc = self.proc.wait(timeout)
         self._reader.join(10)
@@ -139,3 +144,16 @@ def scrape(port: int) -> dict[str, list]:
 def by_labels(samples: dict, name: str, *keys: str) -> dict[tuple, float]:
     """The samples of `name` as {label values in `keys` order: value}."""
     return {tuple(labels[k] for k in keys): value for labels, value in samples.get(name, [])}
+
+
+@dataclass(frozen=True)
+class Usage:
+    rss_mb: float
+    fds: int
+
+
+def usage(pid: int) -> Usage:
+    """A process's resident memory and open file descriptors now (from /proc)."""
+    with open(f"/proc/{pid}/status") as status:
+        rss_kb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+    return Usage(rss_kb / 1024, len(os.listdir(f"/proc/{pid}/fd")))
