@@ -5,13 +5,16 @@
 
 Traffic (`KINDS`, weighted): valid PNG, JPEG and raw requests over fmnist.v1 Classify and KServe
 v2 ModelInfer (raw UINT8 tensors and encoded BYTES); malformed images; messages over the size
-limit; calls the client cancels; deadlines too short to meet; unknown models. Each kind lists the
-status codes it may end with; any other is "unexpected". Per interval it prints requests,
-codes, p50/p99 latency of the valid requests, and the server's RSS, open file descriptors and
-threads (from /proc). It passes (exit 0) when nothing unexpected happened, the server stopped
-cleanly on SIGTERM, and RSS, fds and threads stay within 10% of their value at the end of the
-first interval (fds and threads: at least +-2, small counts move by one or two). Before the first
-interval, --warmup-seconds of the same traffic are not counted.
+limit; calls the client cancels; deadlines too short to meet; unknown models; and hostile HTTP
+requests from scripts/attacks/catalog.py (a brotli bomb, a gzip part, deep JSON, a huge integer,
+broken multipart, a 100 KB method, a malformed request line). Each kind lists the status codes
+it may end with; any other is "unexpected". Per interval it prints requests, codes, p50/p99
+latency of the valid requests, the server's RSS, open file descriptors and threads (from /proc)
+and its event loop's stalls (ticks more than 1 s late, from /metrics). It passes (exit 0) when
+nothing unexpected happened, the loop never stalled, the server stopped cleanly on SIGTERM, and
+RSS, fds and threads stay within 10% of their value at the end of the first interval (fds and
+threads: at least +-2, small counts move by one or two). Before the first interval,
+--warmup-seconds of the same traffic are not counted.
 
 With --workers N (N `python -m server` workers behind a parent) and --max-worker-rss-mb M (a
 worker past M MiB is replaced), the figures are the parent's, plus the largest worker's: its
@@ -19,9 +22,9 @@ fds and threads follow the same 10% rule, and its RSS, sampled every second, mus
 (+10%: a worker goes on serving while its replacement starts and it retires); without M, under
 the first interval's +10%. Workers that are replaced are counted per interval.
 
-To add traffic: write `async def my_kind(ctx) -> None` that makes one
-call and lets grpc.aio.AioRpcError escape, and add `Kind("v2-infer", weight, my_kind, {OK})` to
-KINDS.
+To add traffic: write `async def my_kind(ctx) -> None` that makes one gRPC call and lets
+grpc.aio.AioRpcError escape (or returns an HTTP status as a string), and add
+`Kind("v2-infer", weight, my_kind, codes("OK"))` to KINDS.
 The server runs with MALLOC_ARENA_MAX=2 (--malloc-arena-max; 0: glibc's default of 8 per core).
 Before failed calls stopped holding their requests in reference cycles, RSS crept ~20% in 10
 minutes with the default arenas and ~14% with 2; since then ~0.5 MiB a minute remains, grpc's
@@ -59,11 +62,12 @@ from inference import grpc_service_pb2_grpc as v2_grpc
 from PIL import Image
 
 from harness.models import build_small_models
+from harness.process import ServerProcess, by_labels, scrape
+from scripts.attacks import catalog
+from scripts.attacks.wire import http_exchange
 
-REPO = Path(__file__).resolve().parent.parent
 MAX_MESSAGE = 1024 * 1024  # the soak server's --max-message-bytes: oversize requests are cheap
 TOLERANCE = 0.10
-C = grpc.StatusCode
 
 
 @dataclass
@@ -75,6 +79,7 @@ class Context:
     jpeg: bytes
     raw: bytes
     rng: random.Random
+    target: catalog.Target  # the server as the hostile HTTP requests see it
     aged: bool = False  # the server closes connections by age (Kind.aged)
 
 
@@ -82,10 +87,14 @@ class Context:
 class Kind:
     name: str
     weight: float
-    call: Callable[[Context], Awaitable[None]]
-    expected: frozenset
+    call: Callable[[Context], Awaitable[str | None]]  # None: OK; else an HTTP status
+    expected: frozenset  # status code names, or HTTP statuses
     valid: bool = False  # its latency goes into p50/p99
     aged: frozenset = frozenset()  # also expected where the server closes connections by age
+
+
+def codes(*names: str) -> frozenset:
+    return frozenset(names)
 
 
 def _request(ctx: Context, *images: pb.Image, model: str | None = None) -> pb.ClassifyRequest:
@@ -155,28 +164,50 @@ async def v2_encoded(ctx):
         timeout=30)
 
 
+HOSTILE = ("br-bomb", "gzip-part", "deep-json-infer", "huge-integer", "long-part-header",
+           "nul-filename", "long-method", "unicode-length")
+
+
+async def hostile_http(ctx) -> str:
+    """One of the cheap attacks of scripts/attacks/catalog.py (small size), from a thread."""
+    attack = catalog.BY_NAME[ctx.rng.choice(HOSTILE)]
+    reply = await asyncio.to_thread(attack.send, ctx.target, False)
+    return reply.status if reply.status in attack.expect else f"{attack.name}:{reply.status}"
+
+
+def _one_malformed_line(ctx) -> str:
+    return http_exchange(ctx.target.host, ctx.target.http_port,
+                                 b"GET / HTTP/1.1\r\nHost: x\r\nno colon\r\n\r\n").status
+
+
+async def malformed_http(ctx) -> str:
+    return await asyncio.to_thread(_one_malformed_line, ctx)
+
+
 KINDS = [
-    Kind("png", 4, valid_png, frozenset({C.OK}), valid=True),
-    Kind("jpeg", 3, valid_jpeg, frozenset({C.OK}), valid=True),
-    Kind("raw", 3, valid_raw, frozenset({C.OK}), valid=True),
+    Kind("png", 4, valid_png, codes("OK"), valid=True),
+    Kind("jpeg", 3, valid_jpeg, codes("OK"), valid=True),
+    Kind("raw", 3, valid_raw, codes("OK"), valid=True),
     # a bit flip can leave an image decodable (OK); otherwise it is INVALID_ARGUMENT
-    Kind("malformed", 2, malformed, frozenset({C.OK, C.INVALID_ARGUMENT})),
+    Kind("malformed", 2, malformed, codes("OK", "INVALID_ARGUMENT")),
     # Where connections are closed by age (--max-connection-age-seconds, which recycling workers
     # need), grpc may close one while a client is still sending a message it has refused: the
     # unread rest makes the kernel reset the connection, and the refusal is lost (UNAVAILABLE,
     # ~1 in 50 oversize calls with a 2 s age, seen with one process as with workers).
-    Kind("oversize", 0.5, oversize, frozenset({C.RESOURCE_EXHAUSTED}),
-         aged=frozenset({C.UNAVAILABLE})),
+    Kind("oversize", 0.5, oversize, codes("RESOURCE_EXHAUSTED"), aged=codes("UNAVAILABLE")),
     # cancelled before or after the answer; a deadline may pass before the call even starts.
     # Where connections are closed by age, a call caught by its connection's close ends
     # UNAVAILABLE before its 1 ms is up (seen once, in the test's 10 s run with 1 s connection
     # ages and workers replaced throughout); a client retries it like any call on a closing one.
-    Kind("cancelled", 1, cancelled, frozenset({C.CANCELLED, C.OK})),
-    Kind("deadline", 1, short_deadline, frozenset({C.DEADLINE_EXCEEDED, C.OK}),
-         aged=frozenset({C.UNAVAILABLE})),
-    Kind("unknown-model", 0.5, unknown_model, frozenset({C.NOT_FOUND})),
-    Kind("v2-raw", 2, v2_raw, frozenset({C.OK}), valid=True),
-    Kind("v2-encoded", 2, v2_encoded, frozenset({C.OK}), valid=True),
+    Kind("cancelled", 1, cancelled, codes("CANCELLED", "OK")),
+    Kind("deadline", 1, short_deadline, codes("DEADLINE_EXCEEDED", "OK"),
+         aged=codes("UNAVAILABLE")),
+    Kind("unknown-model", 0.5, unknown_model, codes("NOT_FOUND")),
+    Kind("v2-raw", 2, v2_raw, codes("OK"), valid=True),
+    Kind("v2-encoded", 2, v2_encoded, codes("OK"), valid=True),
+    # what each attack is answered with (catalog.Attack.expect); anything else is unexpected
+    Kind("hostile-http", 0.5, hostile_http, codes("400", "401", "404", "415", "closed")),
+    Kind("malformed-http", 0.2, malformed_http, codes("400")),
 ]
 
 
@@ -271,55 +302,45 @@ async def worker(ctx: Context, stop: asyncio.Event, intervals: list[Interval]) -
         kind = ctx.rng.choices(kinds, weights)[0]
         started = time.perf_counter()
         try:
-            await kind.call(ctx)
-            code = C.OK
+            code = await kind.call(ctx) or "OK"
         except grpc.aio.AioRpcError as e:
-            code = e.code()
+            code = e.code().name
         except asyncio.CancelledError:
             if stop.is_set():
                 return
-            code = C.CANCELLED
+            code = "CANCELLED"
         interval = intervals[-1]
         interval.requests += 1
-        interval.codes[code.name] += 1
+        interval.codes[code] += 1
         if code not in (kind.expected | kind.aged if ctx.aged else kind.expected):
-            interval.unexpected[f"{kind.name}:{code.name}"] += 1
-        elif kind.valid and code == C.OK:
+            interval.unexpected[f"{kind.name}:{code}"] += 1
+        elif kind.valid and code == "OK":
             interval.latencies.append(time.perf_counter() - started)
 
 
-class Server:
-    """`python -m server` with its output collected (the pipe never fills)."""
+def start_server(models_dir: Path, extra: list[str], malloc_arena_max: int) -> ServerProcess:
+    """`python -m server` with gRPC, HTTP and /metrics on free ports."""
+    return ServerProcess(
+        "--models-dir", str(models_dir), "--port", "0", "--device", "cpu",
+        "--max-message-bytes", str(MAX_MESSAGE), "--grace", "10", *extra, metrics=True,
+        http=True, env={"MALLOC_ARENA_MAX": str(malloc_arena_max)} if malloc_arena_max else None)
 
-    def __init__(self, models_dir: Path, extra: list[str], malloc_arena_max: int = 0):
-        env = dict(os.environ)
-        if malloc_arena_max:
-            env["MALLOC_ARENA_MAX"] = str(malloc_arena_max)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "--models-dir", str(models_dir), "--port", "0",
-             "--device", "cpu", "--max-message-bytes", str(MAX_MESSAGE), "--grace", "10",
-             "--metrics-port", "0", "--http-port", "0", *extra],  # theirs would clash
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lines: list[str] = []
-        threading.Thread(target=lambda: self.lines.extend(l.rstrip() for l in self.proc.stdout),
-                         daemon=True).start()
 
-    def port(self, timeout: float = 120) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            for line in list(self.lines):
-                if m := re.search(r"listening on \S+:(\d+)", line):
-                    return int(m.group(1))
-            time.sleep(0.05)
-        raise SystemExit("the server did not start:\n" + "\n".join(self.lines))
+def stop_server(server: ServerProcess) -> int:
+    server.proc.send_signal(signal.SIGTERM)
+    try:
+        return server.wait(30)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        return -9
 
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return -9
+
+def loop_stalls(metrics_port: int) -> float:
+    """Ticks of the server's event loop that ran more than 1 s late, so far."""
+    samples = scrape(metrics_port)
+    count = by_labels(samples, "fmnist_event_loop_lag_seconds_count").get((), 0.0)
+    return count - by_labels(samples, "fmnist_event_loop_lag_seconds_bucket", "le").get(
+        ("1.0",), 0.0)
 
 
 def build_model(workdir: Path) -> Path:
@@ -330,9 +351,11 @@ def percentile(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)) * 1000, 2) if values else None
 
 
-async def run(args, pid: int, port: int, model: str) -> list[dict]:
+async def run(args, server: ServerProcess, port: int, model: str) -> list[dict]:
     """The traffic, from --concurrency callers over --connections connections, and one row per
     interval after the warm-up."""
+    pid = server.proc.pid
+    target = catalog.Target("127.0.0.1", port, server.http_port, model=model)
     png, jpeg, raw = sample_images()
     sampler = Sampler(pid) if args.workers != "1" or args.max_worker_rss_mb else None
     intervals, stop = [Interval()], asyncio.Event()
@@ -342,10 +365,10 @@ async def run(args, pid: int, port: int, model: str) -> list[dict]:
                 for _ in range(args.connections)]
     stubs = [(pb_grpc.ClassifierStub(c), v2_grpc.GRPCInferenceServiceStub(c)) for c in channels]
     tasks = [asyncio.create_task(worker(Context(
-        *stubs[i % len(stubs)], model, png, jpeg, raw, random.Random(args.seed + i),
+        *stubs[i % len(stubs)], model, png, jpeg, raw, random.Random(args.seed + i), target,
         ages_connections(args)), stop, intervals)) for i in range(args.concurrency)]
     try:
-        return await measure(args, pid, intervals, sampler)
+        return await measure(args, server, intervals, sampler)
     finally:
         stop.set()
         for task in tasks:
@@ -357,9 +380,11 @@ async def run(args, pid: int, port: int, model: str) -> list[dict]:
             sampler.stop()
 
 
-async def measure(args, pid: int, intervals: list[Interval], sampler: Sampler | None) -> list:
+async def measure(args, server: ServerProcess, intervals: list[Interval],
+                  sampler: Sampler | None) -> list:
     await asyncio.sleep(args.warmup_seconds)  # traffic not counted: sessions, arenas, caches
     intervals.append(Interval())
+    stalls = await asyncio.to_thread(loop_stalls, server.metrics_port)
     if sampler is not None:
         sampler.take()  # the warm-up's figures go
     rows, started = [], time.monotonic()
@@ -367,10 +392,12 @@ async def measure(args, pid: int, intervals: list[Interval], sampler: Sampler | 
         await asyncio.sleep(started + (i + 1) * args.report_seconds - time.monotonic())
         intervals.append(Interval())
         done = intervals[-2]
+        stalls, before = await asyncio.to_thread(loop_stalls, server.metrics_port), stalls
         rows.append({"interval": i + 1, "requests": done.requests, "codes": dict(done.codes),
                      "unexpected": dict(done.unexpected),
                      "p50_ms": percentile(done.latencies, 50),
-                     "p99_ms": percentile(done.latencies, 99), **process_stats(pid),
+                     "p99_ms": percentile(done.latencies, 99), "loop_stalls": stalls - before,
+                     **process_stats(server.proc.pid),
                      **(sampler.take() if sampler is not None else {})})
         print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -388,6 +415,8 @@ def judge(rows: list[dict], max_worker_rss_mb: float | None = None) -> list[str]
     worker's RSS over --max-worker-rss-mb (+10%), or without it drifting like the rest."""
     problems = [f"interval {r['interval']}: unexpected {r['unexpected']}"
                 for r in rows if r["unexpected"]]
+    problems += [f"interval {r['interval']}: the event loop ran over 1 s late {r['loop_stalls']:g}"
+                 " time(s)" for r in rows if r.get("loop_stalls")]
     workers = "workers" in rows[0]
     drifting = [("rss_mib", 0.0), ("fds", 2), ("threads", 2)]
     if workers:
@@ -437,13 +466,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="soak-") as workdir:
         models_dir = args.models_dir or build_model(Path(workdir))
-        server = Server(models_dir, [*worker_flags(args), *args.server_args],
-                        args.malloc_arena_max)
+        server = start_server(models_dir, [*worker_flags(args), *args.server_args],
+                              args.malloc_arena_max)
         try:
-            port = server.port()
-            rows = asyncio.run(run(args, server.proc.pid, port, args.model))
+            port = server.wait_for_port()
+            rows = asyncio.run(run(args, server, port, args.model))
         finally:
-            rc = server.stop()
+            rc = stop_server(server)
     problems = judge(rows, args.max_worker_rss_mb)
     if rc != 0:
         problems.append(f"the server exited {rc} on SIGTERM")

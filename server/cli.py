@@ -39,6 +39,7 @@ log = logging.getLogger("server")
 # blocked in a long wait unaware until the wait ends. So the main thread waits in short steps.
 SIGNAL_POLL = 0.25
 RESERVED_FDS = 512  # file descriptors kept from --max-connections' default
+MAX_CONNECTIONS = 4096  # --max-connections' default at most, per port
 
 _DEFAULTS = Limits()
 _BATCH = BatchPolicy()
@@ -165,7 +166,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-connections", type=_positive_int, metavar="N",
                    help="connections open at once on each port (gRPC, HTTP); more are closed as "
                         "they arrive (default: from the process's file limit, raised to its hard "
-                        f"limit: half each, less {RESERVED_FDS} for models, logs and threads)")
+                        f"limit: half each, less {RESERVED_FDS} for models, logs and threads; at "
+                        f"most {MAX_CONNECTIONS})")
     t.add_argument("--max-connection-age-seconds", type=_seconds,
                    default=_TRANSPORT.max_connection_age_seconds,
                    help="close connections this old (clients reconnect; spreads load behind a "
@@ -284,11 +286,13 @@ def raise_file_limit() -> int:
 def default_max_connections() -> int:
     """--max-connections by default: of the files this process may open, RESERVED_FDS for its
     models, logs, threads and scans, half the rest for each port, so both ports full still leave
-    it able to work (and never at EMFILE, where accepting fails over and over)."""
+    it able to work (and never at EMFILE, where accepting fails over and over); at most
+    MAX_CONNECTIONS, since each connection holds memory (measured: ~12 KB a gRPC one, ~6 KB an
+    HTTP one, kept by the allocator for reuse after they close)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         soft = 1 << 20
-    return max(16, (soft - RESERVED_FDS) // 2)
+    return max(16, min(MAX_CONNECTIONS, (soft - RESERVED_FDS) // 2))
 
 
 def _batching(args: argparse.Namespace) -> Batching:

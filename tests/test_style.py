@@ -12,7 +12,7 @@ from tests.conftest import REPO
 MAX_LINES = 60
 MAX_POSITIONAL = 8
 PARSER_BUILDERS = {"get_args_parser", "add_args"}
-PACKAGES = ("trainer", "exporter", "server", "client", "reporting", "bench", "scripts")
+PACKAGES = ("trainer", "exporter", "server", "client", "reporting", "bench", "scripts", "harness")
 
 
 def long_functions(path: Path) -> list[str]:

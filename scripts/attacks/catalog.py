@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import resource
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -253,7 +254,7 @@ def long_method(t: Target, full: bool) -> Reply:
 def idle_connections(t: Target, full: bool) -> Reply:
     """Open connections to both ports and hold them: what the server holds meanwhile must stay
     within its cap per port ("over the cap" otherwise), the rest refused."""
-    n = 20_000 if full else 4 * t.max_connections
+    n = min(20_000, _own_file_limit() - 256) if full else 4 * t.max_connections
     before = t.fds() if t.fds else 0
     held, failed = [], 0
     try:
@@ -273,6 +274,14 @@ def idle_connections(t: Target, full: bool) -> Reply:
     return Reply("over the cap" if over else "held", 0,
                  f"{n:,} connections: {failed:,} not made, {closed:,} closed by the server, "
                  f"{holding if holding is not None else '?'} descriptors held by it")
+
+
+def _own_file_limit() -> int:
+    """This process's open-file limit, raised to its hard limit: what it may hold itself."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def _closed_by_server(sock: socket.socket) -> bool:

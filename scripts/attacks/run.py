@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from harness.process import ServerProcess
+from harness.process import ServerProcess, Usage
 from harness.wait import until
 from scripts.attacks.catalog import Attack, Target
 from scripts.attacks.watch import HealthWatch
@@ -66,19 +66,26 @@ def run(server: ServerProcess, target: Target, attack: Attack, full: bool) -> Ou
     with HealthWatch(target.host, target.grpc_port, target.http_port) as watch:
         reply = attack.send(target, full)
     took = time.monotonic() - started
-    fds_after = _fds_settled(server, before.fds)
+    after = _settled(server, before)
     new_lines = server.lines[lines_before:]
     return Outcome(
         attack.name, reply.status, reply.size, reply.detail, watch.grpc.slowest,
         watch.http.slowest, tuple(watch.grpc.failures + watch.http.failures), before.rss_mb,
-        server.usage().rss_mb, before.fds, fds_after, len(new_lines),
+        after.rss_mb, before.fds, after.fds, len(new_lines),
         max((len(line) for line in new_lines), default=0), took)
 
 
-def _fds_settled(server: ServerProcess, before: int, timeout: float = 30.0) -> int:
-    """The server's descriptor count once it is back within FDS_SLACK of `before` (the closed
-    connections are gone), or what it is after `timeout` seconds."""
+def _settled(server: ServerProcess, before: Usage, timeout: float = 30.0) -> Usage:
+    """The server's usage once its descriptors and memory are back within FDS_SLACK and
+    RSS_SLACK_MB of `before` (the attack's connections closed, its memory freed), or what it is
+    after `timeout` seconds."""
+    def back() -> Usage | None:
+        now = server.usage()
+        if now.fds <= before.fds + FDS_SLACK and now.rss_mb <= before.rss_mb + RSS_SLACK_MB:
+            return now
+        return None
+
     try:
-        return until(lambda: (fds := server.usage().fds) <= before + FDS_SLACK and fds, timeout)
+        return until(back, timeout)
     except AssertionError:
-        return server.usage().fds
+        return server.usage()

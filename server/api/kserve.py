@@ -18,7 +18,6 @@ from typing import Protocol
 from inference import grpc_service_pb2 as pb
 from inference import model_config_pb2 as mc_pb
 
-import model_contract as mc
 import server
 from server.api import kserve_tensors
 from server.api.status import deadline_of, map_errors
