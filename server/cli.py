@@ -22,7 +22,7 @@ from pathlib import Path
 
 from cli_text import HelpFormatter
 from model_contract import default_models_dir
-from server import logs
+from server import logs, process
 from server.api import security
 from server.api.transport import Transport
 from server.batching.batcher import BatchPolicy
@@ -192,7 +192,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     logs.setup(args.log_format, args.log_level)
-    raise_file_limit()
+    process.raise_file_limit()
+    process.return_freed_memory()
     try:  # after logging is set up: importing grpc can log
         from server import workers
         from server.app import create_server
@@ -267,20 +268,6 @@ def server_config(args: argparse.Namespace, plan=None):
         allow_empty=args.allow_empty,
         runner_factory=lambda path, providers: OnnxRunner(path, providers, plan.intra_op_threads,
                                                           args.spinning))
-
-
-def raise_file_limit() -> int:
-    """Raise the soft limit of open files to the hard one (as servers do: the soft default of
-    1,024 is a shell's, not a server's); returns the soft limit in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError):
-            log.warning("cannot raise the open-file limit from %d to %d", soft, target)
-    return soft
 
 
 def default_max_connections() -> int:

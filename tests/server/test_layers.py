@@ -13,7 +13,7 @@ from tests.serving_fixtures import REPO
 
 LAYERS = ("api", "dataplane", "batching", "models")  # top to bottom
 SHARED = {"errors", "logs"}  # importable from every layer; they import nothing of the server
-BOOTSTRAP = {"__init__", "__main__", "app", "cli", "loop", "metrics", "workers"}  # on top of all
+BOOTSTRAP = {"__init__", "__main__", "app", "cli", "loop", "metrics", "process", "workers"}
 PROTOCOL_PACKAGES = {"grpc", "grpc_health", "grpc_reflection", "fmnist", "inference", "google"}
 
 
