@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from server.api.classifier import SERVICE_NAME
+from server.api.grpc.classifier import SERVICE_NAME
 from server.cli import get_args_parser
 from harness.process import ServerProcess, free_port
 from tests.serving_fixtures import models_dir  # noqa: F401 - fixture

@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 
 import model_contract
-from server.models.providers import CUDA, cuda_driver_present
+from execution_providers import CUDA, cuda_driver_present
 from server.models.runner import RunOutput
 from server.models.loading import LoadedModel
 from server.models.spec import parse_metadata

@@ -18,7 +18,7 @@ from fmnist.v1 import classifier_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
-from server.dataplane import decode
+from server.dataplane import imagefile
 from server.app import create_server
 from server.errors import StartupError
 from server.dataplane.types import Limits
@@ -101,7 +101,7 @@ def test_every_format_in_one_request_answers_for_its_own_pixels(stub, models_dir
     files.append(encode(Image.fromarray(np.asarray(base).astype(np.uint16) * 257), "PNG"))
     response = stub.Classify(request(*[enc(f) for f in files], top_k=10), timeout=30)
     assert len(response.classifications) == len(files)
-    decoded = np.stack([decode.decode_encoded(f) for f in files])[:, None]
+    decoded = np.stack([imagefile.decode_encoded(f) for f in files])[:, None]
     for image in decoded[:, 0]:
         assert np.abs(image.astype(int) - pixels().astype(int)).mean() < 40  # the sample, roughly
     runner = OnnxRunner(models_dir / "lenet_bn" / "1" / "model.onnx", ["CPUExecutionProvider"])
@@ -314,7 +314,7 @@ def test_unexpected_errors_are_internal_with_a_logged_traceback(caplog):
     srv, ch = serve([fake_model("broken", error=RuntimeError("kaboom")), fake_model("fine")])
     stub = pb_grpc.ClassifierStub(ch)
     try:
-        with caplog.at_level(logging.ERROR, logger="server.api.classifier"):
+        with caplog.at_level(logging.ERROR, logger="server.api.grpc.classifier"):
             e = rpc_error(stub.Classify, request(raw(b"\0" * 784), model="broken"))
         assert e.code() == grpc.StatusCode.INTERNAL and "kaboom" not in e.details()
         record = next(r for r in caplog.records if "INTERNAL" in r.getMessage())
@@ -351,7 +351,7 @@ def test_stop_drains_in_flight_requests_and_refuses_new_ones():
             assert model.runner.started.wait(10)
             stopping = threading.Thread(target=srv.stop, args=(10,))
             stopping.start()
-            while not srv.core._draining:
+            while not srv.core.draining:
                 time.sleep(0.01)
             e = rpc_error(stub.Classify, request(raw(b"\0" * 784), model="slow"))
             assert e.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in e.details()

@@ -162,7 +162,7 @@ def test_a_lone_caller_does_not_wait_for_the_queue_delay():
     caller waited for more images: the batches' own account of each wait says it did not."""
     core = make_core(fake_model("a"), max_delay=5.0)
     waits = []
-    core.batch_observers.append(lambda model, version, event: waits.extend(event.queue_waits))
+    core.served.batch_observers.append(lambda model, version, event: waits.extend(event.queue_waits))
     for v in range(3):
         assert classify(core, "a", 0, [raw(v)]).classifications[0][0].class_id == v
     assert len(waits) == 3 and max(waits) < 5.0
@@ -273,9 +273,9 @@ def test_a_full_queue_is_refused_with_a_retry_hint():
 def test_list_models_reports_each_loaded_version():
     core = make_core(fake_model("a", 1, provider="CUDAExecutionProvider", accuracy=0.9))
     (view,) = core.list_models()
-    assert (view.name, view.version, view.provider, view.spec.test_accuracy) == (
+    assert (view.name, view.version, view.provider, view.test_accuracy) == (
         "a", 1, "CUDAExecutionProvider", 0.9)
-    assert len(view.spec.labels) == 10 and view.spec.input_side == 28
+    assert len(view.labels) == 10 and view.input_side == 28
     core.close()
 
 
@@ -305,7 +305,7 @@ def test_result_probabilities_are_python_floats(core):
 
 def test_decoding_runs_off_the_event_loop(core):
     """An encoded image is decoded on a decode thread, never on the loop's own thread."""
-    import server.dataplane.decode as decode_module
+    import server.dataplane.imagefile as decode_module
     threads = []
     real = decode_module.decode_opened
 
@@ -326,17 +326,17 @@ def test_batch_statistics_and_listeners_see_every_batch():
     model = fake_model("a")
     core = make_core(model, limits=Limits(max_images_per_request=64), max_batch=8)
     events = []
-    core.batch_observers.append(lambda model, version, event: events.append((model, version,
-                                                                              event)))
+    core.served.batch_observers.append(lambda model, version, event: events.append(
+        (model, version, event)))
     classify(core, "a", 0, [raw(v) for v in range(20)])
     classify(core, "a", 0, [raw(1)])
     assert {(m, v) for m, v, _ in events} == {("a", 1)}
     events = [e for _, _, e in events]
     assert [e.size for e in events] == [8, 8, 4, 1] and all(e.ok for e in events)
-    stats = core.stats("a", 1)
-    assert (stats.batches, stats.images, stats.failed_batches) == (4, 21, 0)
-    assert {size: entry[0] for size, entry in stats.by_size.items()} == {8: 2, 4: 1, 1: 1}
-    assert stats.queue_seconds >= 0 and stats.compute_seconds >= 0 and stats.last_batch_at > 0
+    (stats,) = core.statistics("a", 1)
+    assert (stats.execution_count, stats.inference_count) == (4, 21)
+    assert {b.size: b.count for b in stats.by_size} == {8: 2, 4: 1, 1: 1}
+    assert stats.queue_ns >= 0 and stats.compute_ns >= 0 and stats.last_inference_ms > 0
     core.close()
 
 
@@ -349,8 +349,8 @@ def test_removing_a_version_lets_the_requests_that_chose_it_finish():
         await wait_until(model.runner.started.is_set)
         queued = asyncio.create_task(core.classify("slow", 0, [raw(2)]))
         await wait_until(lambda: queued_images(core, "slow", 1) == 1)
-        removing = asyncio.create_task(asyncio.to_thread(core.remove, "slow", 1))
-        await wait_until(lambda: core.versions("slow") == [])  # no longer routed ...
+        removing = asyncio.create_task(asyncio.to_thread(core.served.remove, "slow", 1))
+        await wait_until(lambda: core.served.versions("slow") == [])  # no longer routed ...
         with pytest.raises(ModelNotFound):
             await core.classify("slow", 0, [raw(3)])
         assert not removing.done()  # it waits for the two that chose the version

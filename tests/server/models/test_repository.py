@@ -108,14 +108,14 @@ def test_load_and_unload_on_demand(models_dir, tmp_path):  # noqa: F811
     srv, port = create_server(root, port=0, device="cpu")  # no polling
     srv.start()
     try:
-        repository, core = srv.repository, srv.core
-        repository.unload("lenet")
-        assert core.versions("lenet") == []
-        repository.poll()
-        assert core.versions("lenet") == []  # unloaded on demand: polling leaves it alone
-        repository.load("lenet")
-        assert core.versions("lenet") == [1]
+        control, served = srv.control, srv.core.served
+        control.unload("lenet")
+        assert served.versions("lenet") == []
+        control.poll()
+        assert served.versions("lenet") == []  # unloaded on demand: polling leaves it alone
+        control.load("lenet")
+        assert served.versions("lenet") == [1]
         with pytest.raises(Exception, match="no model 'nope'"):
-            repository.load("nope")
+            control.load("nope")
     finally:
         srv.stop(0)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from server.api.transport import Transport
+from server.api.grpc.transport import Transport
 from server.app import create_server
 from server.dataplane.types import Limits
 from tests.server.api.http.web import (
