@@ -7,7 +7,7 @@
 - ``worker``: a worker's side of it (its link to the parent, retiring without losing a request);
 - ``summing``: one /metrics adding up every worker's.
 
-docs/workers.md says how workers and threads are chosen.
+docs/serving.md#workers says how workers and threads are chosen.
 """
 
 from server.workers.cores import parse_workers, plan
