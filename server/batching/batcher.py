@@ -236,6 +236,12 @@ class Batcher:
     def queued_images(self) -> int:
         return self._queued_images
 
+    @property
+    def waiting_for(self) -> int:
+        """How many queued images the batching thread waits for before it takes a batch: 1 while
+        idle, the expected batch size while it waits for a batch to fill, 0 otherwise."""
+        return self._waiting_for
+
     def close(self) -> None:
         """Refuse new work, fail what is still queued (UNAVAILABLE), stop the thread."""
         with self._cond:

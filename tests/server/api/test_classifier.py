@@ -6,7 +6,6 @@ import gc
 import json
 import logging
 import threading
-import time
 import tracemalloc
 from concurrent import futures
 
@@ -18,6 +17,7 @@ from fmnist.v1 import classifier_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
+from harness.wait import until
 from server.dataplane import imagefile
 from server.app import create_server
 from server.errors import StartupError
@@ -341,7 +341,9 @@ def test_deadline_too_short_is_refused_before_running():
 
 
 def test_stop_drains_in_flight_requests_and_refuses_new_ones():
-    model = fake_model("slow", delay=1.0)
+    """The request in flight runs until the test opens its runner's gate: it is still in flight
+    while the draining server is asked, however slow this machine is."""
+    model = fake_model("slow", gate=threading.Event())
     srv, ch = serve([model])
     stub = pb_grpc.ClassifierStub(ch)
     health = health_pb2_grpc.HealthStub(ch)
@@ -351,18 +353,19 @@ def test_stop_drains_in_flight_requests_and_refuses_new_ones():
             assert model.runner.started.wait(10)
             stopping = threading.Thread(target=srv.stop, args=(10,))
             stopping.start()
-            while not srv.core.draining:
-                time.sleep(0.01)
+            until(lambda: srv.core.draining, timeout=10, what="the server draining after stop()")
             e = rpc_error(stub.Classify, request(raw(b"\0" * 784), model="slow"))
             assert e.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in e.details()
             draining = health.Check(health_pb2.HealthCheckRequest(), timeout=10)
             assert draining.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            model.runner.gate.set()
             assert in_flight.result().model == "slow"  # finished within the grace period
             stopping.join()
         assert model.runner.closed
         with pytest.raises(grpc.RpcError):  # and the port is closed
             health.Check(health_pb2.HealthCheckRequest(), timeout=2)
     finally:
+        model.runner.gate.set()
         ch.close()
 
 
