@@ -9,8 +9,8 @@ import re
 import subprocess
 import sys
 
-from tests.deploy.manifests import DOCKERFILE, REPO, dockerfile_cmd, find, served
 from server.cli import get_args_parser
+from tests.deploy.manifests import DOCKERFILE, REPO, dockerfile_cmd, find, served
 
 
 def test_the_serving_image_needs_no_torch():
