@@ -49,6 +49,7 @@ from server.metrics.registry import Metrics
 from server.models.loading import LoadedModel, Loader, default_runner_factory
 from server.models.providers import ProviderPolicy
 from server.models.repository import Repository
+from server.models.scan import looks_like_one_model
 from server.models.spec import Refusal
 from server.models.verify import RunnerFactory
 
@@ -121,8 +122,7 @@ class Server:
         self.port = port
         self._poll_seconds = poll_seconds
         self._stopped = False
-        self._serving = False
-        self._gate = gate  # --workers: the parent's word that every worker serves
+        self.core.set_gate(gate)  # --workers: the parent's word that every worker serves
         self._services: list[str] = []
         self._health_lock = threading.Lock()
         self.core.served.on_change.append(self._update_health)
@@ -137,7 +137,7 @@ class Server:
             log.info("HTTP on %s://%s:%d/ (the page; the API at /openapi.json)",
                      "https" if self.http.tls else "http", self.address.rsplit(":", 1)[0],
                      self.http_port, extra={"http_port": self.http_port})
-        self._serving = True
+        self.core.open()
         self._update_health()
         if self.control is not None:
             self.control.start(self._poll_seconds)
@@ -153,7 +153,6 @@ class Server:
         if self._stopped:
             return True
         self._stopped = True
-        self._serving = False
         if self.control is not None:
             self.control.stop()
         self._loop.call(self.health.enter_graceful_shutdown())
@@ -173,15 +172,20 @@ class Server:
         _close(self.core, self._loop, self.metrics)
         return cut == 0
 
+    def stop_accepting_http(self) -> int:
+        """Stop accepting HTTP connections, serving those open (a retiring worker); returns how
+        many listening sockets were closed."""
+        return self._loop.call(self.http.stop_accepting()) if self.http is not None else 0
+
     @property
     def ready(self) -> bool:
-        """Started and serving at least one model (health's own view, before the gate)."""
-        return self._serving and bool(self.core.list_models())
+        """Ready but for the --workers gate: what a worker tells its parent."""
+        return self.core.not_ready(gate=False) is None
 
     def set_gate(self, open_: bool) -> None:
-        """--workers (server/workers/worker.py): the server's own health names are SERVING only
-        while the gate is open, which the parent opens while every worker is ready."""
-        self._gate = open_
+        """--workers (server/workers/worker.py): the server is ready only while the gate is
+        open, which the parent opens while every worker is ready."""
+        self.core.set_gate(open_)
         self._update_health()
 
     def _in_flight(self) -> int:
@@ -189,15 +193,17 @@ class Server:
         return max(self.core.in_flight, self._http_service.in_flight if self._http_service else 0)
 
     def _update_health(self) -> None:
-        """Health names follow the models: served ones SERVING, gone ones NOT_SERVING; the
-        server's own names SERVING only while it serves a model (and the gate is open)."""
+        """gRPC health as the dataplane's readiness says (core.not_ready, core.model_ready: the
+        one truth every protocol answers from): the server's own names, and one name per served
+        model; names of models gone NOT_SERVING."""
         with self._health_lock:
-            models = sorted({model_service_name(m.name) for m in self.core.list_models()})
-            gone = sorted(set(self._services) - set(models) - {"", SERVICE_NAME})
-            self._services = ["", SERVICE_NAME] + models
-            ready = self._serving and bool(models) and self._gate
+            names = sorted({m.name for m in self.core.list_models()})
+            services = {model_service_name(name): self.core.model_ready(name) for name in names}
+            gone = sorted(set(self._services) - set(services) - {"", SERVICE_NAME})
+            self._services = ["", SERVICE_NAME, *services]
+            ready = self.core.ready()
             statuses = {**{s: _NOT_SERVING for s in gone},
-                        **{s: _SERVING if self._serving else _NOT_SERVING for s in models},
+                        **{s: _SERVING if ok else _NOT_SERVING for s, ok in services.items()},
                         "": _SERVING if ready else _NOT_SERVING,
                         SERVICE_NAME: _SERVING if ready else _NOT_SERVING}
         self._set_health(statuses)
@@ -226,8 +232,10 @@ def create_server(models_dir: str | Path | None = None, *, models: list[LoadedMo
     if models is None and models_dir is None:
         raise ValueError("create_server needs models_dir or models")
     if models is None and not Path(models_dir).is_dir():
-        raise StartupError(f"--models-dir {models_dir} is not a folder (expected "
-                           "<name>/<version>/model.onnx inside it; `make export` writes one)")
+        raise StartupError(f"--models-dir {models_dir} "
+                           f"{'is not a folder' if Path(models_dir).exists() else 'does not exist'}"
+                           " (expected <name>/<version>/model.onnx inside it; `make export` "
+                           "writes one)")
     loop = EventLoop()
     parts = None
     try:
@@ -269,7 +277,8 @@ def _bind(loop: EventLoop, config: ServerConfig, access: Access) -> tuple[_Parts
                                                       config.limits.max_message_bytes,
                                                       reuse_port=config.worker),
                                  interceptors=auth.interceptors(access))
-        return server, binding.bind(server, config.security, config.host, config.port)
+        return server, binding.bind(server, config.security, config.host, config.port,
+                                    shared=config.worker)
 
     grpc_server, port = loop.call(make())
     metrics = Metrics() if config.metrics_port is not None else None
@@ -307,8 +316,12 @@ def _load(models_dir, models: list[LoadedModel] | None, config: ServerConfig
         raise StartupError(f"cannot read --models-dir {models_dir}: {e.strerror or e}") from None
     if not models and not config.allow_empty:
         reasons = "; ".join(f"{r.name} v{r.version}: {r.reason}" for r in refused)
-        raise StartupError(f"no model in {models_dir} could be served ({reasons or 'none found'}); "
-                           "--allow-empty starts without one (NOT_SERVING until a model comes)")
+        hint = (f"; {models_dir} looks like one model's folder (its sub-folders are versions): "
+                f"point --models-dir at its parent, {Path(models_dir).resolve().parent}"
+                if looks_like_one_model(models_dir) else "")
+        raise StartupError(f"no model in {models_dir} could be served ({reasons or 'none found'})"
+                           f"{hint}; --allow-empty starts without one (NOT_SERVING until a "
+                           "model comes)")
     return repository, models, refused
 
 

@@ -37,11 +37,15 @@ def bracketed(address: str) -> str:
     return f"[{address}]" if ":" in address and not address.startswith("[") else address
 
 
-def bind(grpc_server, security: Security, host: str, port: int) -> int:
+def bind(grpc_server, security: Security, host: str, port: int, shared: bool = False) -> int:
     """Bind every address of `host` at `port` (0: one free port, the same for all); returns the
-    port. StartupError names the first address that could not be bound."""
+    port. StartupError names the first address that could not be bound. Unless the port is
+    `shared` (--workers' SO_REUSEPORT), it is tried with a plain socket first, so that a port in
+    use is our one line, not grpc's own error log before it."""
     for address in listen_addresses(host):
         where = f"{bracketed(address)}:{port}"
+        if port and not shared:
+            _check_free(address, port)
         try:
             bound = security.add_port(grpc_server, where)  # TLS when configured
         except RuntimeError as e:
@@ -50,6 +54,18 @@ def bind(grpc_server, security: Security, host: str, port: int) -> int:
             raise StartupError(f"cannot listen on {where} (in use, or not an address here)")
         port = bound
     return port
+
+
+def _check_free(address: str, port: int) -> None:
+    """StartupError when `address`:`port` cannot be bound (as grpc binds it: SO_REUSEADDR)."""
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address, port))
+        except (OSError, OverflowError) as e:
+            raise StartupError(f"cannot serve gRPC on {bracketed(address)}:{port}: "
+                               f"{getattr(e, 'strerror', None) or e} (--port; 0 picks a free "
+                               "one)") from None
 
 
 def _has_ipv6_loopback() -> bool:

@@ -17,6 +17,7 @@ import logging
 import threading
 
 from server.dataplane.served import Served
+from server.dataplane.types import IndexEntry
 from server.errors import ModelNotFound
 from server.models.repository import Changes, Repository
 
@@ -28,7 +29,8 @@ class ModelControl:
         self.repository = repository
         self.served = served
         self.models_dir = repository.models_dir
-        self._unloaded: set[str] = set()  # unloaded on request: polling leaves them alone
+        self._unloaded: dict[str, tuple[list[int], str]] = {}  # name -> (versions, who): polling
+        # leaves them alone, the index lists them
         self._lock = threading.Lock()  # one poll or on-demand change at a time
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -54,28 +56,42 @@ class ModelControl:
     def poll(self) -> None:
         """Bring the served versions in line with the folder, once."""
         with self._lock:
-            self._apply(self.repository.poll(self.served.by_name(), self._unloaded))
+            self._apply(self.repository.poll(self.served.by_name(), set(self._unloaded)))
 
     def load(self, name: str) -> None:
         """Load (or reload) the newest loadable version of `name` now (RepositoryModelLoad);
         ModelNotFound, or ModelLoadFailed when its newest version could not be served."""
         with self._lock:
-            self._unloaded.discard(name)
+            self._unloaded.pop(name, None)
             changes = self.repository.load(name, self.served.by_name())
             self._apply(changes)
         if changes.error is not None:
             raise changes.error
 
-    def unload(self, name: str) -> None:
+    def unload(self, name: str, caller: str = "") -> None:
         """Stop serving every version of `name` (drained first) until it is loaded again."""
         with self._lock:
             versions = self.served.versions(name)
             if not versions:
                 raise ModelNotFound(f"model {name!r} is not loaded")
-            self._unloaded.add(name)
+            self._unloaded[name] = (versions, caller)
             for version in versions:
                 self.served.remove(name, version)
-            log.info("unloaded %s (versions %s) on request", name, versions)
+            log.info("unloaded %s (versions %s) on request%s", name, versions,
+                     f" by {caller}" if caller else "")
+
+    def unloaded(self) -> list[IndexEntry]:
+        """The versions unloaded on request, as the index lists them."""
+        return [IndexEntry(name, version, "UNAVAILABLE",
+                           "unloaded on request" + (f" by {who}" if who else ""))
+                for name, (versions, who) in sorted(self._unloaded.items()) for version in versions]
+
+    @property
+    def folder_ok(self) -> bool:
+        return self.repository.folder_ok
+
+    def file_problems(self) -> dict[tuple[str, int], str]:
+        return self.repository.file_problems()
 
     def _apply(self, changes: Changes) -> None:
         """Add first, then remove: a model is never left without a version."""

@@ -105,6 +105,8 @@ class Core:
         self.control = None if repository is None else ModelControl(repository, self.served)
         self._models = list(models)
         self._server = server
+        self._started = False  # serving on its ports (`open`)
+        self._gate = True  # --workers: the parent's word that every worker serves
         self._decoders = ThreadPoolExecutor(limits.decode_threads or os.cpu_count() or 1,
                                             thread_name_prefix="decode")
 
@@ -162,8 +164,9 @@ class Core:
         return self.served.views()
 
     def refused(self) -> list[IndexEntry]:
-        """The versions found but not served, with why."""
-        return self.served.refused()
+        """The versions found but not served, with why: refused, or unloaded on request."""
+        unloaded = self.control.unloaded() if self.control else []
+        return self.served.refused() + unloaded
 
     def lookup(self, model: str, version: int) -> ModelView:
         """The served `model` at `version` (0: its newest); ModelNotFound names what is served."""
@@ -210,14 +213,51 @@ class Core:
                    peer: str = "") -> None:
         """RepositoryModelLoad, for a caller with the admin role (`token`; `peer`: its address,
         for the audit line); on a worker thread, as loading and warming take seconds."""
-        control = self._control("load", parameters, token, peer)
+        control, _ = self._control("load", parameters, token, peer)
         await asyncio.to_thread(control.load, model)
 
     async def unload(self, model: str, parameters: Sequence[str] = (),
                      token: bytes | None = None, peer: str = "") -> None:
         """RepositoryModelUnload, as `load`; draining the versions may take seconds."""
-        control = self._control("unload", parameters, token, peer)
-        await asyncio.to_thread(control.unload, model)
+        control, caller = self._control("unload", parameters, token, peer)
+        await asyncio.to_thread(control.unload, model, caller)
+
+    # --- readiness: one truth for every protocol ------------------------------------------
+
+    def open(self) -> None:
+        """The ports serve: from now on the server may be ready."""
+        self._started = True
+
+    def set_gate(self, open_: bool) -> None:
+        """--workers: ready only while the parent says every worker serves."""
+        self._gate = open_
+
+    def not_ready(self, gate: bool = True) -> str | None:
+        """Why the server is not ready now (None: it is). What gRPC health, KServe ServerReady
+        on both protocols, /v2/health/ready and the page all answer from. `gate`: False to
+        leave the --workers gate out (a worker's own view, for its parent)."""
+        if not self._started:
+            return "starting"
+        if self.draining:
+            return "the server is shutting down"
+        if not self.served.all():
+            return f"no model is served; {self.served.describe()}"
+        if gate and not self._gate:
+            return "a worker of this server is not serving (--workers); retry shortly"
+        return None
+
+    def ready(self) -> bool:
+        return self.not_ready() is None
+
+    def model_ready(self, model: str, version: int = 0) -> bool:
+        """Whether requests for `model` at `version` (0: its newest) would be served now."""
+        if not self._started or self.draining:
+            return False
+        try:
+            self.served.find(model, version)
+        except ServingError:
+            return False
+        return True
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -296,14 +336,13 @@ class Core:
             raise
 
     def _control(self, action: str, parameters: Sequence[str], token: bytes | None,
-                 peer: str) -> ModelControl:
+                 peer: str) -> tuple[ModelControl, str]:
         """The control, for a caller with the role, when there is one and the request's
         parameters are ones it takes (the names: tritonclient always sends unload_dependents,
         and no model here has any). Logs who asked."""
         operation = f"/inference.GRPCInferenceService/RepositoryModel{action.capitalize()}"
-        caller = self.access.check(operation, token)
-        log.info("%s requested by %s from %s", action, caller, peer or "?",
-                 extra={"caller": caller, "peer": peer})
+        caller = f"{self.access.check(operation, token)} from {peer or '?'}"
+        log.info("%s requested by %s", action, caller, extra={"caller": caller})
         if self.control is None:
             raise Unimplemented(f"Repository{action.capitalize()} is not available: this server "
                                 f"has no model repository to {action} from")
@@ -311,7 +350,7 @@ class Core:
         if unsupported:
             raise InvalidRequest(f"parameters are not supported by {action}: "
                                  f"{', '.join(map(shorten, unsupported[:5]))}")
-        return self.control
+        return self.control, caller
 
 
 async def _infer(served: Version, batch: np.ndarray, deadline: float | None) -> RunOutput:

@@ -63,6 +63,7 @@ class ModelView:
     test_accuracy: float
     test_images: int
     variant: str = ""
+    arch: str = ""
     fp32_agreement: float | None = None
     probe_max_abs_diff: float | None = None  # None: no probe (served with --allow-unverified)
     speedup_vs_fp32: float | None = None
@@ -70,8 +71,8 @@ class ModelView:
     @classmethod
     def of(cls, spec: ModelSpec, provider: str) -> ModelView:
         return cls(spec.name, spec.version, provider, spec.labels, spec.input_side,
-                   spec.test_accuracy, spec.test_images, spec.variant, spec.fp32_agreement,
-                   spec.probe_max_abs_diff, spec.speedup_vs_fp32)
+                   spec.test_accuracy, spec.test_images, spec.variant, spec.arch,
+                   spec.fp32_agreement, spec.probe_max_abs_diff, spec.speedup_vs_fp32)
 
     @property
     def verified(self) -> bool:

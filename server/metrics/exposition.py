@@ -13,6 +13,7 @@ Here a connection that sends nothing for `TIMEOUT` seconds is dropped, and at mo
 from __future__ import annotations
 
 import socket
+import socketserver
 import threading
 from http.server import ThreadingHTTPServer
 
@@ -32,6 +33,12 @@ class _Server(ThreadingHTTPServer):
         self.address_family = family
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(address, handler)
+
+    def server_bind(self) -> None:
+        """As HTTPServer's, without its socket.getfqdn: a DNS lookup at start-up, which also
+        needs the idna codec a server running as another user may not be able to import."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
 
     def process_request(self, request, client_address) -> None:
         if not self._slots.acquire(blocking=False):

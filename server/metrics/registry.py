@@ -23,7 +23,10 @@ one process, as in the tests, keep their figures apart. The names are a contract
   the images in it (padding excluded).
 - fmnist_requests_in_flight, fmnist_queue_images {model, version}: read when scraped.
 - fmnist_model_ready {model, version, provider}: 1 for each served version (with the execution
-  provider in use), 0 for a version found but refused.
+  provider in use), 0 for a version found but refused or unloaded on request.
+- fmnist_models_folder_readable: 0 while the models folder cannot be read (what is loaded keeps
+  serving); fmnist_model_file_changed {model, version}: 1 for a served version whose file became
+  unreadable or changed on disk since it was loaded (a restart would not serve it as it is).
 - fmnist_event_loop_lag_seconds: how late a callback scheduled every 0.1 s ran on the event loop
   that gRPC and HTTP share (server/loop.py); anything that blocks the loop shows here.
 - fmnist_accept_failures_total: accepts that failed for want of file descriptors.
@@ -211,4 +214,19 @@ class _CoreCollector:
             ready.add_metric((m.name, str(m.version), m.provider), 1)
         for r in self.core.refused():
             ready.add_metric((r.name, str(r.version), ""), 0)
-        return [in_flight, queued, ready]
+        return [in_flight, queued, ready, *self._storage()]
+
+    def _storage(self) -> list:
+        """The models folder's health as the repository last saw it (none without a folder)."""
+        control = self.core.control
+        if control is None:
+            return []
+        folder = GaugeMetricFamily("fmnist_models_folder_readable",
+                                   "1: the models folder could be read at the last poll")
+        folder.add_metric((), 1 if control.folder_ok else 0)
+        changed = GaugeMetricFamily("fmnist_model_file_changed", "1: a served version's file "
+                                    "became unreadable or changed since it was loaded",
+                                    labels=_MODEL)
+        for (name, version), _ in sorted(control.file_problems().items()):
+            changed.add_metric((name, str(version)), 1)
+        return [folder, changed]

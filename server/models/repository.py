@@ -12,10 +12,16 @@ demand, which stay unloaded until loaded on demand):
   into place, so a folder is whole when it appears): it is loaded, warmed, probe-verified
   (server/models/loading.py) and only then handed back to be served, as the newest; the older
   ones beyond `keep_versions` are to be removed after it, so a model is never without one;
-- a version that fails to load is logged, listed as refused, and not tried again until its file
-  changes; what was served keeps serving;
+- a version that fails to load is refused (ERROR, listed with its reason) once its file looked
+  the same at two polls in a row, and not tried again until its file changes; before that it is
+  "incomplete" (one INFO line): a copy still in progress is not an error every poll;
 - a served version whose folder is gone is to be removed; one whose folder is there but damaged
-  (unreadable, its model file gone or corrupted) keeps serving what was loaded.
+  (unreadable, its model file gone or corrupted) keeps serving what was loaded;
+- a served version whose file became unreadable, or changed in place since it was loaded (size or
+  modification time), keeps serving the loaded copy, with one WARNING (and one INFO when it is
+  back) and `file_problems()` for /metrics: a restart would load what is on disk now.
+Storage faults: a models folder that vanishes or cannot be read (an unmounted volume) changes
+nothing that is served; one ERROR line, one INFO line when it is back, `folder_ok` for /metrics.
 Nothing here holds a reference to the dataplane: what is served comes in as a value.
 """
 
@@ -66,7 +72,10 @@ class Repository:
         self.keep_versions = keep_versions
         self._refused: dict[tuple[str, int], Refusal] = {}
         self._failed: dict[tuple[str, int], tuple[int, int]] = {}  # file signature that failed
-        self._unreadable = False  # the models folder could not be read at the last look
+        self._seen: dict[tuple[str, int], tuple[int, int]] = {}  # a new file's signature, last look
+        self._loaded: dict[tuple[str, int], tuple[Path, tuple[int, int]]] = {}  # as loaded
+        self._problems: dict[tuple[str, int], str] = {}  # served versions whose file is not so
+        self.folder_ok = True  # the models folder could be read at the last look
 
     def load_all(self) -> tuple[list[LoadedModel], list[Refusal]]:
         """The start-up load (newest loadable version of each model, or the pinned ones)."""
@@ -74,7 +83,13 @@ class Repository:
         models = self.loader.load_all(self.models_dir, self.wanted, refused)
         for r in refused:
             self._refused[(r.name, r.version)] = r
+        for model in models:
+            self._remember(model)
         return models, self.refused()
+
+    def file_problems(self) -> dict[tuple[str, int], str]:
+        """Served versions whose file on disk is no longer what was loaded, and how."""
+        return dict(self._problems)
 
     def refused(self) -> list[Refusal]:
         return sorted(self._refused.values(), key=lambda r: (r.name, r.version))
@@ -86,12 +101,15 @@ class Repository:
         try:
             found = scan(self.models_dir, scanned)
         except OSError as e:  # the whole folder: what is loaded keeps serving
-            if not self._unreadable:
+            if self.folder_ok:
                 log.error("cannot read the models folder %s (%s); the versions loaded keep "
-                          "serving", self.models_dir, e.strerror or e)
-            self._unreadable = True
+                          "serving, and nothing is unloaded until it can be read again",
+                          self.models_dir, e.strerror or e)
+            self.folder_ok = False
             return changes
-        self._unreadable = False
+        if not self.folder_ok:
+            log.info("the models folder %s can be read again", self.models_dir)
+        self.folder_ok = True
         present = _present(found, scanned)
         for r in scanned:
             self._refused[(r.name, r.version)] = r
@@ -101,6 +119,7 @@ class Repository:
                 self._update(name, versions, present, after, changes)
         self._drop_gone(present, after, changes)
         self._forget(present, after)
+        self._check_files(after)
         changes.refused = self.refused()
         log.debug("polled %s: %d model(s) on disk, %d refused", self.models_dir, len(present),
                   len(self._refused))
@@ -126,7 +145,7 @@ class Repository:
             self._failed.pop((name, version), None)
         changes = Changes()
         after = {n: list(v) for n, v in served.items()}
-        self._update(name, found, _present(everything, scanned), after, changes)
+        self._update(name, found, _present(everything, scanned), after, changes, explicit=True)
         self._forget(_present(everything, scanned), after)
         changes.refused = self.refused()
         newest = max(on_disk)
@@ -142,14 +161,16 @@ class Repository:
     # --- steps ------------------------------------------------------------------------------
 
     def _update(self, name: str, versions: dict[int, Path], present: dict[str, set[int] | None],
-                after: dict[str, list[int]], changes: Changes) -> None:
+                after: dict[str, list[int]], changes: Changes, explicit: bool = False) -> None:
         """Load the newest new version that loads; then remove the versions whose folder is gone
         and those beyond keep_versions. In that order, so that a model is never without one.
-        `after` is what will be served once `changes` are applied; it is kept up to date."""
+        `after` is what will be served once `changes` are applied; it is kept up to date. A
+        served version whose file cannot be loaded now (unreadable) is still the newest: an
+        older one is not loaded in its place."""
         serving = after.setdefault(name, [])
-        newest = max((v for v in serving if v in versions), default=0)
+        newest = max((v for v in serving if _exists(present, name, v)), default=0)
         for version in sorted((v for v in versions if v > newest), reverse=True):
-            model = self._load(name, version, versions[version], newest)
+            model = self._load(name, version, versions[version], newest, explicit)
             if model is not None:
                 changes.add.append(model)
                 serving.append(version)
@@ -161,27 +182,65 @@ class Repository:
             changes.remove.append((name, old, f"--keep-versions {self.keep_versions}"))
             serving.remove(old)
 
-    def _load(self, name: str, version: int, path: Path, newest: int) -> LoadedModel | None:
-        """One new version, loaded and verified, or None (refused, logged; not tried again
-        until its file changes)."""
+    def _load(self, name: str, version: int, path: Path, newest: int,
+              explicit: bool) -> LoadedModel | None:
+        """One new version, loaded and verified, or None: refused (logged; not tried again until
+        its file changes), or, on a poll, incomplete while its file still changes between looks."""
+        key = (name, version)
         try:
-            if self._failed.get((name, version)) == _signature(path):
-                return None  # failed before and unchanged since
+            signature = _signature(path)
         except OSError:
             return None  # gone since the scan
+        if self._failed.get(key) == signature:
+            return None  # failed before and unchanged since
         started = time.perf_counter()
         try:
             model = self.loader.load_one(name, version, path)
         except ModelLoadError as e:
+            if not explicit and self._seen.get(key) != signature:
+                if key not in self._seen:
+                    log.info("new version %s v%d is not loadable yet (%s); incomplete, or still "
+                             "being copied? Refused if it stays so", name, version, e)
+                self._seen[key] = signature
+                return None
             log.error("new version %s v%d not served (%s): %s; %s", name, version, path, e,
                       f"v{newest} keeps serving" if newest else "nothing served")
-            self._failed[(name, version)] = _signature(path)
-            self._refused[(name, version)] = Refusal(name, version, str(e))
+            self._failed[key] = signature
+            self._refused[key] = Refusal(name, version, str(e))
             return None
+        self._seen.pop(key, None)
+        self._remember(model)
         log.info("loaded %s v%d (%s, %s in %.2fs)", name, version, model.provider,
                  "verified" if model.spec.verified else
                  "NOT verified: no probe, --allow-unverified", time.perf_counter() - started)
         return model
+
+    def _remember(self, model: LoadedModel) -> None:
+        """What a served version's file looked like when it was loaded."""
+        path = model.spec.path
+        try:
+            self._loaded[(model.spec.name, model.spec.version)] = (path, _signature(path))
+        except OSError:  # gone already: the next look says so
+            pass
+
+    def _check_files(self, after: dict[str, list[int]]) -> None:
+        """Each served version's file against what was loaded: one line when that changes."""
+        served = {(name, v) for name, versions in after.items() for v in versions}
+        for key in [k for k in self._loaded if k not in served]:
+            del self._loaded[key]
+            self._problems.pop(key, None)
+        for key, (path, signature) in self._loaded.items():
+            problem = _file_problem(path, signature)
+            if problem != self._problems.get(key):
+                if problem:
+                    log.warning("%s v%d: its file %s; the loaded copy keeps serving, but a "
+                                "restart would not serve it as it is", *key, problem)
+                else:
+                    log.info("%s v%d: its file is as it was loaded again", *key)
+            if problem:
+                self._problems[key] = problem
+            else:
+                self._problems.pop(key, None)
 
     def _drop_gone(self, present: dict[str, set[int] | None], after: dict[str, list[int]],
                    changes: Changes, only: str | None = None) -> None:
@@ -199,6 +258,19 @@ class Repository:
         """Refusals of versions no longer on disk, or served now, are forgotten."""
         self._refused = {k: r for k, r in self._refused.items()
                          if _exists(present, *k) and k[1] not in after.get(k[0], [])}
+
+
+def _file_problem(path: Path, loaded: tuple[int, int]) -> str | None:
+    """How a served file differs from what was loaded (None: it does not)."""
+    try:
+        with open(path, "rb"):
+            now = _signature(path)
+    except OSError as e:
+        return f"cannot be read now ({e.strerror or e})"
+    if now != loaded:
+        return (f"changed on disk since it was loaded ({now[1]:,} bytes, was {loaded[1]:,}"
+                f"{', modified since' if now[0] != loaded[0] else ''})")
+    return None
 
 
 def _present(found: Found, scanned: list[Refusal]) -> dict[str, set[int] | None]:

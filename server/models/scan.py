@@ -30,11 +30,12 @@ def scan(models_dir: str | Path, refused: list[Refusal] | None = None) -> Found:
     """Every version folder holding a model file inside the models folder. A version folder found
     but not servable (no model file, unreadable, outside) goes to `refused`, as version 0 a model
     folder that cannot be read at all: the repository keeps serving what it loaded from them
-    (they are damaged, not gone). OSError when the models folder itself cannot be read."""
+    (they are damaged, not gone). OSError when the models folder itself cannot be read or is
+    gone (an unmounted volume is not an operator emptying the folder)."""
     root = Path(models_dir)
     found: Found = {}
     if not root.is_dir():
-        return found
+        raise FileNotFoundError(2, "no such folder (or not a folder)", str(root))
     real_root = root.resolve()
     ignored: list[str] = []
     refused = [] if refused is None else refused
@@ -130,6 +131,16 @@ def _outside(path: Path, real_root: Path) -> str | None:
     if real.is_relative_to(real_root):
         return None
     return f"resolves to {str(real)!r}, outside the models folder {str(real_root)!r}"
+
+
+def looks_like_one_model(models_dir: str | Path) -> bool:
+    """Whether the folder holds versions itself (`1/model.onnx`): one model's folder given where
+    the folder of models was meant."""
+    try:
+        return any(mc.parse_version(p.name) is not None and (p / mc.MODEL_FILE).is_file()
+                   for p in Path(models_dir).iterdir())
+    except OSError:
+        return False
 
 
 def parse_version_flags(flags: Iterable[str]) -> dict[str, set[int]]:

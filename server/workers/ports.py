@@ -41,8 +41,9 @@ def release(held: list[socket.socket]) -> None:
 
 def close_listeners(ports: set[int]) -> int:
     """Stop this process listening on `ports` while it goes on serving its connections (a worker
-    that retires: new connections go to the other workers). grpc has no call for it, so each
-    listening socket is shut down under it; grpc then logs "Closing acceptor. Failed accept4:
+    that retires: new connections go to the other workers). For gRPC's port: grpc has no call for
+    it, so each listening socket is shut down under it (asyncio's, HTTP's, are closed by the
+    listener itself: shut under asyncio, they would fail every accept with EINVAL); grpc then logs "Closing acceptor. Failed accept4:
     Invalid argument" once and carries on. Connections still in that socket's accept queue are
     reset, unless the kernel moves them to another worker (sysctl net.ipv4.tcp_migrate_req=1).
     Returns how many sockets it shut down."""

@@ -122,7 +122,7 @@ def _obey(link: Link, server, stop: threading.Event, done: threading.Event,
 
 def _retire(server, stop: threading.Event, max_age: float) -> None:
     listening = {server.port, server.http_port} - {None}
-    closed = ports.close_listeners(listening)
+    closed = server.stop_accepting_http() + ports.close_listeners({server.port})
     wait = max_age * AGE_JITTER + 1
     log.info("retiring: no new connections on port(s) %s (%d socket(s) shut); serving those "
              "it has for %.1f s, while --max-connection-age-seconds %g moves the gRPC ones to "

@@ -74,4 +74,4 @@ def model_info(m: ModelView) -> pb.ModelInfo:
                         labels=list(m.labels), test_accuracy=m.test_accuracy, provider=m.provider,
                         test_images=m.test_images, probe_max_abs_diff=m.probe_max_abs_diff,
                         variant=m.variant, fp32_agreement=m.fp32_agreement,
-                        speedup_vs_fp32=m.speedup_vs_fp32)
+                        speedup_vs_fp32=m.speedup_vs_fp32, arch=m.arch)

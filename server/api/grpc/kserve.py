@@ -22,7 +22,6 @@ from server.dataplane.access import bearer_token
 from server.dataplane.core import Core
 from server.dataplane.tensors import TensorRequest, check_id
 from server.dataplane.types import version_of
-from server.errors import ModelNotFound
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 _DATA_TYPES = {"UINT8": mc_pb.TYPE_UINT8, "FP32": mc_pb.TYPE_FP32, "BYTES": mc_pb.TYPE_STRING}
@@ -40,16 +39,12 @@ class V2Servicer:
 
     @map_errors
     async def ServerReady(self, request, context) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=not self.core.draining)
+        return pb.ServerReadyResponse(ready=self.core.ready())
 
     @map_errors
     async def ModelReady(self, request: pb.ModelReadyRequest, context) -> pb.ModelReadyResponse:
-        version = version_of(request.version)
-        try:
-            self.core.lookup(request.name, version)
-        except ModelNotFound:
-            return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=not self.core.draining)
+        return pb.ModelReadyResponse(ready=self.core.model_ready(request.name,
+                                                                 version_of(request.version)))
 
     @map_errors
     async def ServerMetadata(self, request, context) -> pb.ServerMetadataResponse:

@@ -27,7 +27,7 @@ def _model(m: ModelView) -> dict:
     """A served version as ListModels has it; the optional figures only where measured."""
     out = {"name": m.name, "version": m.version, "input_side": m.input_side,
            "labels": list(m.labels), "test_accuracy": m.test_accuracy, "provider": m.provider,
-           "test_images": m.test_images, "variant": m.variant}
+           "test_images": m.test_images, "variant": m.variant, "arch": m.arch}
     optional = {"probe_max_abs_diff": m.probe_max_abs_diff, "fp32_agreement": m.fp32_agreement,
                 "speedup_vs_fp32": m.speedup_vs_fp32}
     out.update({key: value for key, value in optional.items() if value is not None})

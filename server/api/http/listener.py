@@ -221,6 +221,7 @@ class HttpListener:
         self._read_timeout = read_timeout
         self._idle_timeout = idle_timeout
         self._runner: web.AppRunner | None = None
+        self._sites: list[_GuardedSite] = []
 
     @classmethod
     def bind(cls, host: str, port: int, security: Security, read_timeout: float = 10.0,
@@ -244,8 +245,18 @@ class HttpListener:
                                      **handler_args)
         await self._runner.setup()
         for sock in self.sockets:
-            await _GuardedSite(self._runner, sock, self.guard, handler_args, self._context,
-                               self._read_timeout or _NEVER).start()
+            site = _GuardedSite(self._runner, sock, self.guard, handler_args, self._context,
+                                self._read_timeout or _NEVER)
+            await site.start()
+            self._sites.append(site)
+
+    async def stop_accepting(self) -> int:
+        """Close the listening sockets, keep the connections (a retiring --workers worker: new
+        connections go to the others); returns how many were closed."""
+        sites, self._sites = self._sites, []
+        for site in sites:
+            await site.stop()
+        return len(sites)
 
     async def stop(self) -> None:
         """Stop listening and close every connection (Server.stop has waited for the requests

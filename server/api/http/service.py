@@ -86,7 +86,8 @@ class Service:
             auth.check(self.core.access, request)
             return await handler(request)
         except ServingError as e:
-            _log(request, e.code, str(e), logging.INFO if isinstance(e, Cancelled) else None)
+            _log(request, e.code, str(e), logging.INFO if isinstance(e, Cancelled) else
+                 logging.DEBUG if auth.twin_of(request) == auth.HEALTH else None)
             return serving_error(e)
         except HttpError as e:
             _log(request, str(e.status), str(e))
@@ -121,5 +122,7 @@ def _aiohttp_error(request: web.Request, e: web.HTTPException) -> web.Response:
 
 
 def _log(request: web.Request, code: str, message: str, level: int | None = None) -> None:
+    """One line per refused request (a failed readiness probe, asked every few seconds while a
+    server starts or drains, only at DEBUG)."""
     log.log(level or logging.WARNING, "%s %s from %s -> %s: %s", request.method[:32],
             shorten(request.path), request.remote, code, message, extra={"code": code})

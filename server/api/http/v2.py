@@ -70,10 +70,11 @@ class V2Routes:
 
     @twin(HEALTH)
     async def ready(self, request: web.Request) -> web.Response:
-        """Ready while serving a model (draining is answered 503 before this, by the service):
-        a readiness probe must not pass on an empty server, as gRPC health does not."""
-        if not self.core.list_models():
-            raise Unavailable(f"not ready: no model is served; {self.core.served.describe()}")
+        """Ready as gRPC health and ServerReady say (the dataplane's one answer): 503 with the
+        reason while starting, draining, serving no model, or with a worker down."""
+        problem = self.core.not_ready()
+        if problem is not None:
+            raise Unavailable(f"not ready: {problem}")
         return web.json_response({"ready": True})
 
     @twin(V2 + "ModelMetadata")
@@ -84,8 +85,11 @@ class V2Routes:
 
     @twin(V2 + "ModelReady")
     async def model_ready(self, request: web.Request) -> web.Response:
+        """200 when the version would be served now; 404 naming what is served otherwise."""
         name, version = _model(request)
-        self.core.lookup(name, version_of(version))  # ModelNotFound: 404 names what is served
+        if not self.core.model_ready(name, version_of(version)):
+            self.core.lookup(name, version_of(version))  # ModelNotFound: 404 names the served
+            raise Unavailable(f"not ready: {self.core.not_ready() or 'model ' + name}")
         return web.json_response({"name": name, "ready": True})
 
     @twin(V2 + "ModelConfig")
