@@ -32,7 +32,7 @@ for _path in (_ROOT, _ROOT / "build" / "gen"):  # works even without the venv's 
         sys.path.append(str(_path))
 
 import model_contract as mc  # noqa: E402 - stdlib only at import, like cli_text
-from cli_text import HelpFormatter  # noqa: E402
+from cli_text import HelpFormatter, add_version  # noqa: E402
 from client import ClientError  # noqa: E402
 from client.address import DEFAULT_PORT, DEFAULT_SERVER, with_default_port  # noqa: E402
 from client.inputs import gather_images  # noqa: E402
@@ -75,6 +75,7 @@ def _version(text: str) -> int:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python client/predict.py", description=__doc__,
                                 formatter_class=HelpFormatter)
+    add_version(p)
     p.add_argument("images", nargs="*", metavar="IMAGE_OR_DIR", help="image files or folders")
     p.add_argument("--model", help="model name (default: the served model with the best test accuracy)")
     p.add_argument("--variant", choices=mc.VARIANTS,
