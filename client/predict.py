@@ -4,6 +4,7 @@
     python client/predict.py samples/ --top-k 3 --json
     python client/predict.py --list
     python client/predict.py samples/ --server localhost       # port 50051 when none is given
+    FMNIST_SERVER=grpc://10.0.0.7:50051 python client/predict.py samples/coat.png
 
 Folders stand for the image files directly inside them (.png .jpg .jpeg .bmp .gif .webp), sorted.
 Images go in batches within the limits the server reports (images and bytes per request; a batch
@@ -34,7 +35,7 @@ for _path in (_ROOT, _ROOT / "build" / "gen"):  # works even without the venv's 
 import model_contract as mc  # noqa: E402 - stdlib only at import, like cli_text
 from cli_text import HelpFormatter, add_version  # noqa: E402
 from client import ClientError  # noqa: E402
-from client.address import DEFAULT_PORT, DEFAULT_SERVER, with_default_port  # noqa: E402
+from client.address import DEFAULT_PORT, DEFAULT_SERVER, ENVIRONMENT, dial_target  # noqa: E402
 from client.inputs import gather_images  # noqa: E402
 from client.output import format_models, format_results  # noqa: E402
 from client.rpc_errors import describe_rpc_error  # noqa: E402
@@ -85,9 +86,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="0: the newest the server has")
     p.add_argument("--top-k", type=int, default=1, choices=range(1, 11), metavar="1..10",
                    help="how many classes to show per image, best first")
-    p.add_argument("--server", default=DEFAULT_SERVER,
+    p.add_argument("--server", metavar="ADDRESS",
                    help=f"host[:port], port {DEFAULT_PORT} when left out; IPv6 as [::1] or "
-                        f"[::1]:{DEFAULT_PORT}")
+                        f"[::1]:{DEFAULT_PORT}; also grpc:// or http:// (plaintext), grpcs:// or "
+                        "https:// (TLS, with --tls-ca) before it, or a gRPC target "
+                        "(dns:///host:port, unix:/path) (default: the FMNIST_SERVER environment "
+                        f"variable, else {DEFAULT_SERVER})")
     p.add_argument("--timeout", type=_seconds, default=30.0, help="seconds per RPC")
     p.add_argument("--invert", choices=INVERSIONS, default="auto",
                    help="auto: invert images whose background is light")
@@ -109,9 +113,9 @@ def main(args: argparse.Namespace) -> int:
         return _fail(f"the gRPC client cannot be imported ({_IMPORT_ERROR}): run `make install`", 1)
     if not args.list and not args.images:
         return _fail("give image files or folders, or --list", 2)
-    server = args.server
+    server, named = _server(args)
     try:
-        server = with_default_port(args.server)
+        server = dial_target(server, tls=args.tls_ca is not None, named=named)
         stub = connect(server, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
                        token=args.token or os.environ.get("FMNIST_TOKEN"))
         try:
@@ -122,6 +126,16 @@ def main(args: argparse.Namespace) -> int:
         return _fail(str(e), e.exit_code)
     except grpc.RpcError as e:
         return _fail(describe_rpc_error(e, server, args.timeout, args.tls_ca is not None), 1)
+
+
+def _server(args: argparse.Namespace) -> tuple[str, str]:
+    """The address to dial as given, and how an error names it: --server, else FMNIST_SERVER,
+    else the default."""
+    if args.server is not None:
+        return args.server, f"--server {args.server}"
+    if os.environ.get(ENVIRONMENT):
+        return os.environ[ENVIRONMENT], f"{ENVIRONMENT}={os.environ[ENVIRONMENT]}"
+    return DEFAULT_SERVER, DEFAULT_SERVER
 
 
 def _fail(message: str, exit_code: int) -> int:
