@@ -8,7 +8,9 @@
 
 Folders stand for the image files directly inside them (.png .jpg .jpeg .bmp .gif .webp), sorted.
 Images go in batches within the limits the server reports (images and bytes per request; a batch
-over its pixels per request is split).
+over its pixels per request is split). A request the server refuses for now (RESOURCE_EXHAUSTED
+with a retry hint: full; UNAVAILABLE: draining or not up yet) is tried again a few times after a
+random wait, at least the server's hint, within --timeout.
 An input that cannot be used (missing, unreadable, a folder without images, a file the server
 cannot decode) is named on stderr with the reason; the other images are still classified.
 Exit status: 0 when every input was classified; 1 when the server or an RPC fails (one line on
