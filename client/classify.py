@@ -2,12 +2,16 @@
 
 Images go in consecutive batches of at most the server's images per request and about its
 message size (ListModels' limits); a batch over its pixels per request is split in two until it
-fits. An image the server refuses is left out with its reason and the rest sent again.
+fits. An image the server refuses is left out with its reason and the rest sent again. A request
+that fails otherwise (after client/retries.py's retries) ends the run, and the answers already
+given are kept: the model unloaded or the server draining halfway through a folder costs the
+rest of the folder, not what was classified.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import grpc
@@ -26,27 +30,48 @@ _INVERSIONS = {"auto": pb.INVERSION_AUTO, "always": pb.INVERSION_ALWAYS,
                "never": pb.INVERSION_NEVER}
 
 
+@dataclass
+class Answer:
+    """What a run got: the model and version that answered, one result per classified image
+    (input order), the images left out with the reason, and the call that ended the run early
+    (a grpc.RpcError), if one did."""
+
+    model: str
+    version: int | None
+    results: list[dict] = field(default_factory=list)
+    refused: list[Unusable] = field(default_factory=list)
+    failure: grpc.RpcError | None = None
+
+    def as_dict(self) -> dict:
+        return {"model": self.model, "version": self.version, "results": self.results,
+                "errors": [u.as_dict() for u in self.refused]}
+
+
 def classify(stub, images: list[ImageFile], *, model: str | None = None, version: int = 0,
              top_k: int = 1, invert: str = "auto", timeout: float = 30.0,
-             listing: pb.ListModelsResponse | None = None) -> dict:
-    """Classify `images` in batches within the server's limits; returns the dict `--json` prints.
-    An image the server refuses, or too large for one message, is left out and listed under
-    "errors" with the reason; the others are classified."""
+             listing: pb.ListModelsResponse | None = None) -> Answer:
+    """Classify `images` in batches within the server's limits. An image the server refuses, or
+    too large for one message, is left out with the reason; the others are classified until a
+    request fails, which ends the run (`Answer.failure`) with the answers so far kept."""
     listing = listing or list_models(stub, timeout)
     limits = listing.limits
     max_bytes = limits.max_message_bytes or 4 * 1024 * 1024
     template = pb.ClassifyRequest(model=model or default_model(listing), version=version,
                                   top_k=top_k, inversion=_INVERSIONS[invert])
-    images, unusable = fit_messages(images, max_bytes)
-    results, answered = [], None
+    images, too_large = fit_messages(images, max_bytes)
+    answer = Answer(template.model, version or None, refused=too_large)
+    answered = False
     for batch in batches(images, limits.max_images_per_request or 64, max_bytes):
-        answers, model_version, refused = _classify_batch(stub, template, batch, timeout)
-        unusable += refused
-        answered = answered or model_version
-        results += [_result(image, classification) for image, classification in answers]
-    model, version = answered or (template.model, version or None)
-    return {"model": model, "version": version, "results": results,
-            "errors": [u.as_dict() for u in unusable]}
+        try:
+            answers, model_version, refused = _classify_batch(stub, template, batch, timeout)
+        except grpc.RpcError as e:
+            answer.failure = e
+            break
+        answer.refused += refused
+        if model_version and not answered:
+            (answer.model, answer.version), answered = model_version, True
+        answer.results += [_result(image, classification) for image, classification in answers]
+    return answer
 
 
 def _message_budget(max_bytes: int) -> int:

@@ -13,6 +13,8 @@ with a retry hint: full; UNAVAILABLE: draining or not up yet) is tried again a f
 random wait, at least the server's hint, within --timeout.
 An input that cannot be used (missing, unreadable, a folder without images, a file the server
 cannot decode) is named on stderr with the reason; the other images are still classified.
+When a request fails halfway through (the model unloaded, the server draining), the answers
+already given are printed, then the error.
 Exit status: 0 when every input was classified; 1 when the server or an RPC fails (one line on
 stderr); 2 for bad arguments, or when an input could not be used. Needs grpcio and protobuf only
 (and the stubs `make install` makes).
@@ -98,7 +100,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--invert", choices=INVERSIONS, default="auto",
                    help="auto: invert images whose background is light")
     p.add_argument("--json", action="store_true",
-                   help="print JSON instead of tables (unusable inputs under \"errors\")")
+                   help="print JSON instead of tables (unusable inputs under \"errors\"; the "
+                        "failure that ended a run early under \"failure\")")
     p.add_argument("--tls-ca", type=Path, metavar="PEM",
                    help="connect with TLS, trusting this CA (default: plaintext)")
     p.add_argument("--tls-cert", type=Path, metavar="PEM",
@@ -153,23 +156,33 @@ def _list(stub, args: argparse.Namespace) -> int:
 
 
 def _predict(stub, args: argparse.Namespace, server: str) -> int:
-    """Classify what can be used; name each input that cannot on stderr (then exit 2)."""
+    """Classify what can be used and print the answers; then name on stderr each input that
+    could not be used (exit 2) and the failure that ended the run early, if one did (exit 1)."""
     images, unusable = gather_images(args.images)
-    answer: dict = {"results": [], "errors": []}
+    answer = None
     if images:
         listing = list_models(stub, args.timeout)
         answer = classify(stub, images, model=choose_model(listing, args.model, args.variant),
                           version=args.model_version, top_k=args.top_k, invert=args.invert,
                           timeout=args.timeout, listing=listing)
-    answer["errors"] = [u.as_dict() for u in unusable] + answer["errors"]
-    answer["server"] = server
+        if answer.failure is not None and not answer.results:
+            raise answer.failure  # nothing to show: one line, as for any failed call
+    shown = answer.as_dict() if answer else {"results": [], "errors": []}
+    shown["errors"] = [u.as_dict() for u in unusable] + shown["errors"]
+    failure = None
+    if answer is not None and answer.failure is not None:
+        failure = describe_rpc_error(answer.failure, server, args.timeout, args.tls_ca is not None)
+    shown.update(server=server, failure=failure)
     if args.json:
-        print(json.dumps(answer, indent=2))
-    elif answer["results"]:
-        print(format_results(answer))
-    for error in answer["errors"]:
+        print(json.dumps(shown, indent=2))
+    elif shown["results"]:
+        print(format_results(shown))
+    for error in shown["errors"]:
         print(f"error: {error['file']}: {error['error']}", file=sys.stderr)
-    return 2 if answer["errors"] else 0
+    if failure:
+        print(f"error: {failure} (after {len(shown['results'])} of {len(images)} images were "
+              "classified)", file=sys.stderr)
+    return 1 if failure else 2 if shown["errors"] else 0
 
 
 if __name__ == "__main__":

@@ -25,10 +25,14 @@ def describe_rpc_error(error, server: str, timeout: float, tls: bool = False) ->
 
 
 def _unavailable(server: str, details: str, tls: bool) -> str:
-    """UNAVAILABLE: a failed TLS handshake, a port that is not gRPC, or no server at all, each
-    with its own advice."""
+    """UNAVAILABLE: a server draining after SIGTERM (it refuses new calls while those in flight
+    finish), a failed TLS handshake, a port that is not gRPC, or no server at all, each with its
+    own advice."""
     text = details.lower()
     failure = _tls_failure(details, tls)
+    if "shutting down" in text:  # the server's own refusal while it drains (docs/serving.md)
+        return (f"the server at {server} is draining (shutting down); try again or use another "
+                "replica")
     if failure:
         return f"TLS with {server} failed: {failure}"
     if not tls and "socket closed" in text:

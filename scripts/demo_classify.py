@@ -124,12 +124,14 @@ def classify_samples(address: str, samples: Path, timeout: float) -> list[dict]:
         rows = []
         for m in listing.models:
             answer = classify(stub, images, model=m.name, version=m.version, timeout=timeout)
+            if answer.failure is not None:
+                raise answer.failure
             right = sum(r["predictions"][0]["class_id"] == expected.get(Path(r["file"]).name)
-                        for r in answer["results"])
+                        for r in answer.results)
             rows.append({"model": m.name, "version": m.version, "provider": m.provider,
                          "test_accuracy": m.test_accuracy, "test_images": m.test_images,
                          "right": right,
-                         "samples": sum(Path(r["file"]).name in expected for r in answer["results"])})
+                         "samples": sum(Path(r["file"]).name in expected for r in answer.results)})
         return rows
     finally:
         stub.channel.close()

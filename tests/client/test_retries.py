@@ -5,12 +5,10 @@ although the server refused many of their requests with RESOURCE_EXHAUSTED and a
 
 from __future__ import annotations
 
-import shutil
 from concurrent import futures
 
-from harness.process import ServerProcess, by_labels, scrape
-from tests.client.predict_cli import predict
-from tests.serving_fixtures import SAMPLES
+from harness.process import ServerProcess
+from tests.client.predict_cli import predict, requests_by_code, sample_copies
 
 RUNS = 6
 IMAGES = 200  # per run: 50 requests of 4, so the runs overlap however they are scheduled
@@ -18,10 +16,7 @@ IMAGES = 200  # per run: 50 requests of 4, so the runs overlap however they are 
 
 def test_concurrent_runs_against_a_full_queue_all_finish(models_dir, tmp_path):
     folder = tmp_path / "many"
-    folder.mkdir()
-    samples = sorted(SAMPLES.glob("*.png"))
-    for i in range(IMAGES):
-        shutil.copy(samples[i % len(samples)], folder / f"{i:03d}.png")
+    files = sample_copies(folder, IMAGES)
     with ServerProcess("--models-dir", str(models_dir), "--port", "0", "--device", "cpu",
                        "--max-images-per-request", "4", "--max-batch", "4",
                        "--max-queue-images", "4", metrics=True) as server:
@@ -29,11 +24,10 @@ def test_concurrent_runs_against_a_full_queue_all_finish(models_dir, tmp_path):
         with futures.ThreadPoolExecutor(RUNS) as pool:
             runs = list(pool.map(lambda _: predict(str(folder), "--model", "lenet_bn",
                                                    "--server", address), range(RUNS)))
-        codes = by_labels(scrape(server.metrics_port), "fmnist_requests_total", "code")
+        codes = requests_by_code(server.metrics_port)
     assert [run.returncode for run in runs] == [0] * RUNS, [run.stderr for run in runs]
     for run in runs:
-        assert [line.split(":")[0] for line in run.stdout.splitlines()] == [
-            str(folder / f"{i:03d}.png") for i in range(IMAGES)]
+        assert [line.split(":")[0] for line in run.stdout.splitlines()] == list(map(str, files))
         assert run.stderr == ""
-    assert codes.get(("OK",)) == RUNS * IMAGES / 4
-    assert codes.get(("RESOURCE_EXHAUSTED",), 0) > 0, codes  # the retries had work to do
+    assert codes.get("OK") == RUNS * IMAGES / 4
+    assert codes.get("RESOURCE_EXHAUSTED", 0) > 0, codes  # the retries had work to do
