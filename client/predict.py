@@ -12,7 +12,8 @@ over its pixels per request is split). A request the server refuses for now (RES
 with a retry hint: full; UNAVAILABLE: draining or not up yet) is tried again a few times after a
 random wait, at least the server's hint, within --timeout.
 An input that cannot be used (missing, unreadable, a folder without images, a file the server
-cannot decode) is named on stderr with the reason; the other images are still classified.
+cannot decode) is named on stderr with the reason; the other images are still classified. A file
+that is no PNG, JPEG, BMP, GIF or WebP by its first bytes (or empty) is named without being sent.
 When a request fails halfway through (the model unloaded, the server draining), the answers
 already given are printed, then the error.
 Exit status: 0 when every input was classified; 1 when the server or an RPC fails (one line on
