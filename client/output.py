@@ -13,7 +13,7 @@ _MODEL_COLUMNS = [("name", "model", ""), ("version", "version", "d"), ("variant"
                   ("test_accuracy", "accuracy", ".4f"), ("test_images", "on images", ""),
                   ("input_side", "input", "d"), ("provider", "provider", ""),
                   ("probe", "probe |Δ|", ""), ("fp32_agreement", "agree fp32", ".2%"),
-                  ("speedup", "vs fp32 b32", "")]
+                  ("speedup", "vs fp32 b32", ""), ("note", "note", "")]
 
 
 def format_results(answer: dict) -> str:
@@ -32,15 +32,20 @@ def format_results(answer: dict) -> str:
 
 
 def format_models(listed: dict) -> str:
-    """The --list table (one row per served model version) from models.models_dict, then one
-    line per refused version."""
+    """The --list table (one row per served model version) from models.models_dict, its note
+    naming the model that answers without --model and those near chance, then one line per
+    refused version."""
     refused = [f"not served: {r['name']} v{r['version']}: {r['reason']}" for r in listed["refused"]]
     if not listed["models"]:
         return "\n".join(["the server serves no models", *refused])
+    default = max((m for m in listed["models"] if m["name"] == listed["default"]),
+                  key=lambda m: m["version"])
     rows = [{**m, "test_images": m["test_images"] or "?",
              "probe": ("unverified" if m["probe_max_abs_diff"] is None
                        else f"{m['probe_max_abs_diff']:.1e}"),
-             "speedup": _speedup(m["speedup_vs_fp32"])} for m in listed["models"]]
+             "speedup": _speedup(m["speedup_vs_fp32"]),
+             "note": ", ".join(["default"] * (m is default) + ["near chance"] * m["near_chance"])
+             or None} for m in listed["models"]]
     return "\n".join([format_table(rows, _MODEL_COLUMNS), *refused])
 
 

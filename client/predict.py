@@ -54,7 +54,7 @@ try:  # grpc and the generated stubs (`make install`); reported by main() in one
     import grpc
     from client.channel import connect
     from client.classify import classify
-    from client.models import choose_model, list_models, models_dict
+    from client.models import answered_near_chance, choose_model, list_models, models_dict
     _IMPORT_ERROR: ImportError | None = None
 except ImportError as e:
     _IMPORT_ERROR = e
@@ -83,7 +83,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 formatter_class=HelpFormatter)
     add_version(p)
     p.add_argument("images", nargs="*", metavar="IMAGE_OR_DIR", help="image files or folders")
-    p.add_argument("--model", help="model name (default: the served model with the best test accuracy)")
+    p.add_argument("--model",
+                   help="model name (default: the served model with the best test accuracy it "
+                        "can be sure of: the lower 95%% bound of its accuracy on the test images "
+                        "it was measured on; --list shows which)")
     p.add_argument("--variant", choices=mc.VARIANTS,
                    help="a precision variant of --model, served as MODEL:VARIANT "
                         "(default: the fp32 model)")
@@ -102,7 +105,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="auto: invert images whose background is light")
     p.add_argument("--json", action="store_true",
                    help="print JSON instead of tables (unusable inputs under \"errors\"; the "
-                        "failure that ended a run early under \"failure\")")
+                        "failure that ended a run early under \"failure\"; \"near_chance\": the "
+                        "model's test accuracy is under twice chance)")
     p.add_argument("--tls-ca", type=Path, metavar="PEM",
                    help="connect with TLS, trusting this CA (default: plaintext)")
     p.add_argument("--tls-cert", type=Path, metavar="PEM",
@@ -160,7 +164,7 @@ def _predict(stub, args: argparse.Namespace, server: str) -> int:
     """Classify what can be used and print the answers; then name on stderr each input that
     could not be used (exit 2) and the failure that ended the run early, if one did (exit 1)."""
     images, unusable = gather_images(args.images)
-    answer = None
+    answer, shown = None, {"results": [], "errors": []}
     if images:
         listing = list_models(stub, args.timeout)
         answer = classify(stub, images, model=choose_model(listing, args.model, args.variant),
@@ -168,7 +172,8 @@ def _predict(stub, args: argparse.Namespace, server: str) -> int:
                           timeout=args.timeout, listing=listing)
         if answer.failure is not None and not answer.results:
             raise answer.failure  # nothing to show: one line, as for any failed call
-    shown = answer.as_dict() if answer else {"results": [], "errors": []}
+        shown = {**answer.as_dict(),
+                 "near_chance": answered_near_chance(listing, answer.model, answer.version)}
     shown["errors"] = [u.as_dict() for u in unusable] + shown["errors"]
     failure = None
     if answer is not None and answer.failure is not None:

@@ -112,14 +112,15 @@ def test_list(address):
     assert out.returncode == 0
     header, rule, *rows = out.stdout.splitlines()
     assert header.split() == ["model", "version", "variant", "accuracy", "on", "images", "input",
-                              "provider", "probe", "|Δ|", "agree", "fp32", "vs", "fp32", "b32"]
+                              "provider", "probe", "|Δ|", "agree", "fp32", "vs", "fp32", "b32",
+                              "note"]
     assert set(rule) == {"-", " "} and len(rule) == len(header)
     assert [row.split()[0] for row in rows] == ["lenet", "lenet_bn"]
     assert all(row.split()[2] == "fp32" for row in rows)  # variants: tests/server/test_variants.py
     assert all(row.split()[4] == "256" for row in rows)  # the fixture's whole test set
     assert all(row.split()[6] == "CPUExecutionProvider" for row in rows)
     assert all(float(row.split()[7]) <= 1e-3 for row in rows)  # the exporter's probe, re-run here
-    assert all(row.split()[8:] == ["-", "-"] for row in rows)  # fp32: no agreement, no speed-up
+    assert all(row.split()[8:10] == ["-", "-"] for row in rows)  # fp32: no agreement, no speed-up
     listing = json.loads(predict("--list", "--json", "--server", address).stdout)
     assert listing["limits"]["max_images_per_request"] == 4
     assert {m["test_images"] for m in listing["models"]} == {256}
