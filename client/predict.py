@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parent.parent
-if sys.path and Path(sys.path[0] or ".").resolve() == _ROOT / "client":
+if __name__ == "__main__" and Path(sys.path[0]).resolve() == _ROOT / "client":
     del sys.path[0]  # run as a script: client/'s modules are client.*, never top-level names
 for _path in (_ROOT, _ROOT / "build" / "gen"):  # works even without the venv's .pth
     if _path.is_dir() and str(_path) not in sys.path:
