@@ -67,8 +67,8 @@ REQUIRED_KEYS = (ARCH, LABELS, INPUT_SIDE, TEST_ACCURACY, BN_FOLDED, BN_REMAININ
 PROBE_IMAGES = 16
 # Max |Δ probability| between the exporter's CPU run and the serving provider's run. fp32 CPU vs
 # CPU agrees to ~1e-6; CUDA (other conv algorithms; TF32 off by default because
-# server/models/providers.py sets use_tf32=0, onnxruntime's own default being on) to ~1e-4.
-# `python -m server --cuda-tf32` holds fp32 models on CUDA to providers.TF32_PROBE_TOLERANCE.
+# execution_providers.py sets use_tf32=0, onnxruntime's own default being on) to ~1e-4.
+# `python -m server --cuda-tf32` holds fp32 models on CUDA to execution_providers.TF32_PROBE_TOLERANCE.
 PROBE_TOLERANCE = 1e-3
 # A variant is probed against its own exported probabilities. INT8 kernels differ by ISA (VNNI,
 # AVX-512, AVX2 with its u8*s8 saturation, ARM dot products) in rounding at requantization: a

@@ -4,7 +4,7 @@ Each of the first --images test images is rendered as a photo would arrive: enla
 side of 256-512 pixels (bicubic), made RGB with a random pale tint, inverted to a dark object on
 a light background, and saved as JPEG (quality 90). Every served model then classifies them
 through the real server (`python -m server` as its own process, fmnist.v1 Classify with the
-encoded bytes, so server/dataplane/decode.py does all the work) and the same images' 784 raw bytes. The
+encoded bytes, so server/dataplane/imagefile.py does all the work) and the same images' 784 raw bytes. The
 target: photo accuracy within 1 point of raw accuracy for every model.
 
     python -m bench.photos [--models lenet_bn resnet18] [--images 2000] [--models-dir DIR]

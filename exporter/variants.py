@@ -43,7 +43,7 @@ import model_contract as contract
 from exporter import metadata
 from exporter.parity import cpu_session, probe
 from model_contract import ModelMetadata
-from server.models import providers  # torch-free: one CUDA set-up for export and serving
+import execution_providers as providers  # torch-free: one CUDA set-up for export and serving
 
 MAX_DROP_POINTS = 0.5       # accuracy may fall at most this many points (0.5 = 0.005) below fp32
 MIN_AGREEMENT = 0.99        # top-1 agreement with the fp32 model, at least

@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness import REPO
+from harness.wait import until
 
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
 
@@ -87,16 +87,15 @@ class ServerProcess:
         return "\n".join(self.lines)
 
     def wait_for_port(self, timeout: float = 120) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.lines:
-                if m := LISTENING.search(line):
-                    return int(m.group(2))
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.proc.kill()
-        raise AssertionError(f"the server did not log its port:\n{self.log}")
+        try:
+            return self._until(self._port, timeout, "the server logging its port")
+        except AssertionError:
+            self.proc.kill()
+            raise
+
+    def _port(self) -> int | None:
+        return next((int(m.group(2)) for line in self.lines if (m := LISTENING.search(line))),
+                    None)
 
     def count(self, text: str) -> int:
         """How many log lines so far hold `text`."""
@@ -104,22 +103,39 @@ class ServerProcess:
 
     def wait_for_log(self, text: str, timeout: float = 60, times: int = 1) -> None:
         """Until `times` log lines hold `text` (the server's own account of a state it reached)."""
-        deadline = time.monotonic() + timeout
-        while self.count(text) < times:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"no log line with {text!r}:\n{self.log}")
-            time.sleep(0.02)
+        self._until(lambda: self.count(text) >= times, timeout,
+                    f"{times} log line(s) with {text!r}")
 
     def wait_for_metric(self, name: str, predicate, timeout: float = 60) -> float:
         """Until the scraped `name` (with its labels) satisfies `predicate`; returns its value."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = by_labels(scrape(self.metrics_port), name).get((), 0.0)
-            if predicate(value):
-                return value
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"{name} stayed at {value}:\n{self.log}")
-            time.sleep(0.05)
+        last = [0.0]
+
+        def satisfied() -> bool:
+            last[0] = by_labels(scrape(self.metrics_port), name).get((), 0.0)
+            return predicate(last[0])
+
+        try:
+            self._until(satisfied, timeout, f"{name} reaching the value waited for")
+        except AssertionError as e:
+            raise AssertionError(f"{name} stayed at {last[0]}; {e}") from None
+        return last[0]
+
+    def _until(self, value, timeout: float, what: str):
+        """harness.wait.until(value), failing at once if the server exits first; either failure
+        carries the server's log."""
+        def unless_exited():
+            result = value()
+            if not result and self.proc.poll() is not None:
+                self._reader.join(10)  # what it wrote before exiting, read to the end
+                if not (result := value()):
+                    raise AssertionError(f"the server exited (status {self.proc.returncode}) "
+                                         f"before {what}")
+            return result
+
+        try:
+            return until(unless_exited, timeout, what, every=0.05)
+        except AssertionError as e:
+            raise AssertionError(f"{e}:\n{self.log}") from None
 
     def usage(self) -> "Usage":
         return usage(self.proc.pid)

@@ -29,26 +29,32 @@ from fmnist.v1 import classifier_pb2 as pb
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from inference import grpc_service_pb2 as v2_pb
 
-from server.api import auth, binding
-from server.api.classifier import SERVICE_NAME, ClassifierServicer
+from execution_providers import CudaOptions
+from server import __version__
+from server.api import binding
+from server.api.grpc import auth
+from server.api.grpc.classifier import SERVICE_NAME, ClassifierServicer
+from server.api.grpc.kserve import SERVICE_NAME as V2_SERVICE_NAME, V2Servicer
+from server.api.grpc.reflection import add_reflection
+from server.api.grpc.transport import Transport, grpc_options, service_handler
 from server.api.http.listener import HttpListener
 from server.api.http.service import Service as HttpService
-from server.api.kserve import SERVICE_NAME as V2_SERVICE_NAME, V2Servicer
-from server.api.reflection import add_reflection
 from server.api.security import Security
-from server.api.transport import Transport, grpc_options, service_handler
+from server.dataplane.access import Access
 from server.dataplane.core import Core
 from server.dataplane.types import Batching, Limits
 from server.errors import StartupError
 from server.loop import EventLoop
 from server.metrics.registry import Metrics
 from server.models.loading import LoadedModel, Loader, default_runner_factory
-from server.models.providers import CudaOptions, ProviderPolicy
+from server.models.providers import ProviderPolicy
 from server.models.repository import Repository
+from server.models.spec import Refusal
 from server.models.verify import RunnerFactory
 
 log = logging.getLogger(__name__)
 
+SERVER_NAME = "fmnist-serve"  # as KServe v2 ServerMetadata names the server
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -65,7 +71,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 0
     device: str = "auto"
-    cuda_tf32: bool = False  # --cuda-tf32: fp32 on TF32 tensor cores (server/models/providers.py)
+    cuda_tf32: bool = False  # --cuda-tf32: fp32 on TF32 tensor cores (execution_providers.py)
     versions: dict[str, set[int]] = field(default_factory=dict)  # --model-version pins
     limits: Limits = Limits()
     batching: Batching = Batching()
@@ -94,7 +100,6 @@ class _Parts:
     health: health.aio.HealthServicer
     metrics: Metrics | None
     core: Core | None = None
-    repository: Repository | None = None
     http: HttpListener | None = None  # bound in _bind, served from Server.start
     http_service: HttpService | None = None
 
@@ -109,7 +114,7 @@ class Server:
         self.core = parts.core
         self.health = parts.health
         self.metrics = parts.metrics
-        self.repository = parts.repository
+        self.control = parts.core.control  # live reload, load and unload (None: no folder)
         self.http, self._http_service = parts.http, parts.http_service
         self.http_port = parts.http.port if parts.http else None
         self.address = address
@@ -120,7 +125,7 @@ class Server:
         self._gate = gate  # --workers: the parent's word that every worker serves
         self._services: list[str] = []
         self._health_lock = threading.Lock()
-        self.core.on_change.append(self._update_health)
+        self.core.served.on_change.append(self._update_health)
         self._update_health()
 
     def start(self) -> None:
@@ -134,8 +139,8 @@ class Server:
                      self.http_port, extra={"http_port": self.http_port})
         self._serving = True
         self._update_health()
-        if self.repository is not None:
-            self.repository.start(self._poll_seconds)
+        if self.control is not None:
+            self.control.start(self._poll_seconds)
 
     def stop(self, grace: float | None = 10.0) -> bool:
         """Health NOT_SERVING, refuse new requests, let those in flight finish (at most `grace`
@@ -149,8 +154,8 @@ class Server:
             return True
         self._stopped = True
         self._serving = False
-        if self.repository is not None:
-            self.repository.stop()
+        if self.control is not None:
+            self.control.stop()
         self._loop.call(self.health.enter_graceful_shutdown())
         self.core.drain()
         log.info("stopping: %d request(s) in flight, grace period %ss", self.core.in_flight, grace)
@@ -226,22 +231,22 @@ def create_server(models_dir: str | Path | None = None, *, models: list[LoadedMo
     loop = EventLoop()
     parts = None
     try:
+        access = config.security.access()  # a token file that cannot be used: before binding
         if config.worker:  # its parent checked the port: listen once loaded
             loaded = _load(models_dir, models, config)
-            parts, port = _bind(loop, config)
+            parts, port = _bind(loop, config, access)
         else:
-            parts, port = _bind(loop, config)
+            parts, port = _bind(loop, config, access)
             loaded = _load(models_dir, models, config)
-        parts.repository, models = loaded
-        parts.core = Core(models, config.limits, config.batching,
-                          parts.repository.refused() if parts.repository else (),
-                          observer=parts.metrics.observe_request if parts.metrics else None)
+        repository, models, refused = loaded
+        parts.core = Core(models, config.limits, config.batching, refused,
+                          observer=parts.metrics.observe_request if parts.metrics else None,
+                          repository=repository, server=(SERVER_NAME, __version__),
+                          access=access)
         if parts.metrics is not None:
             parts.metrics.watch(parts.core, loop, parts.http.guard if parts.http else None)
-        if parts.repository is not None:
-            parts.repository.attach(parts.core)
         if parts.http is not None:
-            parts.http_service = HttpService(parts.core, parts.repository, config.security,
+            parts.http_service = HttpService(parts.core,
                                              config.transport.request_read_timeout_seconds)
         parts.core.start()
         loop.call(_add_services(parts, config.transport))
@@ -256,14 +261,14 @@ def create_server(models_dir: str | Path | None = None, *, models: list[LoadedMo
                   config.poll_seconds, gate=not config.worker), port
 
 
-def _bind(loop: EventLoop, config: ServerConfig) -> tuple[_Parts, int]:
+def _bind(loop: EventLoop, config: ServerConfig, access: Access) -> tuple[_Parts, int]:
     """The gRPC server bound on every address of the host, /metrics serving and the HTTP port
     bound, before any model loads."""
     async def make():
         server = grpc.aio.server(options=grpc_options(config.transport,
                                                       config.limits.max_message_bytes,
                                                       reuse_port=config.worker),
-                                 interceptors=auth.interceptors(config.security))
+                                 interceptors=auth.interceptors(access))
         return server, binding.bind(server, config.security, config.host, config.port)
 
     grpc_server, port = loop.call(make())
@@ -286,24 +291,25 @@ def _bind(loop: EventLoop, config: ServerConfig) -> tuple[_Parts, int]:
     return parts, port
 
 
-def _load(models_dir, models: list[LoadedModel] | None,
-          config: ServerConfig) -> tuple[Repository | None, list[LoadedModel]]:
-    """The models to serve and the repository that follows the folder (None: given models)."""
+def _load(models_dir, models: list[LoadedModel] | None, config: ServerConfig
+          ) -> tuple[Repository | None, list[LoadedModel], list[Refusal]]:
+    """The models to serve, the refusals, and the repository that follows the folder (None:
+    the models were given)."""
     if models is not None:
-        return None, models
+        return None, models, []
     policy = ProviderPolicy(config.device, cuda=CudaOptions(tf32=config.cuda_tf32))
     loader = Loader(policy, config.runner_factory or default_runner_factory,
                     config.allow_unverified)
     repository = Repository(models_dir, loader, config.versions, config.keep_versions)
     try:
-        models = repository.load_all()
+        models, refused = repository.load_all()
     except OSError as e:
         raise StartupError(f"cannot read --models-dir {models_dir}: {e.strerror or e}") from None
     if not models and not config.allow_empty:
-        reasons = "; ".join(f"{r.name} v{r.version}: {r.reason}" for r in repository.refused())
+        reasons = "; ".join(f"{r.name} v{r.version}: {r.reason}" for r in refused)
         raise StartupError(f"no model in {models_dir} could be served ({reasons or 'none found'}); "
                            "--allow-empty starts without one (NOT_SERVING until a model comes)")
-    return repository, models
+    return repository, models, refused
 
 
 async def _add_services(parts: _Parts, transport: Transport) -> None:
@@ -312,7 +318,7 @@ async def _add_services(parts: _Parts, transport: Transport) -> None:
     server.add_generic_rpc_handlers((service_handler(
         SERVICE_NAME, ClassifierServicer(parts.core), pb, timeout),))
     server.add_generic_rpc_handlers((service_handler(  # KServe v2, same port
-        V2_SERVICE_NAME, V2Servicer(parts.core, parts.repository), v2_pb, timeout),))
+        V2_SERVICE_NAME, V2Servicer(parts.core), v2_pb, timeout),))
     health_pb2_grpc.add_HealthServicer_to_server(parts.health, server)
     add_reflection(server, (SERVICE_NAME, V2_SERVICE_NAME, health.SERVICE_NAME))
 

@@ -24,7 +24,7 @@ from cli_text import HelpFormatter, add_version
 from model_contract import default_models_dir
 from server import logs, process
 from server.api import security
-from server.api.transport import Transport
+from server.api.grpc.transport import Transport
 from server.batching.batcher import BatchPolicy
 from server.dataplane.types import Batching, Limits
 from server.errors import StartupError
@@ -196,18 +196,18 @@ def main(args: argparse.Namespace) -> int:
     process.raise_file_limit()
     process.return_freed_memory()
     try:  # after logging is set up: importing grpc can log
-        from server import workers
         from server.app import create_server
+        from server.workers import cores, supervisor, worker
     except ImportError as e:
         log.error("cannot start: %s: the gRPC stubs or packages are missing; run `make install`", e)
         return 1
-    plan = workers.plan(args)
-    if workers.is_worker():
-        workers.tag_logs()
+    plan = cores.plan(args)
+    if worker.is_worker():
+        worker.tag_logs()
     else:
         log.info("%s", plan)
-    if workers.supervises(args, plan):
-        return workers.supervise(args, plan, sys.argv[1:])
+    if supervisor.supervises(args, plan):
+        return supervisor.supervise(args, plan, sys.argv[1:])
     try:
         config = server_config(args, plan)
         log.info("starting: models_dir=%s device=%s limits=%s batching=%s", args.models_dir,
@@ -222,8 +222,8 @@ def main(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda signum, frame: _on_signal(signum, stop, server, args.grace))
     server.start()
-    if workers.is_worker():  # its parent says when the port is served
-        return workers.serve(server, stop, args.grace, args.max_connection_age_seconds)
+    if worker.is_worker():  # its parent says when the port is served
+        return worker.serve(server, stop, args.grace, args.max_connection_age_seconds)
     models = server.core.list_models()
     log.info("listening on %s (health %s) with %d model(s): %s", server.address,
              "SERVING" if models else "NOT_SERVING until a model is served", len(models),
@@ -237,14 +237,15 @@ def main(args: argparse.Namespace) -> int:
 
 
 def server_config(args: argparse.Namespace, plan=None):
-    """The parsed flags as the server's configuration (`plan`: workers.plan(args), the thread
+    """The parsed flags as the server's configuration (`plan`: cores.plan(args), the thread
     counts); ValueError when they cannot work together."""
-    from server import workers
     from server.app import ServerConfig
     from server.models.runner import OnnxRunner
+    from server.workers import cores
+    from server.workers.worker import is_worker
 
-    plan = plan or workers.plan(args)
-    worker = workers.is_worker()  # metrics on a private port, which the parent adds up
+    plan = plan or cores.plan(args)
+    worker = is_worker()  # metrics on a private port, which the parent adds up
 
     limits = Limits(max_images_per_request=args.max_images_per_request,
                     max_image_pixels=args.max_image_pixels,

@@ -44,6 +44,18 @@ class Overloaded(ServingError):
         self.retry_after = retry_after
 
 
+class Unauthenticated(ServingError):
+    """No valid bearer token (server/dataplane/access.py)."""
+
+    code = "UNAUTHENTICATED"
+
+
+class PermissionDenied(ServingError):
+    """A valid caller without the role the operation needs, or an API that is off."""
+
+    code = "PERMISSION_DENIED"
+
+
 class Unavailable(ServingError):
     """Not ready yet, or shutting down."""
 

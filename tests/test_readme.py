@@ -301,3 +301,67 @@ def test_a_marked_line_of_an_unknown_kind_fails_rather_than_being_skipped(line):
 def test_every_docs_file_the_readme_names_exists():
     named = set(re.findall(r"docs/[\w.-]+\.md", README.read_text()))
     assert named and all((REPO / name).is_file() for name in named), named
+
+
+FENCED = re.compile(r"^```.*?^```", re.M | re.S)
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def anchors(text: str) -> set[str]:
+    """The anchors GitHub gives a Markdown file's headings (fenced code left out)."""
+    found, seen = set(), {}
+    for heading in re.findall(r"^#{1,6}\s+(.+?)\s*$", FENCED.sub("", text), re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        found.add(f"{slug}-{seen[slug]}" if slug in seen else slug)
+        seen[slug] = seen.get(slug, 0) + 1
+    return found
+
+
+def broken_links(path: Path) -> list[str]:
+    """The relative links of a Markdown file whose file or #anchor does not exist."""
+    broken = []
+    for target in LINK.findall(FENCED.sub("", path.read_text())):
+        if re.match(r"[a-z]+:", target):  # http:, https:, mailto:
+            continue
+        name, _, anchor = target.partition("#")
+        linked = (path.parent / name) if name else path
+        if not linked.exists():
+            broken.append(target)
+        elif anchor and linked.suffix == ".md" and anchor not in anchors(linked.read_text()):
+            broken.append(target)
+    return broken
+
+
+@pytest.mark.parametrize("path", [README, *sorted((REPO / "docs").glob("*.md"))],
+                         ids=lambda p: p.name)
+def test_every_relative_link_and_anchor_resolves(path):
+    assert broken_links(path) == [], path.name
+
+
+def test_the_link_check_finds_a_missing_file_and_a_missing_anchor(tmp_path):
+    (tmp_path / "a.md").write_text("# A title (`make a`)\n\n## Twice\n\n## Twice\n")
+    page = tmp_path / "b.md"
+    page.write_text("[ok](a.md#a-title-make-a) [ok](a.md#twice-1) [ok](#here) [ok](https://x.y/z)\n"
+                    "# Here\n[no](a.md#b-title) [no](c.md)\n```\n[skipped](d.md)\n```\n")
+    assert broken_links(page) == ["a.md#b-title", "c.md"]
+
+
+NAMED_DOC = re.compile(r"\bdocs/([\w.-]+\.md)(?:#([\w-]+))?")
+SOURCE_FOLDERS = ("bench", "client", "deploy", "exporter", "harness", "reporting", "scripts",
+                  "server", "tests", "trainer")
+
+
+def test_every_docs_page_and_anchor_the_code_names_exists():
+    """`docs/<page>.md` and `docs/<page>.md#<anchor>` in docstrings, help texts, comments and the
+    Makefile name a page (and heading) that exists."""
+    sources = [REPO / "Makefile", *REPO.glob("*.py"),
+               *(p for folder in SOURCE_FOLDERS for p in (REPO / folder).rglob("*")
+                 if p.suffix in (".py", ".yaml", ".txt") or p.name == "Dockerfile")]
+    missing = []
+    for source in sources:
+        for page, anchor in NAMED_DOC.findall(source.read_text()):
+            doc = REPO / "docs" / page
+            if not doc.is_file() or (anchor and anchor not in anchors(doc.read_text())):
+                named = f"docs/{page}#{anchor}" if anchor else f"docs/{page}"
+                missing.append(f"{source.relative_to(REPO)}: {named}")
+    assert missing == []

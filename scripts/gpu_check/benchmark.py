@@ -63,22 +63,20 @@ def _bench_one(kit: Kit, server, name: str, path: Path) -> Check:
 
 
 def in_process_cells(kit: Kit, path: Path, batches: dict) -> dict[str, dict]:
-    """Plain OnnxRunner runs and IO-binding runs of the same model, at each batch."""
+    """Plain onnxruntime runs and IO-binding runs of the same model in this process, on the
+    session the server would make (execution_providers' CUDA set-up), at each batch."""
+    import model_contract as mc
     from bench.serve import in_process
+    from gpu_check.exporting import device_session
 
-    from server.models.providers import ProviderPolicy
-    from server.models.runner import OnnxRunner
-
-    runner = OnnxRunner(path, ProviderPolicy(kit.plan.device).requested())
+    session = device_session(kit, path, tf32=False)
     binding = _io_bound(kit, path)
     out = {}
-    try:
-        for n, images in batches.items():
-            seconds = kit.plan.cell_seconds
-            out[f"in-process b{n}"] = in_process(lambda: runner.run(images), seconds, n)
-            out[f"io binding b{n}"] = in_process(binding(images), seconds, n)
-    finally:
-        runner.close()
+    for n, images in batches.items():
+        seconds = kit.plan.cell_seconds
+        out[f"in-process b{n}"] = in_process(
+            lambda: session.run(list(mc.OUTPUTS), {mc.INPUT: images}), seconds, n)
+        out[f"io binding b{n}"] = in_process(binding(images), seconds, n)
     return out
 
 

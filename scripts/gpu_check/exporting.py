@@ -4,7 +4,7 @@ parity on the CUDA provider, with TF32 off (what the server runs) and on (--cuda
 The exporter checks ONNX against PyTorch on onnxruntime's CPU provider and gates FP16 on CUDA
 (without CUDA it says so and writes none). Parity on CUDA is then measured here: the same test
 images through onnxruntime on the CPU and on CUDA, set up as the server sets it up
-(server/models/providers.py); each setting is held to the probe tolerance the server would hold
+(execution_providers.py); each setting is held to the probe tolerance the server would hold
 it to. INT8 is a CPU variant (`make bench-variants`), not checked on CUDA. The rehearsal runs the
 same comparison with the CPU provider standing in for CUDA and reports it as skipped.
 """
@@ -82,7 +82,7 @@ def _fp16(kit: Kit, arch: str, report: dict) -> Check:
 
 def cuda_parity(kit: Kit) -> list[Check]:
     """Every exported fp32 model: CUDA (TF32 off, then on) against the CPU provider."""
-    from server.models.providers import TF32_PROBE_TOLERANCE
+    from execution_providers import TF32_PROBE_TOLERANCE
 
     import model_contract as mc
 
@@ -137,7 +137,7 @@ def compare(kit: Kit, path: Path) -> dict[bool, dict]:
 
 def device_session(kit: Kit, path: Path, tf32: bool):
     """CUDA as the server sets it up (TF32 as asked); the CPU provider in the rehearsal."""
-    from server.models.providers import CudaOptions, cuda_session
+    from execution_providers import CudaOptions, cuda_session
 
     if not kit.plan.cuda:
         return cpu_session(path)

@@ -2,7 +2,7 @@
 
 "Really" means: onnxruntime has CUDAExecutionProvider, the NVIDIA driver loads, preload_dlls()
 found the CUDA and cuDNN libraries, and a session made the way the server makes them
-(server/models/providers.py) comes up on CUDA and runs a convolution (cuDNN loads at the first
+(execution_providers.py) comes up on CUDA and runs a convolution (cuDNN loads at the first
 one) to the CPU's answer. On a CUDA run anything short of that stops the kit with one line.
 """
 
@@ -153,7 +153,7 @@ def cuda_provider() -> dict:
     """Whether a CUDA session made as the server makes it runs a convolution correctly here."""
     import onnxruntime as ort
 
-    from server.models import providers
+    import execution_providers as providers
 
     out = {"onnxruntime": ort.__version__, "available": ort.get_available_providers(),
            "active": False, "reason": None, "preload_dlls": None, "options": None}

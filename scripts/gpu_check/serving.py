@@ -141,7 +141,7 @@ def _number(text: str | None) -> float | None:
 def serve_tf32(kit: Kit) -> list[Check]:
     """A server with --cuda-tf32 over the benchmark models: each probe with TF32 on, held to
     the wider tolerance the log names."""
-    from server.models.providers import TF32_PROBE_TOLERANCE
+    from execution_providers import TF32_PROBE_TOLERANCE
 
     if not kit.plan.cuda:
         return [Check("tf32", "server --cuda-tf32", NO_CUDA)]

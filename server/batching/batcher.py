@@ -26,7 +26,8 @@ model's batch-1 time plus the transport), two callers do not wait for a third th
 and 32 closed-loop callers are not split into two half batches that take turns (each half
 arriving while the other runs): the batch waits the few ms it takes the other half to come back.
 
-Admission and deadlines (costs come from `CostModel`, learned from every run by batch size):
+Admission and deadlines (decided by server/admission.py from this batcher's quote; costs come from
+`CostModel`, learned from every run by batch size):
 - `submit` refuses (Overloaded, with a retry hint) when the queue would hold more than
   `max_queue_images`, and (DeadlineExceeded) when even the most optimistic time for what runs
   before it and for its own images exceeds the time left: what the running batch has left by
@@ -58,10 +59,11 @@ from typing import Callable, Union
 
 import numpy as np
 
+from execution_providers import CUDA
 from model_contract import NUM_CLASSES, SIDE
+from server.admission import QueueQuote, check_queue, expired
 from server.batching.cost_model import CostModel
 from server.errors import Cancelled, DeadlineExceeded, Overloaded, Unavailable
-from server.models.providers import CUDA
 from server.models.runner import RunOutput, Runner
 
 log = logging.getLogger(__name__)
@@ -169,8 +171,12 @@ class Ticket:
 
 
 class Batcher:
-    def __init__(self, runner: Runner, policy: BatchPolicy = BatchPolicy(), name: str = "model"):
+    def __init__(self, runner: Runner, policy: BatchPolicy = BatchPolicy(), name: str = "model",
+                 admit: Callable[[QueueQuote, float | None, float], None] = check_queue):
+        """`admit` decides whether a request may join the queue (server/admission.py's
+        check_queue: the server's one admission policy)."""
         self.runner = runner
+        self._admit_queue = admit
         self.policy = policy
         self.name = name
         self.costs = CostModel()
@@ -230,6 +236,12 @@ class Batcher:
     def queued_images(self) -> int:
         return self._queued_images
 
+    @property
+    def waiting_for(self) -> int:
+        """How many queued images the batching thread waits for before it takes a batch: 1 while
+        idle, the expected batch size while it waits for a batch to fill, 0 otherwise."""
+        return self._waiting_for
+
     def close(self) -> None:
         """Refuse new work, fail what is still queued (UNAVAILABLE), stop the thread."""
         with self._cond:
@@ -246,27 +258,16 @@ class Batcher:
     # --- admission (under the lock) ---------------------------------------------------------
 
     def _admit(self, request: _Request, now: float) -> None:
-        """Raise what refuses `request` now, if anything does."""
+        """Raise what refuses `request` now, if anything does (server/admission.py decides, from
+        this batcher's quote)."""
         n, max_batch = request.queued, self.policy.max_batch
-        if self._closed:
-            raise Unavailable(f"{self.name} is shutting down; retry on another instance")
-        if self._queued_images + n > self.policy.max_queue_images:
-            wait = self._running_left(now, best=False) + self.costs.expected(
-                self._queued_images, max_batch)
-            raise Overloaded(
-                f"{self.name}'s queue is full ({self._queued_images} of "
-                f"{self.policy.max_queue_images} images waiting); retry in about "
-                f"{max(wait, 0.001) * 1000:.0f} ms", retry_after=wait)
-        if request.deadline is not None:
-            left = request.deadline - now
-            running = self._running_left(now, best=True)
-            needed = running + self.costs.optimistic(self._queued_images + n, max_batch)
-            if left <= needed:
-                raise DeadlineExceeded(
-                    f"the deadline leaves {max(left, 0.0) * 1000:.1f} ms, and {self.name} "
-                    f"needs at least {needed * 1000:.1f} ms for these {n} image(s) after the "
-                    f"{self._queued_images} queued ahead of them (and {running * 1000:.1f} ms "
-                    "left of the running batch)")
+        running_usual = self._running_left(now, best=False)
+        running_best = self._running_left(now, best=True)
+        self._admit_queue(QueueQuote(
+            self.name, n, self._queued_images, self.policy.max_queue_images,
+            usual_wait=running_usual + self.costs.expected(self._queued_images, max_batch),
+            best_time=running_best + self.costs.optimistic(self._queued_images + n, max_batch),
+            running_left=running_best, closed=self._closed), request.deadline, now)
 
     def _fits_alone(self, request: _Request, now: float) -> bool:
         """Whether `request` would be admitted with nothing queued ahead of it."""
@@ -333,16 +334,8 @@ class Batcher:
 
     def _expired(self, request: _Request, now: float, batch: int) -> DeadlineExceeded | None:
         """The error for a request that cannot finish before its deadline in a batch of `batch`."""
-        if request.deadline is None:
-            return None
-        left = request.deadline - now
-        needed = self.costs.optimistic(batch, self.policy.max_batch)
-        if left > needed:
-            return None
-        waited = (now - request.enqueued) * 1000
-        return DeadlineExceeded(
-            f"the deadline passed while queued for {self.name} ({waited:.1f} ms in the queue; a "
-            f"batch needs at least {needed * 1000:.1f} ms)")
+        return expired(self.name, request.deadline, now,
+                       self.costs.optimistic(batch, self.policy.max_batch), now - request.enqueued)
 
     # --- the batching thread ----------------------------------------------------------------
 

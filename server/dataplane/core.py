@@ -1,23 +1,26 @@
-"""The protocol-neutral dataplane: admission, limits, deadlines, draining, decoding, batching, top-k.
+"""The protocol-neutral dataplane: every operation the protocols offer is a call here.
 
-Every protocol (fmnist.v1, KServe v2, HTTP) calls this and nothing below it: requests arrive as
-plain values (server/dataplane/types.py), results leave as dataclasses, problems leave as
-`server.errors` exceptions that carry their status code. It never imports grpc. `classify` and
-`infer` are coroutines: a request waiting for its decode or its batch holds no thread.
+fmnist.v1 and KServe v2 over gRPC (server/api/grpc/) and HTTP (server/api/http/) are sibling
+adapters: each turns its wire format into these calls and their values (server/dataplane/types.py,
+tensors.py, views.py) and back, and nothing else. Problems leave as `server.errors` exceptions that
+carry their status code. It never imports grpc. Requests are coroutines: one waiting for its decode
+or its batch holds no thread.
 
-    core = Core(load_models(...), Limits())
+    core = Core(models, Limits())
     core.start()                                   # warm up the batchers, start their threads
     result = await core.classify("lenet_bn", 0, [ImageData("encoded", png_bytes)], top_k=3)
     result.classifications[0][0].label             # 'Ankle boot'
 
-Where the work happens: validation and raw images on the event loop (raw pixels are used as the
-request's bytes, uncopied); encoded images in a pool of decode threads (sized to the cores), under
-a server-wide budget of pixels being decoded; the model in each version's batcher thread
-(server/batching/), which hands a batch's results back to the loop in one call. A caller that
-goes away (its task is cancelled) stops its decode between images and leaves the batch queue
-before it runs. Every request is observed once as it ends, however it ends (`observer`:
-server/metrics.py). The per-request path is kept short because for a small model it is the cost of
-a request (`make profile-serve` shows where it goes).
+What it is made of: `Admission` (server/admission.py: every refusal, in order), `Served`
+(served.py: the served and refused versions, one owner), `ModelControl` (control.py: live reload,
+load and unload, when there is a models folder), the views (views.py), and a pool of decode
+threads. Where the work happens: validation and raw images on the event loop (raw pixels are used
+as the request's bytes, uncopied); encoded images in the decode pool, under the server-wide pixel
+budget; the model in each version's batcher thread (server/batching/), which hands a batch's
+results back to the loop in one call. A caller that goes away (its task is cancelled) stops its
+decode between images and leaves the batch queue before it runs. Every request is observed once
+as it ends, however it ends (`observer`: server/metrics/registry.py). The per-request path is
+kept short because for a small model it is the cost of a request (`make profile-serve`).
 """
 
 from __future__ import annotations
@@ -28,25 +31,25 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Callable, Sequence, Union
 
 import numpy as np
 
 from model_contract import INPUT, SIDE
-from server.batching.batcher import BatchEvent, Batcher, BatchPolicy, BatchStats
-from server.dataplane import decode
-from server.dataplane.budget import PixelBudget
-from server.dataplane.decoding import check_deadline, decode_request, raw_batch
+from server.admission import Admission, Limits, check_deadline
+from server.dataplane.access import Access
+from server.dataplane import imagefile, views
+from server.dataplane.control import ModelControl
+from server.dataplane.request_images import decode_request, raw_batch
+from server.dataplane.served import Served, Version
 from server.dataplane.tensors import Output, TensorAnswer, TensorRequest, answer_tensors
-from server.dataplane.types import (MAX_MODEL_NAME_BYTES, MAX_TOP_K, Batching, ClassifyResult,
-                                    ImageData, Limits, ModelView, Prediction, RequestEvent,
-                                    top_k)
-from server.errors import (InvalidRequest, ModelNotFound, Overloaded, ServingError, Unavailable,
-                           shorten)
+from server.dataplane.types import (MAX_TOP_K, Batching, ClassifyResult, ImageData, IndexEntry,
+                                    ModelView, Prediction, RequestEvent, top_k)
+from server.errors import InvalidRequest, ServingError, Unimplemented, shorten
 from server.models.loading import LoadedModel
+from server.models.repository import Repository
 from server.models.runner import RunOutput
-from server.models.spec import ModelSpec, Refusal
+from server.models.spec import Refusal
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +57,7 @@ Images = Union[Sequence[ImageData], np.ndarray]
 # `infer` also takes a function that makes the images, called once the model is found: a protocol
 # whose tensors are checked only then answers an unknown model first, and every error is counted.
 ImagesOrParser = Union[Images, Callable[[], Images]]
-BatchObserver = Callable[[str, int, BatchEvent], None]  # (model, version, event): batcher thread
-
-
-@dataclass
-class _Version:
-    """One served version: its model, the batcher that runs it, and the requests that chose it
-    (what `remove` waits for). The dicts holding these are replaced whole, never edited."""
-
-    model: LoadedModel
-    batcher: Batcher
-    view: ModelView
-    in_use: int = 0
+EXTENSIONS = ("classification", "model_configuration", "statistics")  # KServe v2 / Triton's
 
 
 class _Observed:
@@ -99,83 +91,27 @@ class _Observed:
 class Core:
     def __init__(self, models: list[LoadedModel], limits: Limits = Limits(),
                  batching: Batching = Batching(), refused: Sequence[Refusal] = (),
-                 observer: Callable[[RequestEvent], None] | None = None):
+                 observer: Callable[[RequestEvent], None] | None = None,
+                 repository: Repository | None = None,
+                 server: tuple[str, str] = ("fmnist-serve", ""), access: Access | None = None):
+        """`repository`: the models folder this server follows (None: it was given its models,
+        and load/unload are UNIMPLEMENTED). `server`: its name and version, for ServerMetadata.
+        `access`: who may call what (default: everyone, but not the repository API)."""
         self.limits = limits
-        self.refused = list(refused)  # found but not served: ListModels reports them
         self.observer = observer
-        self.batching = batching
-        self.on_change: list[Callable[[], None]] = []  # called after a version comes or goes
-        self.batch_observers: list[BatchObserver] = []  # called for every batch of every version
-        self._served: dict[str, dict[int, _Version]] = {}  # copy on write: readers take no lock
-        for m in models:
-            self._served.setdefault(m.spec.name, {})[m.spec.version] = self._new_version(m)
+        self.access = access or Access()
+        self.admission = Admission(limits)
+        self.served = Served(batching, refused)
+        self.control = None if repository is None else ModelControl(repository, self.served)
+        self._models = list(models)
+        self._server = server
         self._decoders = ThreadPoolExecutor(limits.decode_threads or os.cpu_count() or 1,
                                             thread_name_prefix="decode")
-        self._pixels = PixelBudget(limits.max_decoding_pixels)
-        self._in_flight = 0
-        self._lock = threading.Lock()
-        self._draining = False
-
-    # --- serving versions -------------------------------------------------------------------
 
     def start(self) -> None:
         """Warm every batcher's batch shapes (before the server reports SERVING), start them."""
-        for served in self._all():
-            self._start(served.batcher)
-
-    def add(self, loaded: LoadedModel) -> None:
-        """Serve one more version (loaded and verified by the caller): its batcher warms up
-        first, then requests are routed to it (as the newest when it is)."""
-        served = self._new_version(loaded)
-        self._start(served.batcher)
-        name, version = loaded.spec.name, loaded.spec.version
-        with self._lock:
-            models = {n: dict(versions) for n, versions in self._served.items()}
-            models.setdefault(name, {})[version] = served
-            self._served = models
-        self._changed()
-
-    def remove(self, model: str, version: int, timeout: float = 60.0) -> None:
-        """Stop routing to a version, let the requests that chose it finish (at most `timeout`
-        seconds), then close its batcher and session."""
-        with self._lock:
-            models = {n: dict(versions) for n, versions in self._served.items()}
-            served = models.get(model, {}).pop(version, None)
-            if served is None:
-                return
-            if not models[model]:
-                del models[model]
-            self._served = models
-        self._changed()
-        give_up = time.monotonic() + timeout
-        while served.in_use and time.monotonic() < give_up:
-            time.sleep(0.01)
-        served.batcher.close()
-        served.model.runner.close()
-
-    def versions(self, model: str) -> list[int]:
-        """The versions of `model` being served, oldest first."""
-        return sorted(self._served.get(model, {}))
-
-    def list_models(self) -> list[ModelView]:
-        return [served.view for served in self._all()]
-
-    def lookup(self, model: str, version: int) -> ModelView:
-        """The served `model` at `version` (0: its newest); ModelNotFound names what is served."""
-        return self._find(model, version).view
-
-    def stats(self, model: str, version: int) -> BatchStats:
-        """The cumulative batch figures of one served version (v2 ModelStatistics)."""
-        return self._find(model, version).batcher.stats
-
-    def config(self, model: str, version: int) -> tuple[ModelView, BatchPolicy]:
-        """One served version and the batching policy it runs with (v2 ModelConfig)."""
-        served = self._find(model, version)
-        return served.view, served.batcher.policy
-
-    def queues(self) -> list[tuple[ModelView, int]]:
-        """Each served version with the images waiting in its batch queue now."""
-        return [(served.view, served.batcher.queued_images) for served in self._all()]
+        self.served.start(self._models)
+        self._models = []
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -186,17 +122,17 @@ class Core:
         """`deadline`: the caller's, in time.monotonic() seconds (None: no deadline).
         `protocol` names the API the request came in by, for the observer."""
         with _Observed(self.observer, protocol, images) as event:
-            k = self._check_top_k(top_k)
-            spec, out = await self._answer(event, model, version, images, inversion, deadline)
-            return ClassifyResult(spec.name, spec.version, _predictions(spec.labels,
-                                                                        out.probabilities, k))
+            k = _check_top_k(top_k)
+            view, out = await self._answer(event, model, version, images, inversion, deadline)
+            return ClassifyResult(view.name, view.version,
+                                  _predictions(view.labels, out.probabilities, k))
 
     async def infer(self, model: str, version: int, images: ImagesOrParser,
                     inversion: str = "auto", deadline: float | None = None,
-                    protocol: str = "fmnist.v1") -> tuple[ModelSpec, RunOutput]:
+                    protocol: str = "fmnist.v1") -> tuple[ModelView, RunOutput]:
         """Both outputs for `images`: encoded/raw images (decoded as `classify` does) or the
-        model's own tensor, uint8 [n, 1, 28, 28] (the KServe v2 path), or a function making
-        either. Returns the spec of the version that answered with its RunOutput."""
+        model's own tensor, uint8 [n, 1, 28, 28], or a function making either. Returns the
+        version that answered with its RunOutput."""
         with _Observed(self.observer, protocol, images) as event:
             return await self._answer(event, model, version, images, inversion, deadline)
 
@@ -211,57 +147,111 @@ class Core:
             outputs.extend(wanted)
             return images
 
-        spec, out = await self.infer(request.model, request.version, parse,
+        view, out = await self.infer(request.model, request.version, parse,
                                      deadline=request.deadline, protocol=request.protocol)
-        return TensorAnswer(spec.name, spec.version, request.id,
-                            answer_tensors(spec, out, outputs))
+        return TensorAnswer(view.name, view.version, request.id,
+                            answer_tensors(view.labels, out, outputs))
+
+    def check_image_count(self, n: int) -> None:
+        """A request's image count, judged before a protocol converts its images one by one."""
+        self.admission.check_image_count(n)
+
+    # --- what is served -----------------------------------------------------------------------
+
+    def list_models(self) -> list[ModelView]:
+        return self.served.views()
+
+    def refused(self) -> list[IndexEntry]:
+        """The versions found but not served, with why."""
+        return self.served.refused()
+
+    def lookup(self, model: str, version: int) -> ModelView:
+        """The served `model` at `version` (0: its newest); ModelNotFound names what is served."""
+        return self.served.find(model, version).view
+
+    def server_info(self) -> views.ServerInfo:
+        extensions = EXTENSIONS + (("model_repository",) if self.control else ())
+        return views.ServerInfo(*self._server, extensions)
+
+    def model_metadata(self, model: str, version: int) -> views.ModelMetadata:
+        return views.metadata(self.lookup(model, version), self.served.versions(model))
+
+    def model_config(self, model: str, version: int) -> views.ModelConfig:
+        served = self.served.find(model, version)
+        return views.config(served.view, served.batcher.policy)
+
+    def statistics(self, model: str, version: int | None) -> list[views.VersionStatistics]:
+        """Every served version's (model ""), one model's (version None: each served one), or
+        one version's cumulative figures."""
+        if not model:
+            if version is not None:
+                raise InvalidRequest("a version needs a model name; send neither for every model")
+            chosen = sorted(self.served.all(), key=lambda v: (v.view.name, v.view.version))
+        elif version is None:
+            self.served.find(model, 0)
+            chosen = [self.served.find(model, v) for v in self.served.versions(model)]
+        else:
+            chosen = [self.served.find(model, version)]
+        return [views.statistics(v.view.name, v.view.version, v.batcher.stats) for v in chosen]
+
+    def index(self, ready_only: bool = False) -> list[IndexEntry]:
+        """Every served version READY and, unless `ready_only`, every refused one UNAVAILABLE
+        with its reason."""
+        entries = [IndexEntry(m.name, m.version, "READY") for m in self.list_models()]
+        if not ready_only:
+            entries += self.refused()
+        return sorted(entries, key=lambda e: (e.name, e.version, e.state))
+
+    def queues(self) -> list[tuple[ModelView, int]]:
+        """Each served version with the images waiting in its batch queue now."""
+        return [(v.view, v.batcher.queued_images) for v in self.served.all()]
+
+    async def load(self, model: str, parameters: Sequence[str] = (), token: bytes | None = None,
+                   peer: str = "") -> None:
+        """RepositoryModelLoad, for a caller with the admin role (`token`; `peer`: its address,
+        for the audit line); on a worker thread, as loading and warming take seconds."""
+        control = self._control("load", parameters, token, peer)
+        await asyncio.to_thread(control.load, model)
+
+    async def unload(self, model: str, parameters: Sequence[str] = (),
+                     token: bytes | None = None, peer: str = "") -> None:
+        """RepositoryModelUnload, as `load`; draining the versions may take seconds."""
+        control = self._control("unload", parameters, token, peer)
+        await asyncio.to_thread(control.unload, model)
+
+    # --- lifecycle ----------------------------------------------------------------------------
 
     def drain(self) -> None:
-        """From now on, new requests get UNAVAILABLE; requests in flight go on.
-
-        Under the slot lock, so that once this returns `in_flight` counts every request that
-        will ever run: none can slip in between a check and the count."""
-        with self._lock:
-            self._draining = True
+        """From now on, new requests get UNAVAILABLE; requests in flight go on."""
+        self.admission.drain()
 
     def close(self) -> None:
-        for served in self._all():
-            served.batcher.close()
         self._decoders.shutdown(wait=True, cancel_futures=True)
-        for served in self._all():
-            served.model.runner.close()
+        self.served.close()
 
     @property
     def in_flight(self) -> int:
-        return self._in_flight
+        return self.admission.in_flight
 
     @property
     def draining(self) -> bool:
         """True once `drain` was called: the server is shutting down (v2 ServerReady says so)."""
-        return self._draining
-
-    def served(self) -> str:
-        """The served models and versions, for error messages."""
-        if not self._served:
-            return "none (the server has no models)"
-        return ", ".join(f"{name} (versions {', '.join(map(str, sorted(v)))})"
-                         for name, v in sorted(self._served.items()))
+        return self.admission.draining
 
     # --- steps ------------------------------------------------------------------------------
 
     async def _answer(self, event: RequestEvent, model: str, version: int,
                       images: ImagesOrParser, inversion: str,
-                      deadline: float | None) -> tuple[ModelSpec, RunOutput]:
+                      deadline: float | None) -> tuple[ModelView, RunOutput]:
         """`infer` without the observing; notes in `event` the version and the decode time."""
-        if inversion not in decode.INVERSIONS:
-            raise InvalidRequest(f"inversion must be one of {', '.join(decode.INVERSIONS)}, "
+        if inversion not in imagefile.INVERSIONS:
+            raise InvalidRequest(f"inversion must be one of {', '.join(imagefile.INVERSIONS)}, "
                                  f"got {shorten(inversion)}")
         if not callable(images):
             self._check_images(images)
-        served = self._acquire(model, version)
-        try:
-            spec = served.model.spec
-            event.model, event.version = spec.name, spec.version
+        with self.admission.entered(), self.served.using(model, version) as served:
+            view = served.view
+            event.model, event.version = view.name, view.version
             if callable(images):
                 images = images()
                 event.images = _count(images)
@@ -275,10 +265,8 @@ class Core:
                     batch = await self._decode(images, inversion, deadline)
                 finally:
                     event.decode_seconds = time.perf_counter() - started
-            out = await self._infer(served, batch, deadline)
-        finally:
-            self._release(served)
-        return spec, out
+            out = await _infer(served, batch, deadline)
+        return view, out
 
     def _check_images(self, images: Images) -> None:
         if isinstance(images, np.ndarray) and (
@@ -286,59 +274,7 @@ class Core:
             raise InvalidRequest(f"input {INPUT!r}: the models take uint8 of shape [N, 1, {SIDE}, "
                                  f"{SIDE}] with N >= 1, got {images.dtype} of shape "
                                  f"{list(images.shape)}")
-        self.check_image_count(len(images))
-
-    def check_image_count(self, n: int) -> None:
-        """A request's image count, judged before a protocol converts its images one by one."""
-        if n == 0:
-            raise InvalidRequest("no images in the request")
-        if n > self.limits.max_images_per_request:
-            raise InvalidRequest(f"{n:,} images is over the limit of "
-                                 f"{self.limits.max_images_per_request} per request; split them")
-
-    def _find(self, model: str, version: int) -> _Version:
-        versions = self._served.get(model)
-        if versions is None:
-            if not model:
-                raise InvalidRequest(f"model is required; served models: {self.served()}")
-            if len(model.encode("utf-8", "surrogatepass")) > MAX_MODEL_NAME_BYTES:
-                raise InvalidRequest(f"model name {shorten(model)} is over {MAX_MODEL_NAME_BYTES}"
-                                     " bytes")
-            raise ModelNotFound(f"model {shorten(model)} is not served; served models: "
-                                f"{self.served()}")
-        if version == 0:
-            return versions[max(versions)]
-        if version not in versions:
-            raise ModelNotFound(f"model {shorten(model)} version {version} is not served; served "
-                                f"models: {self.served()}")
-        return versions[version]
-
-    @staticmethod
-    def _check_top_k(top_k: int) -> int:
-        if not 0 <= top_k <= MAX_TOP_K:
-            raise InvalidRequest(f"top_k must be 0..{MAX_TOP_K} (0 means 1), got {top_k}")
-        return top_k or 1
-
-    def _acquire(self, model: str, version: int) -> _Version:
-        """Count this request as in flight on the version it resolves to, or refuse it when
-        draining or at the limit; `_release` undoes it. Resolving and counting under one lock
-        is what lets `remove` wait for exactly the requests that chose the version it takes
-        away."""
-        with self._lock:
-            if self._draining:
-                raise Unavailable("the server is shutting down; retry on another instance")
-            if self._in_flight >= self.limits.max_in_flight:
-                raise Overloaded(f"the server is at its limit of {self.limits.max_in_flight} "
-                                 "requests in flight; retry later", retry_after=0.05)
-            served = self._find(model, version)
-            self._in_flight += 1
-            served.in_use += 1
-        return served
-
-    def _release(self, served: _Version) -> None:
-        with self._lock:
-            self._in_flight -= 1
-            served.in_use -= 1
+        self.admission.check_image_count(len(images))
 
     async def _decode(self, images: Sequence[ImageData], inversion: str,
                       deadline: float | None) -> np.ndarray:
@@ -347,60 +283,54 @@ class Core:
         batch = raw_batch(images)
         if batch is not None:
             return batch
+        pixels, limits = self.admission.pixels, self.limits
         if all(image.kind == "raw" for image in images):  # one is malformed: name it
-            return decode_request(images, inversion, self.limits, self._pixels, deadline)
+            return decode_request(images, inversion, limits, pixels, deadline)
         stop = threading.Event()
         try:  # no local for the future: it holds the error, whose traceback holds this frame
             return await asyncio.get_running_loop().run_in_executor(
-                self._decoders, decode_request, images, inversion, self.limits, self._pixels,
-                deadline, stop)
+                self._decoders, decode_request, images, inversion, limits, pixels, deadline,
+                stop)
         except asyncio.CancelledError:
             stop.set()  # the decode stops before its next image
             raise
 
-    async def _infer(self, served: _Version, batch: np.ndarray,
-                     deadline: float | None) -> RunOutput:
-        ticket = served.batcher.submit(batch, deadline, asyncio.get_running_loop())
-        try:
-            out = await ticket.future
-        except asyncio.CancelledError:
-            ticket.cancel()  # leaves the queue if it has not run yet
-            raise
-        except BaseException:
-            del ticket  # its future holds the error, whose traceback holds this frame: a cycle
-            raise
-        return out  # of the shape the batcher checked
+    def _control(self, action: str, parameters: Sequence[str], token: bytes | None,
+                 peer: str) -> ModelControl:
+        """The control, for a caller with the role, when there is one and the request's
+        parameters are ones it takes (the names: tritonclient always sends unload_dependents,
+        and no model here has any). Logs who asked."""
+        operation = f"/inference.GRPCInferenceService/RepositoryModel{action.capitalize()}"
+        caller = self.access.check(operation, token)
+        log.info("%s requested by %s from %s", action, caller, peer or "?",
+                 extra={"caller": caller, "peer": peer})
+        if self.control is None:
+            raise Unimplemented(f"Repository{action.capitalize()} is not available: this server "
+                                f"has no model repository to {action} from")
+        unsupported = sorted(set(parameters) - {"unload_dependents"})
+        if unsupported:
+            raise InvalidRequest(f"parameters are not supported by {action}: "
+                                 f"{', '.join(map(shorten, unsupported[:5]))}")
+        return self.control
 
-    def _new_version(self, loaded: LoadedModel) -> _Version:
-        spec = loaded.spec
-        batcher = Batcher(loaded.runner, self.batching.policy(spec.name),
-                          f"{spec.name} v{spec.version}")
-        batcher.listeners.append(lambda event: self._on_batch(spec.name, spec.version, event))
-        return _Version(loaded, batcher, ModelView(spec, loaded.provider))
 
-    def _on_batch(self, model: str, version: int, event: BatchEvent) -> None:
-        for observe in self.batch_observers:
-            observe(model, version, event)
+async def _infer(served: Version, batch: np.ndarray, deadline: float | None) -> RunOutput:
+    ticket = served.batcher.submit(batch, deadline, asyncio.get_running_loop())
+    try:
+        out = await ticket.future
+    except asyncio.CancelledError:
+        ticket.cancel()  # leaves the queue if it has not run yet
+        raise
+    except BaseException:
+        del ticket  # its future holds the error, whose traceback holds this frame: a cycle
+        raise
+    return out  # of the shape the batcher checked
 
-    @staticmethod
-    def _start(batcher: Batcher) -> None:
-        started = time.perf_counter()
-        batcher.start()
-        log.info("batcher %s: max_batch=%d max_delay=%.1fms queue=%d images, warmed %s in "
-                 "%.2fs", batcher.name, batcher.policy.max_batch,
-                 batcher.policy.max_delay * 1000, batcher.policy.max_queue_images,
-                 "padded buckets" if batcher.pad else "batch shapes",
-                 time.perf_counter() - started)
 
-    def _all(self) -> list[_Version]:
-        return [served for versions in self._served.values() for served in versions.values()]
-
-    def _changed(self) -> None:
-        for hook in self.on_change:
-            try:
-                hook()
-            except Exception:  # noqa: BLE001 - a broken hook must not stop a model swap
-                log.exception("model change hook failed")
+def _check_top_k(top_k: int) -> int:
+    if not 0 <= top_k <= MAX_TOP_K:
+        raise InvalidRequest(f"top_k must be 0..{MAX_TOP_K} (0 means 1), got {top_k}")
+    return top_k or 1
 
 
 def _count(images: Images) -> int:

@@ -1,6 +1,6 @@
 """The models as tensors, in the Open Inference Protocol's (KServe v2's) terms, for every protocol
-that speaks them: KServe v2 over gRPC (server/api/kserve.py) and over HTTP, JSON or binary
-(server/api/http/tensors.py). Each adapter reads its wire format into these values and checks;
+that speaks them: KServe v2 over gRPC (server/api/grpc/kserve.py) and over HTTP, JSON or binary
+(server/api/http/v2_tensors.py). Each adapter reads its wire format into these values and checks;
 nothing here knows a wire format but KServe's raw one, which both protocols share.
 
 A request carries one input: `image` UINT8 [N, 1, 28, 28] (the graph's own input) or
@@ -29,7 +29,6 @@ import model_contract as mc
 from server.dataplane.types import ImageData, Limits, top_k
 from server.errors import InvalidRequest, shorten
 from server.models.runner import RunOutput
-from server.models.spec import ModelSpec
 
 IMAGE = mc.INPUT
 IMAGE_BYTES = "image_bytes"
@@ -217,14 +216,14 @@ def every_output() -> tuple[Output, ...]:
 
 # --- the answer --------------------------------------------------------------------------------
 
-def answer_tensors(spec: ModelSpec, out: RunOutput, outputs: Sequence[Output]
+def answer_tensors(labels: Sequence[str], out: RunOutput, outputs: Sequence[Output]
                    ) -> list[OutputTensor]:
     tensors = []
     for o in outputs:
         values = getattr(out, o.name)  # RunOutput's fields are named as the graph's outputs
         if o.classes:
             tensors.append(OutputTensor(o.name, "BYTES", (len(values), o.classes),
-                                        classify(values, spec.labels, o.classes)))
+                                        classify(values, labels, o.classes)))
         else:
             tensors.append(OutputTensor(o.name, OUTPUTS[o.name][0], values.shape,
                                         np.ascontiguousarray(values, "<f4")))

@@ -1,6 +1,7 @@
-"""The values the protocols convert to and from: what a request holds, what an answer holds, the
-limits the dataplane enforces. Plain frozen dataclasses, so fmnist.v1, KServe v2 and HTTP all
-speak to the dataplane in the same terms."""
+"""The values the protocols convert to and from: what a request holds, what an answer holds, what
+a served version looks like, the limits the dataplane enforces (`Limits`, defined with the rest
+of admission in server/admission.py). Plain frozen dataclasses, so fmnist.v1, KServe v2 and HTTP
+all speak to the dataplane in the same terms, and none of them sees a type from below it."""
 
 from __future__ import annotations
 
@@ -10,25 +11,12 @@ import numpy as np
 
 import model_contract as mc
 from model_contract import MAX_NAME_BYTES as MAX_MODEL_NAME_BYTES  # noqa: F401 - re-exported
+from server.admission import Limits  # noqa: F401 - part of the dataplane's values
 from server.batching.batcher import BatchPolicy
-from server.dataplane import decode
 from server.errors import InvalidRequest, shorten
 from server.models.spec import ModelSpec
 
 MAX_TOP_K = 10
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What the server enforces (ListModels tells clients, so they can size their batches)."""
-
-    max_images_per_request: int = 64
-    max_image_pixels: int = decode.DEFAULT_MAX_PIXELS
-    max_request_pixels: int = 4 * decode.DEFAULT_MAX_PIXELS  # all encoded images of one request
-    max_decoding_pixels: int = 2 * decode.DEFAULT_MAX_PIXELS  # being decoded at once, server-wide
-    max_message_bytes: int = 16 * 1024 * 1024
-    max_in_flight: int = 512  # Classify requests being worked on at once; beyond: RESOURCE_EXHAUSTED
-    decode_threads: int = 0  # 0: one per core
 
 
 @dataclass(frozen=True)
@@ -64,18 +52,40 @@ class ClassifyResult:
 
 @dataclass(frozen=True)
 class ModelView:
-    """A served version as the protocols see it: its spec and the provider it really runs on."""
+    """A served version as the protocols see it: what its file says and what loading it measured,
+    and the execution provider it really runs on."""
 
-    spec: ModelSpec
+    name: str  # as served: the arch, or "<arch>:<variant>"
+    version: int
     provider: str
+    labels: tuple[str, ...]
+    input_side: int
+    test_accuracy: float
+    test_images: int
+    variant: str = ""
+    fp32_agreement: float | None = None
+    probe_max_abs_diff: float | None = None  # None: no probe (served with --allow-unverified)
+    speedup_vs_fp32: float | None = None
+
+    @classmethod
+    def of(cls, spec: ModelSpec, provider: str) -> ModelView:
+        return cls(spec.name, spec.version, provider, spec.labels, spec.input_side,
+                   spec.test_accuracy, spec.test_images, spec.variant, spec.fp32_agreement,
+                   spec.probe_max_abs_diff, spec.speedup_vs_fp32)
 
     @property
-    def name(self) -> str:
-        return self.spec.name
+    def verified(self) -> bool:
+        return self.probe_max_abs_diff is not None
 
-    @property
-    def version(self) -> int:
-        return self.spec.version
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """A model version of the repository, served or not: state READY or UNAVAILABLE, and why."""
+
+    name: str
+    version: int
+    state: str
+    reason: str = ""
 
 
 @dataclass

@@ -102,7 +102,7 @@ class Metrics:
         """Follow `core`: the batches of every version it serves (also of versions that come
         later), and its gauges, read at each scrape; the event loop's lag and failed accepts;
         the HTTP port's connections and refusals."""
-        core.batch_observers.append(self._on_batch)
+        core.served.batch_observers.append(self._on_batch)
         self.registry.register(_CoreCollector(core))
         if loop is not None:
             loop.lag_observers.append(self.loop_lag.observe)
@@ -209,6 +209,6 @@ class _CoreCollector:
         for m, images in self.core.queues():
             queued.add_metric((m.name, str(m.version)), images)
             ready.add_metric((m.name, str(m.version), m.provider), 1)
-        for r in self.core.refused:
+        for r in self.core.refused():
             ready.add_metric((r.name, str(r.version), ""), 0)
         return [in_flight, queued, ready]

@@ -18,7 +18,7 @@ import onnxruntime as ort
 
 from model_contract import INPUT, NUM_CLASSES, OUTPUTS, SIDE
 from server.errors import ModelLoadError, Unavailable
-from server.models.providers import CUDA, CudaOptions
+from execution_providers import CUDA, CudaOptions
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ class ModelSpec:
     # None: the file has no probe and was served with --allow-unverified
     probe_max_abs_diff: float | None = None
     # what the probe was held to on that provider: the file's tolerance, or wider for an fp32
-    # model on CUDA with TF32 (server/models/providers.py); None: not checked
+    # model on CUDA with TF32 (execution_providers.py); None: not checked
     probe_tolerance: float | None = None
     # a variant's batch-32 images/s over its fp32 model's, measured here at load on the same
     # provider; None: not measured (fp32 itself, or no fp32 file beside it)

@@ -4,14 +4,8 @@
   come to on them;
 - ``ports``: the public port, checked free of other programs and held for the workers;
 - ``supervisor``: the parent (start, health gate, restarts, --max-worker-rss-mb, SIGTERM);
-- ``worker``: a worker's side of it (its link to the parent, retiring without losing a request);
-- ``summing``: one /metrics adding up every worker's.
+- ``worker``: a worker's side of it (its link to the parent, retiring without losing a request).
+Their /metrics, added up, is server/metrics/workers.py's.
 
-docs/workers.md says how workers and threads are chosen.
+docs/serving.md#workers says how workers and threads are chosen.
 """
-
-from server.workers.cores import parse_workers, plan
-from server.workers.supervisor import supervise, supervises
-from server.workers.worker import is_worker, serve, tag_logs
-
-__all__ = ["is_worker", "parse_workers", "plan", "serve", "supervise", "supervises", "tag_logs"]

@@ -31,14 +31,11 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from server.api.binding import bracketed
 from server.errors import StartupError
@@ -46,6 +43,7 @@ from server.workers import ports, worker
 from server.workers.cores import Plan
 from server.metrics.exposition import serve
 from server.metrics.summing import MetricsSum
+from server.metrics.workers import WorkersCollector
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +69,10 @@ class Worker:
     @property
     def name(self) -> str:
         return f"worker {self.slot} (pid {self.proc.pid})"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
     def send(self, **message) -> None:
         try:
@@ -357,72 +359,16 @@ class Supervisor:
         if not self.args.metrics_port:
             return
         registry = CollectorRegistry()
-        registry.register(_Collector(self))
+        registry.register(WorkersCollector(self))
         self._http = serve(registry, self.args.host, self.args.metrics_port)
         log.info("metrics of every worker on http://%s:%d/metrics", self.args.host,
                  self._http.port, extra={"metrics_port": self._http.port})
 
-    def scrape_workers(self) -> None:
+    def live_workers(self) -> list[Worker]:
+        """Every worker process now (/metrics reads them from its own thread)."""
         with self._lock:
-            live = [w for w in self.workers if w.metrics_port]
-        if not live:
-            return
-        with ThreadPoolExecutor(len(live)) as pool:
-            for w, text in zip(live, pool.map(_fetch, live)):
-                if text is not None:
-                    self.sum.update(w.proc.pid, text)
-
-    def own_metrics(self) -> list:
-        with self._lock:
-            workers = list(self.workers)
-        states = GaugeMetricFamily("fmnist_workers", "Worker processes, by state",
-                                   labels=("state",))
-        for state in ("starting", "serving", "not_serving", "retiring"):
-            states.add_metric((state,), sum(_state(w) == state for w in workers))
-        restarts = CounterMetricFamily("fmnist_worker_restarts", "Workers started again, by why",
-                                       labels=("reason",))
-        for reason in ("exited", "rss"):
-            restarts.add_metric((reason,), self.restarts[reason])
-        rss = GaugeMetricFamily("fmnist_worker_resident_memory_bytes",
-                                "Resident memory of each slot's worker", labels=("worker",))
-        for w in self.slots:
-            mb = w.rss_mb() if w is not None else None
-            if mb is not None:
-                rss.add_metric((str(w.slot),), mb * 1024 * 1024)
-        return [states, restarts, rss]
+            return list(self.workers)
 
     def close(self) -> None:
         if self._http is not None:
             self._http.stop()
-
-
-def _state(w: Worker) -> str:
-    if w.retiring:
-        return "retiring"
-    if not w.started:
-        return "starting"
-    return "serving" if w.serving else "not_serving"
-
-
-def _fetch(w: Worker) -> str | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{w.metrics_port}/metrics",
-                                    timeout=5) as response:
-            return response.read().decode()
-    except OSError:  # exiting: its last figures stand
-        return None
-
-
-class _Collector:
-    """The parent's /metrics: each scrape fetches every worker's."""
-
-    def __init__(self, parent: Supervisor):
-        self.parent = parent
-
-    def describe(self) -> list:
-        return []  # registering must not scrape the workers
-
-    def collect(self):
-        self.parent.scrape_workers()
-        yield from self.parent.sum.families()
-        yield from self.parent.own_metrics()

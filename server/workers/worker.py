@@ -89,7 +89,7 @@ def serve(server, stop: threading.Event, grace: float, max_age: float) -> int:
             serving[0] = server.ready
             link.send(serving=serving[0])
 
-    server.core.on_change.append(on_change)
+    server.core.served.on_change.append(on_change)
     models = server.core.list_models()
     link.send(started=True, serving=server.ready, pid=os.getpid(),
               metrics_port=server.metrics.port if server.metrics else None,

@@ -10,8 +10,13 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from exporter.fold import fold_batchnorm
-from exporter.testing import randomize_batchnorm, random_net
+from exporter.testing import random_net
 from trainer.models import ARCHITECTURES
+
+
+def _randn(*shape: int) -> torch.Tensor:
+    """Inputs that are the same on every run (a margin seen once is seen every time)."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(0))
 
 
 def _prepared(net: nn.Module) -> nn.Module:
@@ -19,12 +24,37 @@ def _prepared(net: nn.Module) -> nn.Module:
     for m in net.modules():
         if hasattr(m, "reset_parameters") and not isinstance(m, _BatchNorm):
             m.reset_parameters()
-    return randomize_batchnorm(net, seed=1).eval()
+    return _eps_sensitive_batchnorm(net, seed=1).eval()
 
 
-def _assert_same_function(a: nn.Module, b: nn.Module, x: torch.Tensor) -> None:
+def _eps_sensitive_batchnorm(net: nn.Module, seed: int) -> nn.Module:
+    """Random statistics in which eps matters: running variances of 0.5-1.5e-4, so eps (1e-5)
+    is 7-20 % of each and a fold that drops it is off by ~0.1 (not by 1e-5, as with variances
+    near 1); scales of 0.5-1.5e-2 keep the outputs near 1. In place; returns `net`."""
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        torch.testing.assert_close(b(x), a(x), rtol=0, atol=1e-5)
+        for bn in (m for m in net.modules() if isinstance(m, _BatchNorm)):
+            n = bn.num_features
+            if bn.track_running_stats:
+                bn.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
+                bn.running_var.copy_((torch.rand(n, generator=g) + 0.5) * 1e-4)
+            if bn.affine:
+                bn.weight.copy_((torch.rand(n, generator=g) + 0.5) * 1e-2)
+                bn.bias.copy_(torch.randn(n, generator=g) * 0.2)
+    return net
+
+
+def _without_eps(net: nn.Module) -> nn.Module:
+    """A copy whose BatchNorms compute with eps = 0: what a fold that lost eps computes."""
+    net = copy.deepcopy(net)
+    for bn in (m for m in net.modules() if isinstance(m, _BatchNorm)):
+        bn.eps = 0.0
+    return net
+
+
+def _assert_same_function(a: nn.Module, b: nn.Module, x: torch.Tensor, rtol: float = 0.0) -> None:
+    with torch.no_grad():
+        torch.testing.assert_close(b(x), a(x), rtol=rtol, atol=1e-5)
 
 
 def _assert_untouched(net: nn.Module, before: nn.Module) -> None:
@@ -61,15 +91,17 @@ class SharedConv(nn.Module):
 
 
 @pytest.mark.parametrize("net, x, into", [
-    (nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU()), torch.randn(4, 3, 9, 9), "0"),
-    (nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8)), torch.randn(4, 3, 9, 9), "0"),
-    (nn.Sequential(nn.Conv2d(4, 8, 3, groups=4), nn.BatchNorm2d(8)), torch.randn(4, 4, 9, 9), "0"),
-    (nn.Sequential(nn.Conv1d(3, 5, 3), nn.BatchNorm1d(5)), torch.randn(4, 3, 11), "0"),
-    (nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.BatchNorm1d(6)), torch.randn(5, 3, 4), "1"),
+    (nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU()), _randn(4, 3, 9, 9), "0"),
+    (nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8)), _randn(4, 3, 9, 9), "0"),
+    (nn.Sequential(nn.Conv2d(4, 8, 3, groups=4), nn.BatchNorm2d(8)), _randn(4, 4, 9, 9), "0"),
+    (nn.Sequential(nn.Conv1d(3, 5, 3), nn.BatchNorm1d(5)), _randn(4, 3, 11), "0"),
+    (nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.BatchNorm1d(6)), _randn(5, 3, 4), "1"),
     (nn.Sequential(nn.Linear(12, 6, bias=False), nn.BatchNorm1d(6, affine=False)),
-     torch.randn(5, 12), "0"),
+     _randn(5, 12), "0"),
 ], ids=["conv", "conv-no-bias", "grouped-conv", "conv1d", "linear-bn1d", "linear-no-bias-no-affine"])
 def test_foldable_pair_is_folded_and_computes_the_same(net, x, into):
+    """Equal to 1e-5 of each output (without a BatchNorm scale, outputs reach ~100, where float32
+    keeps that much), while a fold that lost eps is off by more than 1e-2."""
     net = _prepared(net)
     before = copy.deepcopy(net)
     result = fold_batchnorm(net)
@@ -77,7 +109,9 @@ def test_foldable_pair_is_folded_and_computes_the_same(net, x, into):
     assert [(f.bn, f.into) for f in result.folded] == [(bn, into)]
     assert result.remaining == ()
     assert isinstance(result.model.get_submodule(bn), nn.Identity)
-    _assert_same_function(net, result.model, x)
+    with torch.no_grad():
+        assert (_without_eps(net)(x) - net(x)).abs().max() > 1e-2  # eps matters here
+    _assert_same_function(net, result.model, x, rtol=1e-5)
     _assert_untouched(net, before)
 
 
@@ -98,7 +132,7 @@ def test_unfoldable_batchnorm_stays_and_is_reported_with_its_reason(net, bn, rea
     assert [r.bn for r in result.remaining] == [bn]
     assert reason in result.remaining[0].reason
     assert isinstance(result.model.get_submodule(bn), _BatchNorm)
-    _assert_same_function(net, result.model, torch.randn(2, 3, 8, 8))
+    _assert_same_function(net, result.model, _randn(2, 3, 8, 8))
     _assert_untouched(net, before)
 
 
@@ -124,5 +158,6 @@ def test_every_architecture_folds_keeping_names_and_function(arch):
     folded_keys = {k for k in net.state_dict() if k.rpartition(".")[0] in {f.bn for f in result.folded}}
     assert result.model.state_dict().keys() == net.state_dict().keys() - folded_keys
     side = ARCHITECTURES[arch].input_side
-    _assert_same_function(net, result.model, torch.rand(2, 1, side, side))
+    x = torch.rand(2, 1, side, side, generator=torch.Generator().manual_seed(0))
+    _assert_same_function(net, result.model, x)
     _assert_untouched(net, before)

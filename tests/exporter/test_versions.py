@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from exporter import versions
+from harness.wait import until
 from tests.conftest import REPO
 
 
@@ -60,18 +61,18 @@ def waited_on(lock: Path) -> bool:
 # An exporter that, once it has chosen its number, holds it until the other one is either queued
 # for the lock (the lock works) or has chosen a number too (it does not: both chose the same one).
 _EXPORTER = """
-import pathlib, sys, time
+import pathlib, sys
 from exporter import versions
+from harness.wait import until
 from tests.exporter.test_versions import waited_on
 arch_dir, me, other = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 signals = arch_dir.parent
 (signals / f"ready-{me}").touch()
-while not (signals / "go").exists():
-    time.sleep(0.01)
+until((signals / "go").exists, 60, "the test's go", every=0.01)
 def files(version):
     (signals / f"chosen-{me}").touch()
-    while not (waited_on(arch_dir / versions.LOCK_FILE) or (signals / f"chosen-{other}").exists()):
-        time.sleep(0.01)
+    until(lambda: waited_on(arch_dir / versions.LOCK_FILE) or (signals / f"chosen-{other}").exists(),
+          60, f"{other} queued for the lock, or its number chosen too", every=0.01)
     return {"model.onnx": me.encode()}
 print(versions.publish(arch_dir, files)[0])
 """
@@ -83,11 +84,12 @@ def test_two_concurrent_exporters_get_different_versions(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-c", _EXPORTER, str(arch_dir), me, other],
                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for me, other in (("a", "b"), ("b", "a"))]
-    deadline = time.monotonic() + 60
-    while not all((tmp_path / "models" / f"ready-{me}").exists() for me in "ab"):
-        assert time.monotonic() < deadline, "the exporters did not start"
+
+    def ready() -> bool:
         assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
-        time.sleep(0.01)
+        return all((tmp_path / "models" / f"ready-{me}").exists() for me in "ab")
+
+    until(ready, 60, "both exporters started", every=0.01)
     (tmp_path / "models" / "go").touch()
     results = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err for _, err in results]

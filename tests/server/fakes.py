@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 
 import model_contract
-from server.models.providers import CUDA, cuda_driver_present
+from execution_providers import CUDA, cuda_driver_present
 from server.models.runner import RunOutput
 from server.models.loading import LoadedModel
 from server.models.spec import parse_metadata
@@ -59,13 +59,16 @@ class FakeRunner:
         self.error = error
         self.runs = 0
         self.sizes: list[int] = []  # batch size of every run (warm-ups excluded)
+        self.began: list[float] = []  # time.monotonic() when each run began
         self.warmups = 0
+        self.warmed: list[int] = []  # batch size of every warm-up
         self.started = threading.Event()  # set when a run begins (after warm-up)
         self.gate = gate  # when given, each run waits for it once begun: the test ends the run
         self.closed = False
 
     def run(self, images: np.ndarray) -> RunOutput:
         assert images.dtype == np.uint8 and images.shape[1:] == (1, 28, 28)
+        self.began.append(time.monotonic())
         self.runs += 1
         self.sizes.append(len(images))
         self.started.set()
@@ -80,6 +83,7 @@ class FakeRunner:
     def warmup(self, batch_size: int = 1) -> None:
         """Takes as long as a run (so the batcher's cost model learns it) but is not counted."""
         self.warmups += 1
+        self.warmed.append(batch_size)
         time.sleep(self.delay + self.delay_per_image * batch_size)
 
     def close(self) -> None:

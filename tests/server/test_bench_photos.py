@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from bench.photos import render_photo
-from server.dataplane.decode import decode_encoded
+from server.dataplane.imagefile import decode_encoded
 from tests.conftest import IDX_NAMES, write_idx
 from tests.serving_fixtures import REPO, SAMPLES, run_cli
 from trainer import data

@@ -145,7 +145,7 @@ def test_server_and_client_never_import_torch():
 
 
 def test_core_and_decoder_never_import_grpc():
-    code = ("import sys\nimport server.dataplane.core, server.dataplane.decoding, "
+    code = ("import sys\nimport server.dataplane.core, server.dataplane.request_images, "
             "server.models.repository, server.batching.batcher\n"
             "assert 'grpc' not in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)

@@ -292,4 +292,4 @@ def test_log_level_warning_keeps_info_lines_out(models_dir):  # noqa: F811
             stub.Classify(classify_request(RAW), timeout=30)
             error_of(stub.Classify, classify_request(RAW, model="missing"), timeout=30)
     assert " INFO " not in server.log and "loaded model" not in server.log
-    assert "WARNING server.api.classifier: Classify from" in server.log  # the NOT_FOUND
+    assert "WARNING server.api.grpc.classifier: Classify from" in server.log  # the NOT_FOUND

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, features
 
-from server.dataplane import decode
+from server.dataplane import imagefile
 from server.errors import DecodeError
 
 SCALE = float(os.environ.get("FUZZ_EXAMPLES", "1"))  # `make fuzz`: many times the CI count
@@ -131,11 +131,11 @@ def images(draw) -> bytes:
 
 
 @fuzz(1500)
-@given(data=images(), inversion=st.sampled_from(decode.INVERSIONS))
+@given(data=images(), inversion=st.sampled_from(imagefile.INVERSIONS))
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_decode_returns_an_image_or_a_decode_error(data, inversion):
     try:
-        out = decode.decode_encoded(data, inversion, max_pixels=1_000_000)
+        out = imagefile.decode_encoded(data, inversion, max_pixels=1_000_000)
     except DecodeError:
         return
     assert out.shape == (28, 28) and out.dtype == np.uint8
@@ -144,11 +144,11 @@ def test_decode_returns_an_image_or_a_decode_error(data, inversion):
 def test_the_mutations_reach_both_outcomes():
     """The fuzzer is not only feeding noise: the seeds decode, a huge header is refused."""
     for seed in SEEDS:
-        assert decode.decode_encoded(seed).shape == (28, 28)
+        assert imagefile.decode_encoded(seed).shape == (28, 28)
     huge = bytearray(SEEDS[0])
     _huge_dimensions(huge, 100_000, 100_000)
     with pytest.raises(DecodeError, match="too many pixels"):
-        decode.decode_encoded(bytes(huge))
+        imagefile.decode_encoded(bytes(huge))
 
 
 # --- Classify on a real server -------------------------------------------------------------------

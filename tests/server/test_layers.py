@@ -1,6 +1,9 @@
 """The server's layers, read from its source: imports point down api -> dataplane -> batching ->
 models, never up; no import cycles; grpc and the protocol stubs only in the api layer and the
-bootstrap. The checker is tested on small made-up packages too, so that it can be seen to fail."""
+bootstrap. Within the api layer the protocol adapters are siblings over the dataplane: the gRPC
+adapter (api/grpc/) and the HTTP adapter (api/http/) never import each other, neither reaches
+below the dataplane (batching, models), and HTTP imports no gRPC or protobuf module. The checker
+is tested on small made-up packages too, so that it can be seen to fail."""
 
 from __future__ import annotations
 
@@ -12,9 +15,10 @@ import pytest
 from tests.serving_fixtures import REPO
 
 LAYERS = ("api", "dataplane", "batching", "models")  # top to bottom
-SHARED = {"errors", "logs"}  # importable from every layer; they import nothing of the server
+SHARED = {"errors", "logs", "admission"}  # importable from every layer; they import only each other
 BOOTSTRAP = {"__init__", "__main__", "app", "cli", "loop", "metrics", "process", "workers"}
 PROTOCOL_PACKAGES = {"grpc", "grpc_health", "grpc_reflection", "fmnist", "inference", "google"}
+ADAPTERS = ("grpc", "http")  # server.api.<adapter>: siblings over the dataplane
 
 
 def modules(package: Path) -> dict[str, Path]:
@@ -38,11 +42,17 @@ def imports(path: Path, package: str) -> list[tuple[str, int]]:
 
 
 def place(module: str) -> str:
-    """"server.api.kserve" -> "api"; "server.errors" -> "errors"; "server" -> "__init__"."""
+    """"server.api.grpc.kserve" -> "api"; "server.errors" -> "errors"; "server" -> "__init__"."""
     parts = module.split(".")
     if len(parts) == 1:
         return "__init__"
     return parts[1] if parts[1] in LAYERS else parts[1].removesuffix(".py")
+
+
+def adapter(module: str) -> str | None:
+    """"server.api.http.v2" -> "http"; None outside the adapters."""
+    parts = module.split(".")
+    return parts[2] if len(parts) > 3 and parts[1] == "api" and parts[2] in ADAPTERS else None
 
 
 def violations(package_dir: Path) -> list[str]:
@@ -57,6 +67,8 @@ def violations(package_dir: Path) -> list[str]:
             where = f"{path.relative_to(package_dir.parent)}:{line} imports {imported}"
             if top in PROTOCOL_PACKAGES and here not in ("api", "app", "cli"):
                 problems.append(f"{where}: protocol code below the api layer")
+            if top in PROTOCOL_PACKAGES and adapter(name) == "http":
+                problems.append(f"{where}: the HTTP adapter imports gRPC or protobuf")
             if top != package:
                 continue
             target = next((m for m in (imported, imported.rsplit(".", 1)[0]) if m in mods), None)
@@ -64,7 +76,21 @@ def violations(package_dir: Path) -> list[str]:
                 continue
             graph[name].add(target)
             problems += _direction(here, place(target), where)
+            problems += _sibling(name, target, where)
     return problems + _cycles(graph)
+
+
+def _sibling(name: str, target: str, where: str) -> list[str]:
+    """An adapter imports the dataplane (and what is shared), never another adapter nor the
+    layers below the dataplane."""
+    mine = adapter(name)
+    if mine is None:
+        return []
+    if adapter(target) not in (None, mine):
+        return [f"{where}: the {mine} adapter imports the {adapter(target)} adapter"]
+    if place(target) in ("batching", "models"):
+        return [f"{where}: the {mine} adapter reaches below the dataplane"]
+    return []
 
 
 def _direction(here: str, there: str, where: str) -> list[str]:
@@ -129,6 +155,15 @@ def write_package(root: Path, files: dict[str, str]) -> Path:
      "import cycle"),
     ({"errors.py": "from server.models import a\n", "models/a.py": ""}, "must import nothing"),
     ({"api/a.py": "from server import app\n", "app.py": ""}, "imports the bootstrap"),
+    ({"api/http/v2.py": "from server.api.grpc import kserve\n", "api/grpc/kserve.py": ""},
+     "the http adapter imports the grpc adapter"),
+    ({"api/grpc/k.py": "from server.api.http.v2 import x\n", "api/http/v2.py": ""},
+     "the grpc adapter imports the http adapter"),
+    ({"api/http/v2.py": "from inference import grpc_service_pb2\n"},
+     "the HTTP adapter imports gRPC or protobuf"),
+    ({"api/http/v2.py": "import grpc\n"}, "the HTTP adapter imports gRPC or protobuf"),
+    ({"api/grpc/k.py": "from server.batching.batcher import BatchStats\n",
+      "batching/batcher.py": ""}, "the grpc adapter reaches below the dataplane"),
 ])
 def test_the_checker_finds_upward_imports_cycles_and_grpc_below_the_api(tmp_path, files, expected):
     problems = violations(write_package(tmp_path, files))
@@ -138,6 +173,9 @@ def test_the_checker_finds_upward_imports_cycles_and_grpc_below_the_api(tmp_path
 def test_the_checker_accepts_downward_imports(tmp_path):
     package = write_package(tmp_path, {
         "api/a.py": "import grpc\nfrom server.dataplane import core\nfrom server import errors\n",
+        "api/grpc/k.py": "import grpc\nfrom server.api import a\nfrom server.dataplane import core\n",
+        "api/http/v.py": "from server.api.http import w\nfrom server.dataplane import core\n",
+        "api/http/w.py": "",
         "dataplane/core.py": "from server.batching.b import x\nfrom server.models import m\n",
         "batching/b.py": "from server.models.m import y\n", "models/m.py": "", "errors.py": "",
         "app.py": "import grpc\nfrom server.api import a\n"})

@@ -95,6 +95,7 @@ def test_gauges_model_ready_and_process_metrics(traffic):
 def test_refused_versions_are_not_ready():
     metrics = Metrics()
     core = Core([fake_model("fake", 2)], refused=[Refusal("fake", 1, "probe mismatch")])
+    core.start()
     metrics.watch(core)
     try:
         port = metrics.start("127.0.0.1", 0)
@@ -111,8 +112,8 @@ def test_versions_that_come_and_go_are_followed():
     metrics.watch(core)
     core.start()
     try:
-        core.add(fake_model("fake", 2))
-        core.remove("fake", 1)
+        core.served.add(fake_model("fake", 2))
+        core.served.remove("fake", 1)
         asyncio.run(core.classify("fake", 0, [ImageData("raw", RAW)] * 3))
         samples = scrape(metrics.start("127.0.0.1", 0))
     finally:

@@ -28,6 +28,7 @@ from tests.serving_fixtures import SAMPLES, models_dir  # noqa: F401 - fixture
 
 AS_NOBODY = ("tests/server/as_user.py",)
 CPU = ("--port", "0", "--device", "cpu")
+REPOSITORY_API = ("--repository-api", "on")  # load on request (no token files: anyone may)
 
 
 @pytest.fixture
@@ -91,7 +92,7 @@ def test_poll_seconds_serves_a_copied_version_and_keep_versions_1_unloads_the_ol
 
 
 def test_keep_versions_2_holds_for_repository_model_load_without_polling(root):
-    with ServerProcess("--models-dir", str(root), *CPU, "--poll-seconds", "0",
+    with ServerProcess("--models-dir", str(root), *CPU, "--poll-seconds", "0", *REPOSITORY_API,
                        "--keep-versions", "2") as server:
         port = server.wait_for_port()
         server.wait_for_log("not watching")
@@ -110,7 +111,8 @@ def test_keep_versions_2_holds_for_repository_model_load_without_polling(root):
 
 def test_an_unreadable_version_folder_refuses_that_model_and_serves_the_rest(root):
     (root / "lenet" / "1").chmod(0)
-    with ServerProcess("--models-dir", str(root), *CPU, entry=AS_NOBODY) as server:
+    with ServerProcess("--models-dir", str(root), *CPU, *REPOSITORY_API,
+                       entry=AS_NOBODY) as server:
         port = server.wait_for_port()  # a restart with the folder unreadable: no traceback
         assert served(port) == [("lenet_bn", 1)]
         refused = stub(port).ListModels(pb.ListModelsRequest(), timeout=30).refused
@@ -212,7 +214,8 @@ def other_input(path: Path) -> None:
                                             (other_input, "input")])
 def test_repository_model_load_fails_with_the_reason_when_the_newest_version_is_refused(
         root, damage, reason):
-    with ServerProcess("--models-dir", str(root), *CPU, "--poll-seconds", "0") as server:
+    with ServerProcess("--models-dir", str(root), *CPU, "--poll-seconds", "0",
+                       *REPOSITORY_API) as server:
         port = server.wait_for_port()
         shutil.copytree(root / "lenet_bn" / "1", root / "lenet_bn" / "2")
         damage(root / "lenet_bn" / "2" / "model.onnx")

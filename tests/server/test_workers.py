@@ -12,7 +12,6 @@ import signal
 import socket
 import tempfile
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
@@ -74,15 +73,6 @@ def started_workers(server: ServerProcess) -> dict[int, tuple[int, int]]:
             if (m := STARTED.search(line))}
 
 
-def wait_for_lines(server: ServerProcess, text: str, count: int, timeout: float = 120) -> None:
-    """Until `count` log lines hold `text`."""
-    deadline = time.monotonic() + timeout
-    while sum(text in line for line in server.lines) < count:
-        if server.proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"fewer than {count} log lines with {text!r}:\n{server.log}")
-        time.sleep(0.05)
-
-
 def requests_ok(metrics_port: int) -> float:
     return sum(v for (code,), v in by_labels(scrape(metrics_port), "fmnist_requests_total",
                                              "code").items() if code == "OK")
@@ -128,7 +118,8 @@ def test_a_killed_worker_is_replaced_health_waits_for_it_and_the_port_keeps_answ
         assert health(port) == NOT_SERVING
         assert classify_on_fresh_connections(port, connections=4, calls=2) == 8
         away.rename(root / "lenet_bn")
-        wait_for_lines(server, "health SERVING: the parent's gate is open", 4)  # 2 workers, twice
+        # 2 workers, twice
+        server.wait_for_log("health SERVING: the parent's gate is open", 120, times=4)
         assert health(port) == SERVING
         assert len(started_workers(server)) == 3
         restarts = by_labels(scrape(server.metrics_port), "fmnist_worker_restarts_total",
@@ -164,7 +155,7 @@ def test_rss_recycling_replaces_workers_without_a_failed_request(root):
             t.start()
         try:
             server.wait_for_log("a freshly started worker already uses")
-            wait_for_lines(server, "retired (exit status 0)", 2)  # while the callers run
+            server.wait_for_log("retired (exit status 0)", 120, times=2)  # while the callers run
         finally:
             stop.set()
             for t in callers:

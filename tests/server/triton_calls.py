@@ -1,7 +1,7 @@
 """tritonclient calls, run in a worker process by tests/server/api/test_kserve.py; plain values in and out.
 
 tritonclient ships its own generated `inference.*` messages and registers them in protobuf's
-default descriptor pool, as the server's own stubs do (server/api/kserve.py): a process that imports both
+default descriptor pool, as the server's own stubs do (server/api/grpc/kserve.py): a process that imports both
 fails with duplicate symbols. The test process serves (and so imports the server's), so
 tritonclient is imported only here, inside the functions, which run in a spawned worker; they
 return arrays, dicts and strings, never tritonclient's objects, and errors as ("CODE", message).

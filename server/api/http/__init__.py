@@ -4,7 +4,7 @@ friendly classify endpoint, an OpenAPI description and a web page at /.
 - ``listener``: the port (bound before the models load; SO_REUSEPORT for --workers; TLS);
 - ``service``: the aiohttp application and its one middleware (draining, tokens, errors);
 - ``v2``: /v2/... routes, answered by the gRPC v2 servicer's own methods; ``tensors``: v2 JSON
-  and binary tensors <-> the gRPC messages, so server/api/kserve_tensors.py checks both alike;
+  and binary tensors <-> the gRPC messages, so server/api/grpc/kserve_tensors.py checks both alike;
 - ``classify``: /v1/models and /v1/models/{m}:classify (multipart files or a raw image);
 - ``openapi``: /openapi.json; ``static/``: the page (plain HTML, CSS, JavaScript; no CDN);
 - ``errors`` (server.errors codes -> HTTP statuses, {"error": ...} bodies), ``body`` (size and

@@ -1,20 +1,21 @@
-"""Who may call an HTTP route: the same bearer tokens and open services as gRPC.
+"""Who may call an HTTP route: the one access policy of both protocols (server/dataplane/access.py).
 
-Each route is marked with the gRPC method it answers like (`twin`), and `--open-services` is read
-as for gRPC: the health routes are `grpc.health.v1.Health` (open by default, so probes need no
+Each route is marked with the gRPC method it answers like (`twin`), and the policy reads it as
+for gRPC: the health routes are `grpc.health.v1.Health` (open by default, so probes need no
 token), /openapi.json is the reflection service (it describes the API, as reflection does), every
 other route is its fmnist.v1 or KServe v2 method ("/inference.GRPCInferenceService/ModelInfer").
 The page and its files hold no data and are always open; what they show comes from closed
-routes, so the page asks for the token. A refused request gets 401 before its body is read.
+routes, so the page asks for the token. A refused request gets 401 (no valid token) or 403 (a
+token without the role) before its body is read.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from server.api.auth import BearerTokenInterceptor, bearer_token
 from server.api.http.errors import HttpError
-from server.api.security import Security, TokenFile
+from server.dataplane.access import Access, bearer_token
+from server.errors import Unauthenticated
 
 HEALTH = "grpc.health.v1.Health"
 REFLECTION = "grpc.reflection.v1.ServerReflection"
@@ -36,22 +37,13 @@ def twin_of(request: web.Request) -> str | None:
     return getattr(request.match_info.handler, _ATTRIBUTE, None)
 
 
-class TokenCheck:
-    """The bearer check of gRPC's interceptor (server/api/auth.py), applied to HTTP headers."""
-
-    def __init__(self, security: Security):
-        self._gate = (None if security.token_file is None
-                      else BearerTokenInterceptor(TokenFile(security.token_file),
-                                                  security.open_services))
-
-    def check(self, request: web.Request) -> None:
-        """Return when the request may go on; HttpError 401 when it may not."""
-        method = twin_of(request)
-        if self._gate is None or method is None or self._gate.is_open(method):
-            return
-        token = bearer_token(request.headers.items())
-        if token is not None and self._gate.tokens.accepts(token):
-            return
-        reason = ("no `Authorization: Bearer <token>` header" if token is None
-                  else "the bearer token is not valid")
-        raise HttpError(401, reason, {"WWW-Authenticate": "Bearer"})
+def check(access: Access, request: web.Request) -> None:
+    """Return when the request may go on; else HttpError 401 or 403 (a ServingError's status)."""
+    method = twin_of(request)
+    if method is None:
+        return
+    try:
+        access.check(method, bearer_token(request.headers.items()),
+                     "`Authorization: Bearer <token>` header")
+    except Unauthenticated as e:
+        raise HttpError(401, str(e), {"WWW-Authenticate": "Bearer"}) from None

@@ -19,12 +19,11 @@ import time
 
 from aiohttp import web
 
-from server.api.classifier import classify_response, list_models_response
 from server.api.http.auth import CLASSIFIER, twin
 from server.api.http.body import read_body, read_form
 from server.api.http.deadlines import deadline
-from server.api.http.jsonpb import message_dict
-from server.dataplane import decode
+from server.api.http import answers
+from server.dataplane import imagefile
 from server.dataplane.core import Core
 from server.dataplane.types import ImageData, version_of
 from server.errors import InvalidImage, InvalidRequest, shorten
@@ -47,9 +46,9 @@ class ClassifyRoutes:
 
     @twin(CLASSIFIER + "ListModels")
     async def list_models(self, request: web.Request) -> web.Response:
-        answer = message_dict(list_models_response(self.core.list_models(), self.core.limits,
-                                                   self.core.refused))
-        answer["image_formats"] = list(decode.FORMATS)  # what the page lets people choose
+        answer = answers.list_models(self.core.list_models(), self.core.limits,
+                                     self.core.refused())
+        answer["image_formats"] = list(imagefile.FORMATS)  # what the page lets people choose
         return web.json_response(answer)
 
     @twin(CLASSIFIER + "Classify")
@@ -67,7 +66,7 @@ class ClassifyRoutes:
                 raise
             raise InvalidImage(e.index, f"{e.reason} ({names[e.index]})") from None
         took = (time.perf_counter() - started) * 1000
-        return web.json_response(message_dict(classify_response(result)),
+        return web.json_response(answers.classify(result),
                                  headers={"Server-Timing": f"core;dur={took:.2f}"})
 
     async def _images(self, request: web.Request) -> tuple[list[ImageData], list[str], dict]:

@@ -18,6 +18,8 @@ from server.errors import Overloaded, ServingError
 STATUS = {
     "INVALID_ARGUMENT": 400,
     "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "FAILED_PRECONDITION": 400,  # a load whose newest version cannot be served (Triton: 400)
     "NOT_FOUND": 404,
     "RESOURCE_EXHAUSTED": 429,
     "CANCELLED": 499,  # the client went away (nginx's code); nobody reads it

@@ -6,8 +6,8 @@ from __future__ import annotations
 import server
 from server.dataplane import tensors as kserve_tensors
 from server.api.http.deadlines import TIMEOUT_HEADER
-from server.api.http.tensors import HEADER_LENGTH
-from server.dataplane import decode
+from server.api.http.v2_tensors import HEADER_LENGTH
+from server.dataplane import imagefile
 from server.dataplane.types import MAX_TOP_K
 
 _JSON = "application/json"
@@ -88,12 +88,12 @@ def _v2_paths() -> dict:
 def _v1_paths() -> dict:
     query = [{"name": "top_k", "in": "query", "schema": {"type": "integer", "minimum": 1,
                                                          "maximum": MAX_TOP_K, "default": 1}},
-             {"name": "inversion", "in": "query", "schema": {"enum": list(decode.INVERSIONS),
+             {"name": "inversion", "in": "query", "schema": {"enum": list(imagefile.INVERSIONS),
                                                              "default": "auto"}}]
     form = {"type": "object", "properties": {
         "image": {"type": "array", "items": {"type": "string", "format": "binary"},
-                  "description": "image files, any field name: " + ", ".join(decode.FORMATS)},
-        "top_k": {"type": "integer"}, "inversion": {"enum": list(decode.INVERSIONS)}}}
+                  "description": "image files, any field name: " + ", ".join(imagefile.FORMATS)},
+        "top_k": {"type": "integer"}, "inversion": {"enum": list(imagefile.INVERSIONS)}}}
     body = {"multipart/form-data": {"schema": form},
             "image/*": {"schema": {"type": "string", "format": "binary"}}}
     paths = {"/v1/models": {"get": _operation("", "Served models (fmnist.v1 ListModels)",

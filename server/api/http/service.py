@@ -27,7 +27,8 @@ from pathlib import Path
 from aiohttp import web
 
 from server.api.http import openapi
-from server.api.http.auth import REFLECTION, TokenCheck, twin
+from server.api.http import auth
+from server.api.http.auth import REFLECTION, twin
 from server.api.http.body import check_encoding, expect_handler, leave
 from server.api.http.classify import ClassifyRoutes
 from server.api.http.deadlines import STARTED
@@ -38,8 +39,6 @@ from server.api.http.errors import (
     serving_error,
 )
 from server.api.http.v2 import V2Routes
-from server.api.kserve import Repository
-from server.api.security import Security
 from server.dataplane.core import Core
 from server.errors import Cancelled, ServingError, Unavailable, shorten
 
@@ -52,18 +51,16 @@ _ALWAYS_LIVE = "/v2/health/live"
 class Service:
     """One HTTP application on one core; `in_flight` counts its requests being answered."""
 
-    def __init__(self, core: Core, repository: Repository | None, security: Security,
-                 read_timeout: float):
+    def __init__(self, core: Core, read_timeout: float):
         self.core = core
         self.read_timeout = read_timeout
-        self.tokens = TokenCheck(security)
         self.in_flight = 0
         self.app = web.Application(middlewares=[self._middleware],
                                    client_max_size=core.limits.max_message_bytes)
         expect = expect_handler(core.limits.max_message_bytes)
         parser = ThreadPoolExecutor(1, thread_name_prefix="http-json")
         self.app.on_cleanup.append(lambda app: asyncio.to_thread(parser.shutdown))
-        V2Routes(core, repository, read_timeout, parser).add_to(self.app.router, expect)
+        V2Routes(core, read_timeout, parser).add_to(self.app.router, expect)
         ClassifyRoutes(core, read_timeout).add_to(self.app.router, expect)
         self.app.router.add_get("/openapi.json", self.openapi)
         self.app.router.add_get("/", self.page)
@@ -86,7 +83,7 @@ class Service:
             if self.core.draining and request.path != _ALWAYS_LIVE:
                 raise Unavailable("the server is shutting down; retry on another instance")
             check_encoding(request)
-            self.tokens.check(request)
+            auth.check(self.core.access, request)
             return await handler(request)
         except ServingError as e:
             _log(request, e.code, str(e), logging.INFO if isinstance(e, Cancelled) else None)

@@ -1,4 +1,4 @@
-"""KServe v2 REST (the Open Inference Protocol over HTTP) as Triton serves it, on the core.
+"""KServe v2 REST (the Open Inference Protocol over HTTP) as Triton serves it, on the dataplane.
 
     GET  /v2                                         server metadata
     GET  /v2/health/live, /v2/health/ready           200, or 503 {"error"} when not ready
@@ -10,27 +10,25 @@
     POST /v2/repository/index                        served and refused versions
     POST /v2/repository/models/{m}/load | /unload    the live model repository
 
-Everything but inference is answered by the gRPC servicer's own methods (server/api/kserve.py,
-called without their gRPC error mapping, so their errors come here as ServingErrors) and printed
-as JSON (jsonpb.py): the two protocols cannot drift apart. Inference is translated by tensors.py.
+Each route is one dataplane call (server/dataplane/core.py), its answer written as JSON by
+answers.py; inference's tensors are translated by v2_tensors.py. The gRPC adapter makes the same
+calls, so the two protocols cannot drift apart.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
-from inference import grpc_service_pb2 as pb
 
-from server.api.http import tensors
+from server.api.http import answers
+from server.api.http import v2_tensors as tensors
 from server.api.http.auth import HEALTH, V2, twin
 from server.api.http.body import json_value, read_body
 from server.api.http.deadlines import deadline
-from server.api.http.jsonpb import message_dict, set_parameter
-from server.api.kserve import Repository, V2Servicer
+from server.dataplane.access import bearer_token
 from server.dataplane.core import Core
 from server.dataplane.tensors import TensorRequest
 from server.dataplane.types import version_of
@@ -41,10 +39,8 @@ INLINE_BODY_BYTES = 256 * 1024  # inference bodies up to this size are parsed on
 
 
 class V2Routes:
-    def __init__(self, core: Core, repository: Repository | None, read_timeout: float,
-                 parser: ThreadPoolExecutor):
+    def __init__(self, core: Core, read_timeout: float, parser: ThreadPoolExecutor):
         self.core = core
-        self.servicer = V2Servicer(core, repository)
         self.read_timeout = read_timeout
         self._parser = parser
 
@@ -66,7 +62,7 @@ class V2Routes:
 
     @twin(V2 + "ServerMetadata")
     async def server_metadata(self, request: web.Request) -> web.Response:
-        return _json(await self._servicer("ServerMetadata", pb.ServerMetadataRequest()))
+        return web.json_response(answers.server_metadata(self.core.server_info()))
 
     @twin(HEALTH)
     async def live(self, request: web.Request) -> web.Response:
@@ -77,14 +73,14 @@ class V2Routes:
         """Ready while serving a model (draining is answered 503 before this, by the service):
         a readiness probe must not pass on an empty server, as gRPC health does not."""
         if not self.core.list_models():
-            raise Unavailable(f"not ready: no model is served; {self.core.served()}")
+            raise Unavailable(f"not ready: no model is served; {self.core.served.describe()}")
         return web.json_response({"ready": True})
 
     @twin(V2 + "ModelMetadata")
     async def model_metadata(self, request: web.Request) -> web.Response:
         name, version = _model(request)
-        return _json(await self._servicer("ModelMetadata", pb.ModelMetadataRequest(
-            name=name, version=version)))
+        return web.json_response(answers.model_metadata(self.core.model_metadata(
+            name, version_of(version))))
 
     @twin(V2 + "ModelReady")
     async def model_ready(self, request: web.Request) -> web.Response:
@@ -95,15 +91,14 @@ class V2Routes:
     @twin(V2 + "ModelConfig")
     async def model_config(self, request: web.Request) -> web.Response:
         name, version = _model(request)
-        response = await self._servicer("ModelConfig", pb.ModelConfigRequest(name=name,
-                                                                              version=version))
-        return web.json_response(message_dict(response.config))
+        return web.json_response(answers.model_config(self.core.model_config(
+            name, version_of(version))))
 
     @twin(V2 + "ModelStatistics")
     async def statistics(self, request: web.Request) -> web.Response:
         name, version = request.match_info.get("model", ""), request.match_info.get("version", "")
-        return _json(await self._servicer("ModelStatistics", pb.ModelStatisticsRequest(
-            name=name, version=version)))
+        return web.json_response(answers.statistics(self.core.statistics(
+            name, version_of(version) if version else None)))
 
     @twin(V2 + "ModelInfer")
     async def infer(self, request: web.Request) -> web.Response:
@@ -131,39 +126,33 @@ class V2Routes:
         ready = body.get("ready", False)
         if not isinstance(ready, bool):
             raise InvalidRequest(f'"ready" must be true or false, got {shorten(json.dumps(ready))}')
-        response = await self._servicer("RepositoryIndex", pb.RepositoryIndexRequest(ready=ready))
-        return web.json_response([message_dict(model) for model in response.models])
+        return web.json_response(answers.index(self.core.index(ready)))
 
     @twin(V2 + "RepositoryModelLoad")
     async def load(self, request: web.Request) -> web.Response:
-        message = pb.RepositoryModelLoadRequest(model_name=request.match_info["model"])
-        await self._repository("RepositoryModelLoad", message, request)
+        await self.core.load(request.match_info["model"], await self._parameters(request),
+                             *_caller(request))
         return web.json_response({})
 
     @twin(V2 + "RepositoryModelUnload")
     async def unload(self, request: web.Request) -> web.Response:
-        message = pb.RepositoryModelUnloadRequest(model_name=request.match_info["model"])
-        await self._repository("RepositoryModelUnload", message, request)
+        await self.core.unload(request.match_info["model"], await self._parameters(request),
+                               *_caller(request))
         return web.json_response({})
 
     # --- helpers ----------------------------------------------------------------------------
 
-    async def _servicer(self, method: str, message):
-        """The gRPC servicer's method itself, without its gRPC error mapping (map_errors): its
-        ServingErrors reach the HTTP error table. These methods do not use the gRPC context."""
-        return await inspect.unwrap(getattr(V2Servicer, method))(self.servicer, message, None)
-
-    async def _repository(self, method: str, message, request: web.Request) -> None:
-        """Load/unload with Triton's body, {"parameters": {...}} (tritonclient sends
-        unload_dependents); the servicer refuses parameters it does not take, by name."""
+    async def _parameters(self, request: web.Request) -> list[str]:
+        """The names of Triton's load/unload body's {"parameters": {...}} (tritonclient sends
+        unload_dependents); the dataplane refuses those it does not take, by name."""
         parameters = (await self._json_body(request)).get("parameters", {})
         if not isinstance(parameters, dict):
             raise InvalidRequest('"parameters" must be a JSON object')
         for key, value in parameters.items():
-            if not set_parameter(message.parameters[key], value):
+            if not isinstance(value, (bool, int, str, float)):
                 raise InvalidRequest(f"parameter {shorten(key)} must be a boolean, an integer or "
                                      f"a string, got {shorten(json.dumps(value))}")
-        await self._servicer(method, message)
+        return list(parameters)
 
     async def _json_body(self, request: web.Request) -> dict:
         """A small optional JSON object body ({} when empty)."""
@@ -177,9 +166,11 @@ class V2Routes:
         return value
 
 
+def _caller(request: web.Request) -> tuple[bytes | None, str]:
+    """The request's bearer token (for the access policy) and its peer (for the log)."""
+    return bearer_token(request.headers.items()), str(request.remote)
+
+
 def _model(request: web.Request) -> tuple[str, str]:
     return request.match_info["model"], request.match_info.get("version", "")
 
-
-def _json(message) -> web.Response:
-    return web.json_response(message_dict(message))

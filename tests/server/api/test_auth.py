@@ -14,10 +14,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from client import predict
-from server.api import security
+from server.api.security import Security
 from server.app import create_server
-from server.errors import StartupError
-from server.api.security import OPEN_SERVICES, Security, TokenFile
+from server.dataplane import access
+from server.dataplane.access import OPEN_SERVICES, TokenFile
+from server.errors import StartupError, Unauthenticated
 from tests.server.fakes import fake_model
 
 TOKEN = "s3cret-token-AAAA"
@@ -117,7 +118,7 @@ def test_the_token_file_is_reloaded_when_it_changes(token_file, caplog):
         assert code_of(lambda: list_models(channel, bearer("brand-new-token"))) == \
             grpc.StatusCode.OK
         token_file.unlink()  # unreadable: the last good set stays
-        with caplog.at_level(logging.WARNING, logger="server.api.security"):
+        with caplog.at_level(logging.WARNING, logger="server.dataplane.access"):
             assert code_of(lambda: list_models(channel, bearer("brand-new-token"))) == \
                 grpc.StatusCode.OK
         assert "cannot be read" in caplog.text and "brand-new-token" not in caplog.text
@@ -131,11 +132,12 @@ def test_tokens_are_compared_in_constant_time_with_every_token(token_file, monke
         compared.append(b)
         return a == b
 
-    monkeypatch.setattr(security.hmac, "compare_digest", spy)
-    tokens = TokenFile(token_file)
-    assert tokens.accepts(TOKEN.encode())
+    monkeypatch.setattr(access.hmac, "compare_digest", spy)
+    policy = access.Access(TokenFile(token_file))
+    assert policy.check("/fmnist.v1.Classifier/ListModels", TOKEN.encode())
     assert compared == [TOKEN.encode(), OTHER.encode()]
-    assert not tokens.accepts(b"nope")
+    with pytest.raises(Unauthenticated):
+        policy.check("/fmnist.v1.Classifier/ListModels", b"nope")
 
 
 @pytest.mark.parametrize("text", ["", "# only a comment\n\n"])
@@ -200,7 +202,7 @@ def test_shorten():
 
 
 def test_a_long_method_name_is_not_logged_whole(token_file, caplog):
-    with caplog.at_level(logging.INFO, logger="server.api.auth"), serving(token_file) as (channel, _):
+    with caplog.at_level(logging.INFO, logger="server.api.grpc.auth"), serving(token_file) as (channel, _):
         call = channel.unary_unary("/fmnist.v1.Classifier/" + "X" * 5000)
         assert code_of(lambda: call(b"", timeout=10)) == grpc.StatusCode.UNAUTHENTICATED
     assert "X" * 100 not in caplog.text and "UNAUTHENTICATED" in caplog.text

@@ -6,7 +6,6 @@ import gc
 import json
 import logging
 import threading
-import time
 import tracemalloc
 from concurrent import futures
 
@@ -18,7 +17,8 @@ from fmnist.v1 import classifier_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
-from server.dataplane import decode
+from harness.wait import until
+from server.dataplane import imagefile
 from server.app import create_server
 from server.errors import StartupError
 from server.dataplane.types import Limits
@@ -101,7 +101,7 @@ def test_every_format_in_one_request_answers_for_its_own_pixels(stub, models_dir
     files.append(encode(Image.fromarray(np.asarray(base).astype(np.uint16) * 257), "PNG"))
     response = stub.Classify(request(*[enc(f) for f in files], top_k=10), timeout=30)
     assert len(response.classifications) == len(files)
-    decoded = np.stack([decode.decode_encoded(f) for f in files])[:, None]
+    decoded = np.stack([imagefile.decode_encoded(f) for f in files])[:, None]
     for image in decoded[:, 0]:
         assert np.abs(image.astype(int) - pixels().astype(int)).mean() < 40  # the sample, roughly
     runner = OnnxRunner(models_dir / "lenet_bn" / "1" / "model.onnx", ["CPUExecutionProvider"])
@@ -314,7 +314,7 @@ def test_unexpected_errors_are_internal_with_a_logged_traceback(caplog):
     srv, ch = serve([fake_model("broken", error=RuntimeError("kaboom")), fake_model("fine")])
     stub = pb_grpc.ClassifierStub(ch)
     try:
-        with caplog.at_level(logging.ERROR, logger="server.api.classifier"):
+        with caplog.at_level(logging.ERROR, logger="server.api.grpc.classifier"):
             e = rpc_error(stub.Classify, request(raw(b"\0" * 784), model="broken"))
         assert e.code() == grpc.StatusCode.INTERNAL and "kaboom" not in e.details()
         record = next(r for r in caplog.records if "INTERNAL" in r.getMessage())
@@ -341,7 +341,9 @@ def test_deadline_too_short_is_refused_before_running():
 
 
 def test_stop_drains_in_flight_requests_and_refuses_new_ones():
-    model = fake_model("slow", delay=1.0)
+    """The request in flight runs until the test opens its runner's gate: it is still in flight
+    while the draining server is asked, however slow this machine is."""
+    model = fake_model("slow", gate=threading.Event())
     srv, ch = serve([model])
     stub = pb_grpc.ClassifierStub(ch)
     health = health_pb2_grpc.HealthStub(ch)
@@ -351,18 +353,19 @@ def test_stop_drains_in_flight_requests_and_refuses_new_ones():
             assert model.runner.started.wait(10)
             stopping = threading.Thread(target=srv.stop, args=(10,))
             stopping.start()
-            while not srv.core._draining:
-                time.sleep(0.01)
+            until(lambda: srv.core.draining, timeout=10, what="the server draining after stop()")
             e = rpc_error(stub.Classify, request(raw(b"\0" * 784), model="slow"))
             assert e.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in e.details()
             draining = health.Check(health_pb2.HealthCheckRequest(), timeout=10)
             assert draining.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            model.runner.gate.set()
             assert in_flight.result().model == "slow"  # finished within the grace period
             stopping.join()
         assert model.runner.closed
         with pytest.raises(grpc.RpcError):  # and the port is closed
             health.Check(health_pb2.HealthCheckRequest(), timeout=2)
     finally:
+        model.runner.gate.set()
         ch.close()
 
 

@@ -22,10 +22,14 @@ from inference import grpc_service_pb2 as v2_pb
 from PIL import Image
 
 import server as server_package
+from server.api.grpc.kserve import V2Servicer, statistics
+from server.api.security import Security
 from server.app import create_server
-from server.batching.batcher import BatchStats
+from server.batching.batcher import BatchPolicy, BatchStats
+from server.dataplane import views
+from server.dataplane.access import Access
+from server.dataplane.core import Core
 from server.errors import ModelNotFound
-from server.api.kserve import V2Servicer, statistics
 from server.models.runner import OnnxRunner
 from tests.server import triton_calls
 from tests.server.answers import classify_probabilities
@@ -114,7 +118,7 @@ def test_model_metadata(triton):
 
 def test_model_config(triton, server):
     config = triton.get_model_config(MODEL, as_json=True)["config"]
-    _, policy = server.core.config(MODEL, 1)
+    policy = BatchPolicy()  # the module's server batches as the defaults say
     assert (config["name"], config["platform"], config["max_batch_size"]) == (
         MODEL, "onnxruntime_onnx", policy.max_batch)
     assert int(config["dynamic_batching"]["max_queue_delay_microseconds"]) == round(
@@ -259,7 +263,7 @@ def test_statistics_count_what_was_sent(triton):
 def test_statistics_in_triton_terms():
     stats = BatchStats(batches=3, images=10, pieces=5, queue_seconds=0.5, compute_seconds=0.25,
                        by_size={4: [2, 0.2], 2: [1, 0.05]}, last_batch_at=1700000000.25)
-    s = statistics("m", 2, stats)
+    s = statistics(views.statistics("m", 2, stats))
     assert (s.name, s.version, s.last_inference, s.inference_count, s.execution_count) == (
         "m", "2", 1700000000250, 10, 3)
     assert (s.inference_stats.queue.count, s.inference_stats.queue.ns) == (5, 500_000_000)
@@ -276,7 +280,7 @@ def folder(models_dir, tmp_path_factory):  # noqa: F811
     shutil.copytree(models_dir, root)
     (root / "lenet" / "2").mkdir()
     (root / "lenet" / "2" / "model.onnx").write_bytes(b"not an onnx file")
-    srv, port = create_server(root, port=0, device="cpu")
+    srv, port = create_server(root, port=0, device="cpu", security=Security(repository_api=True))
     srv.start()
     client = Triton(f"127.0.0.1:{port}")
     yield srv, client
@@ -317,7 +321,8 @@ def test_unload_and_load_through_the_live_repository(folder):
 
 
 def test_load_and_unload_without_a_models_folder_are_unimplemented():
-    srv, port = create_server(models=[fake_model("fake")], port=0, device="cpu")
+    srv, port = create_server(models=[fake_model("fake")], port=0, device="cpu",
+                              security=Security(repository_api=True))
     srv.start()
     client = Triton(f"127.0.0.1:{port}")
     try:
@@ -350,6 +355,9 @@ class Context:
     def peer(self):
         return "test"
 
+    def invocation_metadata(self):
+        return ()
+
     def time_remaining(self):
         return None
 
@@ -362,7 +370,9 @@ class Context:
         self.details = details
 
 
-class FakeRepository:
+class FakeControl:
+    """The dataplane's model control, noting where each call ran."""
+
     def __init__(self):
         self.calls = []
 
@@ -375,9 +385,10 @@ class FakeRepository:
         self.calls.append(("unload", name, threading.current_thread().name))
 
 
-def test_load_and_unload_go_to_the_repository_off_the_event_loop(server):
-    repository = FakeRepository()
-    servicer = V2Servicer(server.core, repository)
+def test_load_and_unload_go_to_the_control_off_the_event_loop():
+    core = Core([fake_model("fake")], access=Access(repository_api=True))
+    core.control = control = FakeControl()
+    servicer = V2Servicer(core)
 
     async def calls():
         await servicer.RepositoryModelLoad(v2_pb.RepositoryModelLoadRequest(model_name="a"),
@@ -398,10 +409,13 @@ def test_load_and_unload_go_to_the_repository_off_the_event_loop(server):
         return ((missing.code, missing.details), (parameters.code, parameters.details), metadata,
                 threading.current_thread().name)
 
-    missing, parameters, metadata, loop_thread = asyncio.run(calls())
-    assert [call[:2] for call in repository.calls] == [("load", "a"), ("unload", "b"),
-                                                        ("load", "missing"), ("unload", "c")]
-    assert all(call[2] != loop_thread for call in repository.calls)
+    try:
+        missing, parameters, metadata, loop_thread = asyncio.run(calls())
+    finally:
+        core.close()
+    assert [call[:2] for call in control.calls] == [("load", "a"), ("unload", "b"),
+                                                     ("load", "missing"), ("unload", "c")]
+    assert all(call[2] != loop_thread for call in control.calls)
     assert missing[0] == grpc.StatusCode.NOT_FOUND and "'missing'" in missing[1]
     assert parameters[0] == grpc.StatusCode.INVALID_ARGUMENT and "'config'" in parameters[1]
     assert "model_repository" in metadata.extensions

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.serve import OWN_CONNECTION, open_idle_streams
 from server.app import create_server
-from server.api.transport import Transport, unary_handler
+from server.api.grpc.transport import Transport, unary_handler
 from tests.server.fakes import fake_model
 
 

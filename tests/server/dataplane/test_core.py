@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from harness.wait import until_async
 from server.batching.batcher import BatchPolicy
 from server.dataplane.core import Core
 from server.dataplane.types import Batching, ImageData, Limits
@@ -42,13 +43,6 @@ def core():
 def queued_images(core: Core, model: str, version: int) -> int:
     """The images waiting in one version's batch queue, as the core reports them."""
     return dict(((m.name, m.version), n) for m, n in core.queues())[(model, version)]
-
-
-async def wait_until(predicate, timeout: float = 10.0) -> None:
-    give_up = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < give_up, "timed out waiting"
-        await asyncio.sleep(0.005)
 
 
 def test_classify_returns_top_k_in_order(core):
@@ -111,7 +105,7 @@ def test_requests_beyond_max_in_flight_are_refused():
 
     async def scenario():
         first = asyncio.create_task(core.classify("slow", 0, [raw()]))
-        await wait_until(model.runner.started.is_set)
+        await until_async(model.runner.started.is_set, 10, "the first run started")
         with pytest.raises(Overloaded, match="limit of 1 requests in flight"):
             await core.classify("slow", 0, [raw()])
         model.runner.gate.set()
@@ -135,10 +129,11 @@ def test_concurrent_requests_run_as_one_batch_and_get_their_own_rows():
 
     async def scenario():
         first = asyncio.create_task(core.classify("slow", 0, [raw(1)]))
-        await wait_until(model.runner.started.is_set)  # the first runs alone; the rest queue
+        # the first runs alone; the rest queue
+        await until_async(model.runner.started.is_set, 10, "the first run started")
         rest = [asyncio.create_task(core.classify("slow", 0, [raw(v), raw(v + 1)]))
                 for v in range(2, 8)]
-        await wait_until(lambda: queued_images(core, "slow", 1) == 12)
+        await until_async(lambda: queued_images(core, "slow", 1) == 12, 10, "12 image(s) queued")
         model.runner.gate.set()
         results = await asyncio.gather(first, *rest)
         return [[c[0].class_id for c in r.classifications] for r in results]
@@ -162,7 +157,7 @@ def test_a_lone_caller_does_not_wait_for_the_queue_delay():
     caller waited for more images: the batches' own account of each wait says it did not."""
     core = make_core(fake_model("a"), max_delay=5.0)
     waits = []
-    core.batch_observers.append(lambda model, version, event: waits.extend(event.queue_waits))
+    core.served.batch_observers.append(lambda model, version, event: waits.extend(event.queue_waits))
     for v in range(3):
         assert classify(core, "a", 0, [raw(v)]).classifications[0][0].class_id == v
     assert len(waits) == 3 and max(waits) < 5.0
@@ -175,12 +170,13 @@ def test_a_cancelled_request_leaves_the_queue_and_never_runs():
 
     async def scenario():
         first = asyncio.create_task(core.classify("slow", 0, [raw(1)]))
-        await wait_until(model.runner.started.is_set)
+        await until_async(model.runner.started.is_set, 10, "the first run started")
         doomed = asyncio.create_task(core.classify("slow", 0, [raw(2), raw(2), raw(2)]))
-        await wait_until(lambda: queued_images(core, "slow", 1) == 3)
+        await until_async(lambda: queued_images(core, "slow", 1) == 3, 10, "3 image(s) queued")
         doomed.cancel()
         last = asyncio.create_task(core.classify("slow", 0, [raw(3)]))
-        await wait_until(lambda: queued_images(core, "slow", 1) == 1)  # the cancelled 3 left it
+        await until_async(lambda: queued_images(core, "slow", 1) == 1, 10,
+                          "1 image queued: the cancelled 3 left the count")
         model.runner.gate.set()
         await first
         assert (await last).classifications[0][0].class_id == 3
@@ -236,10 +232,10 @@ def test_a_request_whose_deadline_passes_while_queued_never_runs():
 
     async def scenario():
         first = asyncio.create_task(core.classify("slow", 0, [raw(1)]))
-        await wait_until(model.runner.started.is_set)
+        await until_async(model.runner.started.is_set, 10, "the first run started")
         late = asyncio.create_task(core.classify("slow", 0, [raw(3)],
                                                  deadline=time.monotonic() + 0.4))
-        await wait_until(lambda: queued_images(core, "slow", 1) == 1)  # admitted
+        await until_async(lambda: queued_images(core, "slow", 1) == 1, 10, "1 image admitted")
         await first
         with pytest.raises(DeadlineExceeded, match="passed while queued"):
             await late
@@ -255,14 +251,14 @@ def test_a_full_queue_is_refused_with_a_retry_hint():
 
     async def scenario():
         first = asyncio.create_task(core.classify("slow", 0, [raw()]))
-        await wait_until(model.runner.started.is_set)
+        await until_async(model.runner.started.is_set, 10, "the first run started")
         queued = asyncio.create_task(core.classify("slow", 0, [raw()] * 3))
-        await wait_until(lambda: queued_images(core, "slow", 1) == 3)
+        await until_async(lambda: queued_images(core, "slow", 1) == 3, 10, "3 image(s) queued")
         with pytest.raises(Overloaded, match="queue is full") as e:
             await core.classify("slow", 0, [raw()] * 2)
         assert e.value.retry_after > 0
         one_more = asyncio.create_task(core.classify("slow", 0, [raw()]))  # still fits
-        await wait_until(lambda: queued_images(core, "slow", 1) == 4)
+        await until_async(lambda: queued_images(core, "slow", 1) == 4, 10, "4 image(s) queued")
         model.runner.gate.set()
         await asyncio.gather(first, queued, one_more)
 
@@ -273,9 +269,9 @@ def test_a_full_queue_is_refused_with_a_retry_hint():
 def test_list_models_reports_each_loaded_version():
     core = make_core(fake_model("a", 1, provider="CUDAExecutionProvider", accuracy=0.9))
     (view,) = core.list_models()
-    assert (view.name, view.version, view.provider, view.spec.test_accuracy) == (
+    assert (view.name, view.version, view.provider, view.test_accuracy) == (
         "a", 1, "CUDAExecutionProvider", 0.9)
-    assert len(view.spec.labels) == 10 and view.spec.input_side == 28
+    assert len(view.labels) == 10 and view.input_side == 28
     core.close()
 
 
@@ -305,7 +301,7 @@ def test_result_probabilities_are_python_floats(core):
 
 def test_decoding_runs_off_the_event_loop(core):
     """An encoded image is decoded on a decode thread, never on the loop's own thread."""
-    import server.dataplane.decode as decode_module
+    import server.dataplane.imagefile as decode_module
     threads = []
     real = decode_module.decode_opened
 
@@ -326,17 +322,17 @@ def test_batch_statistics_and_listeners_see_every_batch():
     model = fake_model("a")
     core = make_core(model, limits=Limits(max_images_per_request=64), max_batch=8)
     events = []
-    core.batch_observers.append(lambda model, version, event: events.append((model, version,
-                                                                              event)))
+    core.served.batch_observers.append(lambda model, version, event: events.append(
+        (model, version, event)))
     classify(core, "a", 0, [raw(v) for v in range(20)])
     classify(core, "a", 0, [raw(1)])
     assert {(m, v) for m, v, _ in events} == {("a", 1)}
     events = [e for _, _, e in events]
     assert [e.size for e in events] == [8, 8, 4, 1] and all(e.ok for e in events)
-    stats = core.stats("a", 1)
-    assert (stats.batches, stats.images, stats.failed_batches) == (4, 21, 0)
-    assert {size: entry[0] for size, entry in stats.by_size.items()} == {8: 2, 4: 1, 1: 1}
-    assert stats.queue_seconds >= 0 and stats.compute_seconds >= 0 and stats.last_batch_at > 0
+    (stats,) = core.statistics("a", 1)
+    assert (stats.execution_count, stats.inference_count) == (4, 21)
+    assert {b.size: b.count for b in stats.by_size} == {8: 2, 4: 1, 1: 1}
+    assert stats.queue_ns >= 0 and stats.compute_ns >= 0 and stats.last_inference_ms > 0
     core.close()
 
 
@@ -346,11 +342,12 @@ def test_removing_a_version_lets_the_requests_that_chose_it_finish():
 
     async def scenario():
         running = asyncio.create_task(core.classify("slow", 0, [raw(1)]))
-        await wait_until(model.runner.started.is_set)
+        await until_async(model.runner.started.is_set, 10, "the first run started")
         queued = asyncio.create_task(core.classify("slow", 0, [raw(2)]))
-        await wait_until(lambda: queued_images(core, "slow", 1) == 1)
-        removing = asyncio.create_task(asyncio.to_thread(core.remove, "slow", 1))
-        await wait_until(lambda: core.versions("slow") == [])  # no longer routed ...
+        await until_async(lambda: queued_images(core, "slow", 1) == 1, 10, "1 image(s) queued")
+        removing = asyncio.create_task(asyncio.to_thread(core.served.remove, "slow", 1))
+        await until_async(lambda: core.served.versions("slow") == [], 10,
+                          "the version being removed no longer routed")
         with pytest.raises(ModelNotFound):
             await core.classify("slow", 0, [raw(3)])
         assert not removing.done()  # it waits for the two that chose the version
@@ -373,9 +370,9 @@ def test_the_batch_waits_for_callers_whose_answers_were_in_the_previous_batch():
 
     async def scenario():
         first = asyncio.create_task(core.classify("slow", 0, [raw(1)]))
-        await wait_until(model.runner.started.is_set)
+        await until_async(model.runner.started.is_set, 10, "the first run started")
         meanwhile = [asyncio.create_task(core.classify("slow", 0, [raw(v)])) for v in (2, 3, 4)]
-        await wait_until(lambda: queued_images(core, "slow", 1) == 3)
+        await until_async(lambda: queued_images(core, "slow", 1) == 3, 10, "3 image(s) queued")
         model.runner.gate.set()
         await first  # the first caller comes back ...
         again = asyncio.create_task(core.classify("slow", 0, [raw(5)]))

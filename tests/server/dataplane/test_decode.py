@@ -1,4 +1,4 @@
-"""server/dataplane/decode.py: pure bytes -> 28x28 uint8, every format and mode the API promises."""
+"""server/dataplane/imagefile.py: pure bytes -> 28x28 uint8, every format and mode the API promises."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from server.dataplane import decode
-from server.dataplane.decode import decode_encoded, decode_raw
+from server.dataplane import imagefile
+from server.dataplane.imagefile import decode_encoded, decode_raw
 from server.errors import DecodeError
 from tests.serving_fixtures import SAMPLES
 from tests.server.images import encode, huge_png, object_on
@@ -148,11 +148,11 @@ def test_gif_animation_uses_the_first_frame():
 
 def test_32_bit_and_float_grayscale():
     # no format the API takes is written as mode I or F by PIL here; the decoder still handles them
-    sixteen_in_i = decode._grayscale(Image.fromarray(np.array([[0, 257 * 100], [65535, 1]], np.int32)))
+    sixteen_in_i = imagefile._grayscale(Image.fromarray(np.array([[0, 257 * 100], [65535, 1]], np.int32)))
     np.testing.assert_array_equal(sixteen_in_i, [[0, 100], [255, 0]])
-    wide = decode._grayscale(Image.fromarray(np.array([[-5, 0], [100000, 7]], np.int32)))
+    wide = imagefile._grayscale(Image.fromarray(np.array([[-5, 0], [100000, 7]], np.int32)))
     assert wide.min() == 0 and wide.max() == 255
-    floats = decode._grayscale(Image.fromarray(np.array([[0.0, 0.5], [1.0, 0.25]],
+    floats = imagefile._grayscale(Image.fromarray(np.array([[0.0, 0.5], [1.0, 0.25]],
                                                                    np.float32)))
     np.testing.assert_array_equal(floats, [[0, 128], [255, 64]])
 

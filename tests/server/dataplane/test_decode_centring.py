@@ -1,4 +1,4 @@
-"""server/dataplane/decode.py's framing of photos: an odd margin puts the extra pixel before the object, and
+"""server/dataplane/imagefile.py's framing of photos: an odd margin puts the extra pixel before the object, and
 a photo of a dataset image comes back about as sharp as the image was."""
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from bench.photos import render_photo
-from server.dataplane.decode import decode_encoded
+from server.dataplane.imagefile import decode_encoded
 from tests.server.images import encode
 from tests.serving_fixtures import SAMPLES
 

@@ -11,7 +11,7 @@ import pytest
 from fmnist.v1 import classifier_pb2 as pb
 from PIL import Image, ImageOps
 
-from server.dataplane import decode
+from server.dataplane import imagefile
 from tests.serving_fixtures import SAMPLES
 
 # How a camera stores the upright picture for each tag: the inverse of what exif_transpose does.
@@ -48,20 +48,20 @@ def sideways(image: Image.Image, orientation: int) -> Image.Image:
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_every_orientation_decodes_upright(orientation):
     upright = shirt_photo()
-    expected = decode.decode_encoded(with_orientation(upright, None, "PNG"))
+    expected = imagefile.decode_encoded(with_orientation(upright, None, "PNG"))
     stored = with_orientation(sideways(upright, orientation), orientation, "PNG")
-    assert np.array_equal(decode.decode_encoded(stored), expected)
+    assert np.array_equal(imagefile.decode_encoded(stored), expected)
 
 
 def test_a_sideways_jpeg_without_honouring_the_tag_would_differ():
     """The check above is not vacuous: the stored pixels alone decode to something else."""
     upright = shirt_photo()
-    expected = decode.decode_encoded(with_orientation(upright, None, "JPEG", quality=95))
+    expected = imagefile.decode_encoded(with_orientation(upright, None, "JPEG", quality=95))
     tagged = with_orientation(sideways(upright, 6), 6, "JPEG", quality=95)
     untagged = with_orientation(sideways(upright, 6), None, "JPEG", quality=95)
     diff = lambda a, b: np.abs(a.astype(int) - b.astype(int)).mean()  # noqa: E731
-    assert diff(decode.decode_encoded(tagged), expected) < 3
-    assert diff(decode.decode_encoded(untagged), expected) > 20
+    assert diff(imagefile.decode_encoded(tagged), expected) < 3
+    assert diff(imagefile.decode_encoded(untagged), expected) > 20
 
 
 @pytest.mark.parametrize("exif", [99, 0, b"Exif\x00\x00II*\x00\xff\xff\xff\x7f"],
@@ -74,8 +74,8 @@ def test_a_broken_or_out_of_range_orientation_is_ignored(exif):
         buf = io.BytesIO()
         shirt_photo().save(buf, format="JPEG", exif=exif)
         data = buf.getvalue()
-    plain = decode.decode_encoded(with_orientation(shirt_photo(), None, "JPEG"))
-    assert np.abs(decode.decode_encoded(data).astype(int) - plain).mean() < 3
+    plain = imagefile.decode_encoded(with_orientation(shirt_photo(), None, "JPEG"))
+    assert np.abs(imagefile.decode_encoded(data).astype(int) - plain).mean() < 3
 
 
 def band_photo() -> Image.Image:

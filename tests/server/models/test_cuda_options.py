@@ -1,4 +1,4 @@
-"""The CUDA provider options the server asks onnxruntime for (server/models/providers.py): TF32 off
+"""The CUDA provider options the server asks onnxruntime for (execution_providers.py, server/models/providers.py): TF32 off
 unless --cuda-tf32, and the probe tolerance each setting is held to; --cuda-tf32 through
 `python -m server` itself.
 
@@ -16,8 +16,8 @@ import pytest
 
 import model_contract as mc
 from server.models.loading import Loader
-from server.models.providers import (CPU, CUDA, TF32_PROBE_TOLERANCE, CudaOptions,
-                                     ProviderPolicy)
+from execution_providers import CPU, CUDA, TF32_PROBE_TOLERANCE, CudaOptions
+from server.models.providers import ProviderPolicy
 from harness.process import ServerProcess
 
 REAL_SESSION = ort.InferenceSession

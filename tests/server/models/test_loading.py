@@ -15,7 +15,8 @@ import onnx
 import pytest
 
 from server.errors import ModelLoadError, StartupError, Unavailable
-from server.models.providers import CPU, CUDA, CudaOptions, ProviderPolicy
+from execution_providers import CPU, CUDA, CudaOptions
+from server.models.providers import ProviderPolicy
 from server.models.runner import OnnxRunner
 from server.models.loading import load_models
 from server.models.scan import parse_version_flags, pick_versions, scan

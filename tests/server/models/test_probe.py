@@ -17,7 +17,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import model_contract as mc
-from server.models.providers import CUDA, ProviderPolicy
+from execution_providers import CUDA
+from server.models.providers import ProviderPolicy
 from server.models.runner import OnnxRunner
 from server.models.loading import Loader, default_runner_factory
 from server.models.spec import Refusal

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-import time
 from pathlib import Path
 
 import grpc
@@ -14,8 +13,11 @@ from fmnist.v1 import classifier_pb2 as pb
 from fmnist.v1 import classifier_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from harness.wait import until
 from server.app import create_server
 from tests.serving_fixtures import SAMPLES, models_dir  # noqa: F401 - fixture
+
+WAIT = 60.0  # seconds a state of the live repository (a version loaded, unloaded, ...) may take
 
 
 def publish(source: Path, target: Path) -> None:
@@ -23,13 +25,6 @@ def publish(source: Path, target: Path) -> None:
     hidden = target.parent / f".{target.name}.tmp"
     shutil.copytree(source, hidden)
     os.rename(hidden, target)
-
-
-def wait_for(predicate, what: str, timeout: float = 60.0) -> None:
-    give_up = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < give_up, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 class Load:
@@ -70,30 +65,31 @@ def test_versions_swap_under_load_without_a_failed_request(models_dir, tmp_path)
         pb.ListModelsRequest(), timeout=10).models]
     load = Load(stub, "lenet_bn")
     try:
-        wait_for(lambda: len(load.versions) > 20, "traffic")
+        until(lambda: len(load.versions) > 20, WAIT, "traffic")
         publish(models_dir / "lenet_bn" / "1", root / "lenet_bn" / "2")  # a new version appears
-        wait_for(lambda: load.versions[-1] == 2, "answers from version 2")
-        wait_for(lambda: served() == [("lenet_bn", 2)], "version 1 unloaded (--keep-versions 1)")
+        until(lambda: load.versions[-1] == 2, WAIT, "answers from version 2")
+        until(lambda: served() == [("lenet_bn", 2)], WAIT,
+              "version 1 unloaded (--keep-versions 1)")
 
         broken = root / "lenet_bn" / ".3.tmp"
         broken.mkdir()
         (broken / "model.onnx").write_bytes(b"not an onnx file")
         os.rename(broken, root / "lenet_bn" / "3")  # a version that cannot load
-        wait_for(lambda: any(r.version == 3 for r in stub.ListModels(
-            pb.ListModelsRequest(), timeout=10).refused), "version 3 refused")
+        until(lambda: any(r.version == 3 for r in stub.ListModels(
+            pb.ListModelsRequest(), timeout=10).refused), WAIT, "version 3 refused")
         assert served() == [("lenet_bn", 2)]  # the previous version keeps serving
 
         publish(models_dir / "lenet", root / "lenet")  # a new model: health follows
-        wait_for(lambda: ("lenet", 1) in served(), "the new model")
+        until(lambda: ("lenet", 1) in served(), WAIT, "the new model")
         status = health.Check(health_pb2.HealthCheckRequest(
             service="fmnist.v1.Classifier/lenet"), timeout=10).status
         assert status == health_pb2.HealthCheckResponse.SERVING
 
         shutil.rmtree(root / "lenet_bn" / "2")  # removed: drained, unloaded; v1 comes back
-        wait_for(lambda: ("lenet_bn", 1) in served() and ("lenet_bn", 2) not in served(),
-                 "version 2 unloaded and version 1 served again")
+        until(lambda: ("lenet_bn", 1) in served() and ("lenet_bn", 2) not in served(),
+              WAIT, "version 2 unloaded and version 1 served again")
         n = len(load.versions)
-        wait_for(lambda: len(load.versions) > n + 10, "more traffic")
+        until(lambda: len(load.versions) > n + 10, WAIT, "more traffic")
     finally:
         load.stop()
         channel.close()
@@ -108,14 +104,14 @@ def test_load_and_unload_on_demand(models_dir, tmp_path):  # noqa: F811
     srv, port = create_server(root, port=0, device="cpu")  # no polling
     srv.start()
     try:
-        repository, core = srv.repository, srv.core
-        repository.unload("lenet")
-        assert core.versions("lenet") == []
-        repository.poll()
-        assert core.versions("lenet") == []  # unloaded on demand: polling leaves it alone
-        repository.load("lenet")
-        assert core.versions("lenet") == [1]
+        control, served = srv.control, srv.core.served
+        control.unload("lenet")
+        assert served.versions("lenet") == []
+        control.poll()
+        assert served.versions("lenet") == []  # unloaded on demand: polling leaves it alone
+        control.load("lenet")
+        assert served.versions("lenet") == [1]
         with pytest.raises(Exception, match="no model 'nope'"):
-            repository.load("nope")
+            control.load("nope")
     finally:
         srv.stop(0)

@@ -8,11 +8,11 @@ import http.client
 import json
 import socket
 import threading
-import time
 
 import pytest
 
-from server.api.transport import Transport
+from harness.wait import until
+from server.api.grpc.transport import Transport
 from server.app import create_server
 from server.dataplane.types import Limits
 from tests.server.api.http.web import (
@@ -165,14 +165,6 @@ def gated():
     srv.stop(0)
 
 
-def wait_until(condition, what: str) -> None:
-    """Until `condition()` holds (a state of the server), or fail after a minute."""
-    give_up = time.monotonic() + 60
-    while not condition():
-        assert time.monotonic() < give_up, f"never: {what}"
-        time.sleep(0.01)
-
-
 def classify_in_thread(base: str) -> dict:
     answers = {}
     thread = threading.Thread(target=lambda: answers.update(
@@ -185,7 +177,7 @@ def classify_in_thread(base: str) -> dict:
 def test_over_the_in_flight_limit_is_429_with_retry_after(gated):
     srv, runner, base = gated
     answers = classify_in_thread(base)
-    wait_until(lambda: srv.core.in_flight == 1, "one request in flight")
+    until(lambda: srv.core.in_flight == 1, timeout=60, what="one request in flight")
     refused = call(f"{base}/v1/models/gated:classify", sample_png("bag"))
     assert refused.status == 429 and refused.headers["Retry-After"] == "1"
     assert refused.error == "the server is at its limit of 1 requests in flight; retry later"
@@ -197,11 +189,11 @@ def test_over_the_in_flight_limit_is_429_with_retry_after(gated):
 def test_draining_refuses_new_requests_while_those_in_flight_finish(gated):
     srv, runner, base = gated
     answers = classify_in_thread(base)
-    wait_until(runner.started.is_set, "the first request running")
+    until(runner.started.is_set, timeout=60, what="the first request running")
     stopped = {}
     stopper = threading.Thread(target=lambda: stopped.update(clean=srv.stop(60)))
     stopper.start()
-    wait_until(lambda: srv.core.draining, "draining")
+    until(lambda: srv.core.draining, timeout=60, what="draining")
     new = call(f"{base}/v1/models", None)
     assert new.status == 503
     assert new.error == "the server is shutting down; retry on another instance"

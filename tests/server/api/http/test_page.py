@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 
 from server.app import create_server
-from server.dataplane import decode
+from server.dataplane import imagefile
 from tests.server.api.http.browser import chromium, needs_chromium
 from tests.serving_fixtures import SAMPLES
 
@@ -56,7 +56,7 @@ def in_process(models_dir, image: bytes, k: int) -> list[tuple[str, float]]:
     path = models_dir / "lenet_bn" / "1" / "model.onnx"
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     labels = json.loads(session.get_modelmeta().custom_metadata_map["fmnist.labels"])
-    pixels = decode.decode_encoded(image)[None, None]
+    pixels = imagefile.decode_encoded(image)[None, None]
     (probabilities,) = session.run(["probabilities"], {"image": pixels})[0]
     top = np.argsort(-probabilities, kind="stable")[:k]
     return [(labels[i], float(probabilities[i])) for i in top]

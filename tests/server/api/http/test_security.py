@@ -11,7 +11,7 @@ import pytest
 
 from harness.wait import until
 from server.api.security import Security
-from server.api.transport import Transport
+from server.api.grpc.transport import Transport
 from server.app import create_server
 from tests.server.api.http.web import call, sample_png
 from tests.server.certs import CertificateAuthority

@@ -21,6 +21,7 @@ from inference import grpc_service_pb2_grpc as v2_grpc
 from tritonclient.utils import InferenceServerException
 
 import server as server_package
+from server.api.security import Security
 from server.app import create_server
 from tests.server.answers import classify_probabilities
 from tests.server.api.http.web import call, post_json, sample_pixels, sample_png
@@ -178,7 +179,8 @@ def test_statistics_count_http_inference(client):
 
 
 def test_repository_index_unload_and_load(models_dir):
-    srv, _ = create_server(models_dir, port=0, device="cpu", http_port=0)
+    srv, _ = create_server(models_dir, port=0, device="cpu", http_port=0,
+                           security=Security(repository_api=True))
     srv.start()
     try:
         client = triton.InferenceServerClient(f"127.0.0.1:{srv.http_port}")
@@ -198,9 +200,10 @@ def test_load_without_a_models_folder_is_501(models_dir):
     from server.models.providers import ProviderPolicy
     from server.models.repository import Repository
 
-    models = Repository(models_dir, Loader(ProviderPolicy("cpu"), default_runner_factory)
-                        ).load_all()
-    srv, _ = create_server(models=models, port=0, http_port=0)
+    models, _ = Repository(models_dir, Loader(ProviderPolicy("cpu"), default_runner_factory)
+                           ).load_all()
+    srv, _ = create_server(models=models, port=0, http_port=0,
+                           security=Security(repository_api=True))
     srv.start()
     try:
         answer = call(f"http://127.0.0.1:{srv.http_port}/v2/repository/models/lenet/load",

@@ -9,23 +9,15 @@ set) or whose deadline passed stops it between images.
 from __future__ import annotations
 
 import threading
-import time
 from typing import Sequence
 
 import numpy as np
 
 from model_contract import SIDE
-from server.dataplane import decode
-from server.dataplane.budget import PixelBudget
-from server.dataplane.types import ImageData, Limits
-from server.errors import Cancelled, DeadlineExceeded, DecodeError, InvalidImage, InvalidRequest
-
-BUDGET_WAIT = 5.0  # seconds a decode without a deadline waits for pixel budget before refusing
-
-
-def check_deadline(deadline: float | None, when: str) -> None:
-    if deadline is not None and deadline <= time.monotonic():
-        raise DeadlineExceeded(f"the deadline passed {when}")
+from server.admission import Limits, PixelBudget, check_deadline
+from server.dataplane import imagefile
+from server.dataplane.types import ImageData
+from server.errors import Cancelled, DecodeError, InvalidImage, InvalidRequest
 
 
 def raw_batch(images: Sequence[ImageData]) -> np.ndarray | None:
@@ -33,7 +25,7 @@ def raw_batch(images: Sequence[ImageData]) -> np.ndarray | None:
     they are, in one read-only array (one copy to join several, none for one). None for anything
     else: `decode_request` names what is wrong, or decodes."""
     for image in images:
-        if image.kind != "raw" or len(image.data) != decode.RAW_BYTES:
+        if image.kind != "raw" or len(image.data) != imagefile.RAW_BYTES:
             return None
     data = images[0].data if len(images) == 1 else b"".join(image.data for image in images)
     return np.frombuffer(data, np.uint8).reshape(len(images), 1, SIDE, SIDE)
@@ -48,9 +40,9 @@ def decode_request(images: Sequence[ImageData], inversion: str, limits: Limits,
     for i, image in enumerate(images):
         try:
             if image.kind == "raw":
-                batch[i, 0] = decode.decode_raw(image.data)
+                batch[i, 0] = imagefile.decode_raw(image.data)
             elif image.kind == "encoded":
-                headers.append((i, decode.open_header(image.data, limits.max_image_pixels)))
+                headers.append((i, imagefile.open_header(image.data, limits.max_image_pixels)))
             else:
                 raise DecodeError("no image data: set `encoded` or `raw`")
         except DecodeError as e:
@@ -64,10 +56,9 @@ def decode_request(images: Sequence[ImageData], inversion: str, limits: Limits,
         if stop is not None and stop.is_set():
             raise Cancelled(f"the caller cancelled the request while image {i} was decoded")
         check_deadline(deadline, f"while decoding image {i}")
-        wait = BUDGET_WAIT if deadline is None else deadline - time.monotonic()
-        with pixels.reserve(header.size[0] * header.size[1], wait):
+        with pixels.reserve(header.size[0] * header.size[1], deadline):
             try:
-                batch[i, 0] = decode.decode_opened(header, inversion)
+                batch[i, 0] = imagefile.decode_opened(header, inversion)
             except DecodeError as e:
                 raise InvalidImage(i, str(e)) from None
     return batch

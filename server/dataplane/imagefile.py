@@ -43,12 +43,12 @@ import numpy as np
 from PIL import Image, ImageFile, ImageFilter
 
 from model_contract import SIDE
+from server.admission import DEFAULT_MAX_PIXELS
 from server.errors import DecodeError
 
 RAW_BYTES = SIDE * SIDE
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 INVERSIONS = ("auto", "always", "never")
-DEFAULT_MAX_PIXELS = 4096 * 4096
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 WORK_SIDE = 512  # the gray image is box-reduced to at most this long side before any pixel math
 STRIP_PIXELS = 1 << 18  # pixels converted at a time (bounds the transient arrays)

@@ -1,6 +1,6 @@
 """What every servicer shares at the gRPC boundary: domain errors -> status codes, deadlines.
 
-Both fmnist.v1 (server/api/classifier.py) and KServe v2 (server/api/kserve.py) wrap each method in
+Both fmnist.v1 (server/api/grpc/classifier.py) and KServe v2 (server/api/grpc/kserve.py) wrap each method in
 `map_errors`, so one ServingError travels as the same status code and message whichever API the
 request came in by. Its log lines go to the logger of the servicer's module.
 """
@@ -57,7 +57,7 @@ def fail(context, code: grpc.StatusCode, details: str) -> None:
 
 def deadline_passed(context) -> bool:
     """Whether the caller's deadline has passed: grpc then ends the call with DEADLINE_EXCEEDED
-    by itself, and a status the handler sends fails inside grpc (server/api/transport.py)."""
+    by itself, and a status the handler sends fails inside grpc (server/api/grpc/transport.py)."""
     remaining = context.time_remaining()
     return remaining is not None and remaining <= 0
 

@@ -1,21 +1,20 @@
-"""fmnist.v1.Classifier over gRPC (asyncio): translate protobuf <-> dataplane calls; errors are
-mapped by server/api/status.py, as for every API."""
+"""fmnist.v1.Classifier over gRPC (asyncio): protobuf <-> the dataplane's calls and values; errors
+are mapped by status.py, as for every gRPC API."""
 
 from __future__ import annotations
 
 from fmnist.v1 import classifier_pb2 as pb
 
-from server.api.status import deadline_of, map_errors
+from server.api.grpc.status import deadline_of, map_errors
 from server.dataplane.core import Core
-from server.dataplane.types import ClassifyResult, ImageData, Limits, ModelView
-from server.models.spec import Refusal
+from server.dataplane.types import ClassifyResult, ImageData, IndexEntry, Limits, ModelView
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Classifier"].full_name  # "fmnist.v1.Classifier"
 _INVERSIONS = {pb.INVERSION_AUTO: "auto", pb.INVERSION_ALWAYS: "always", pb.INVERSION_NEVER: "never"}
 
 
 class ClassifierServicer:
-    """The methods of fmnist.v1.Classifier; server/api/transport.py registers them."""
+    """The methods of fmnist.v1.Classifier; transport.py registers them."""
 
     def __init__(self, core: Core):
         self.core = core
@@ -30,7 +29,8 @@ class ClassifierServicer:
 
     @map_errors
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
-        return list_models_response(self.core.list_models(), self.core.limits, self.core.refused)
+        return list_models_response(self.core.list_models(), self.core.limits,
+                                    self.core.refused())
 
 
 # --- converters ----------------------------------------------------------------------------------
@@ -58,25 +58,20 @@ def classify_response(result: ClassifyResult) -> pb.ClassifyResponse:
 
 
 def list_models_response(models: list[ModelView], limits: Limits,
-                         refused: list[Refusal] = ()) -> pb.ListModelsResponse:
+                         refused: list[IndexEntry] = ()) -> pb.ListModelsResponse:
     return pb.ListModelsResponse(
         models=[model_info(m) for m in models],
         refused=[pb.RefusedModel(name=r.name, version=r.version, reason=r.reason[:1000])
                  for r in refused],
-        limits=limits_message(limits))
+        limits=pb.Limits(max_images_per_request=limits.max_images_per_request,
+                         max_image_pixels=limits.max_image_pixels,
+                         max_message_bytes=limits.max_message_bytes,
+                         max_request_pixels=limits.max_request_pixels))
 
 
 def model_info(m: ModelView) -> pb.ModelInfo:
-    s = m.spec
-    return pb.ModelInfo(name=s.name, version=s.version, input_side=s.input_side,
-                        labels=list(s.labels), test_accuracy=s.test_accuracy, provider=m.provider,
-                        test_images=s.test_images, probe_max_abs_diff=s.probe_max_abs_diff,
-                        variant=s.variant, fp32_agreement=s.fp32_agreement,
-                        speedup_vs_fp32=s.speedup_vs_fp32)
-
-
-def limits_message(limits: Limits) -> pb.Limits:
-    return pb.Limits(max_images_per_request=limits.max_images_per_request,
-                     max_image_pixels=limits.max_image_pixels,
-                     max_message_bytes=limits.max_message_bytes,
-                     max_request_pixels=limits.max_request_pixels)
+    return pb.ModelInfo(name=m.name, version=m.version, input_side=m.input_side,
+                        labels=list(m.labels), test_accuracy=m.test_accuracy, provider=m.provider,
+                        test_images=m.test_images, probe_max_abs_diff=m.probe_max_abs_diff,
+                        variant=m.variant, fp32_agreement=m.fp32_agreement,
+                        speedup_vs_fp32=m.speedup_vs_fp32)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf.message import DecodeError
 
-from server.api.status import deadline_passed, fail
+from server.api.grpc.status import deadline_passed, fail
 
 
 @dataclass(frozen=True)
