@@ -17,7 +17,7 @@ from typing import Iterable
 from client import ClientError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
-# The first bytes of each format the server decodes (server/dataplane/decode.py FORMATS), as
+# The first bytes of each format the server decodes (server/dataplane/imagefile.py FORMATS), as
 # Pillow's own checks read them (a superset for WebP: "RIFF", 4 bytes of length, "WEBP").
 _SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"GIF87a", b"GIF89a")
 

@@ -1,7 +1,7 @@
 """Bounded retries, with jitter, of the calls a server refuses with "try again".
 
 - RESOURCE_EXHAUSTED with a `grpc-retry-pushback-ms` trailer: the server is full (its queue, its
-  requests in flight, its decoding budget; server/api/status.py) and says how long until it has
+  requests in flight, its decoding budget; server/api/grpc/status.py) and says how long until it has
   room. The retry waits that long plus a random share of the backoff, so callers refused together
   do not all come back at the same moment. Without the trailer (a message over the server's
   size limit) the refusal is final.
@@ -19,7 +19,7 @@ on average).
 Why not gRPC's own retry policy (a retryPolicy in the channel's service config), which honours
 the pushback trailer itself: grpc retries only while no response headers have arrived, and this
 server (grpc.aio, ending a refused call with set_code rather than abort, to keep abort's
-reference cycles away; server/api/status.py) sends headers before the status. Measured: such a
+reference cycles away; server/api/grpc/status.py) sends headers before the status. Measured: such a
 policy with maxAttempts 5 made 5 attempts against a grpc.aio server that aborts, and 1 against
 this one. An interceptor retries whatever the server sends first.
 """

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from harness.process import ServerProcess
-from server.dataplane import decode
+from server.dataplane import imagefile
 from server.dataplane.types import Limits
 from server.errors import DecodeError
 from tests.client.predict_cli import one_line_error, predict, requests_by_code, serving
@@ -58,7 +58,7 @@ def test_files_the_server_cannot_decode_are_named_and_the_rest_classified(addres
 def server_says(data: bytes) -> str:
     """The server's own reason for refusing `data` as an image (its decoder, in process)."""
     with pytest.raises(DecodeError) as refused:
-        decode.open_header(data)
+        imagefile.open_header(data)
     return str(refused.value)
 
 

@@ -60,7 +60,7 @@ def answered_prefix(files, shown: list[str]) -> int:
 
 def test_a_model_unloaded_mid_run_keeps_the_answers_so_far(models_dir, tmp_path):
     files = sample_copies(tmp_path / "many", IMAGES)
-    with serve(models_dir, "--poll-seconds", "0") as server:
+    with serve(models_dir, "--poll-seconds", "0", "--repository-api", "on") as server:
         address = f"127.0.0.1:{server.wait_for_port()}"
         base = f"http://127.0.0.1:{server.http_port}"
         run = start_predict(str(tmp_path / "many"), "--json", "--model", "lenet",
