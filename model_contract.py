@@ -27,6 +27,10 @@ if TYPE_CHECKING:  # numpy only where a probe is encoded or decoded: the client 
 
 SIDE = 28
 NUM_CLASSES = 10
+# Guessing one of ten classes scores 0.10; a test accuracy under twice that means a model that has
+# learnt next to nothing (the demo's 224-px models after a short run score 0.09 to 0.13). The
+# report, the client and the page (server/api/http/static/page.js) mark such models.
+NEAR_CHANCE = 2 / NUM_CLASSES
 INPUT = "image"
 OUTPUTS = ("logits", "probabilities")
 LOGITS, PROBABILITIES = OUTPUTS

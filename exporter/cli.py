@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 import model_contract as contract
-from cli_text import HelpFormatter, format_table
+from cli_text import HelpFormatter, add_version, format_table
 from exporter import pipeline, to_onnx, variants
 from exporter.errors import ExportError
 from exporter.parity import MAX_ABS_DIFF, MIN_AGREEMENT
@@ -44,6 +44,7 @@ class _Parser(argparse.ArgumentParser):
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m exporter", description=__doc__, formatter_class=HelpFormatter)
+    add_version(p)
     names = list(models.ARCHITECTURES)
     p.add_argument("--models", nargs="+", choices=names, metavar="NAME",
                    help=f"architectures to export (default: every one with a best.pt; "

@@ -22,10 +22,8 @@ from reporting.sources import Export, Sources
 CONFUSED_PAIRS = 3
 EXAMPLES_PER_PAIR = 6
 SAMPLES_EACH = 4  # sample predictions per card: this many right and this many wrong
-# Guessing one of ten classes scores 0.10. Under twice that a model has learnt next to nothing
-# (the demo's 224-px models after a few hundredths of an epoch score 0.10 to 0.12).
 CHANCE = 1 / contract.NUM_CLASSES
-NEAR_CHANCE = 2 * CHANCE
+NEAR_CHANCE = contract.NEAR_CHANCE  # twice CHANCE: a model under it has learnt next to nothing
 NEAR_CHANCE_IMAGES = 500
 
 

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import model_contract as contract
-from cli_text import HelpFormatter
+from cli_text import HelpFormatter, add_version
 from reporting.build import build
 from reporting.card import NEAR_CHANCE, NEAR_CHANCE_IMAGES
 
@@ -27,6 +27,7 @@ from reporting.card import NEAR_CHANCE, NEAR_CHANCE_IMAGES
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m reporting", description=__doc__,
                                 formatter_class=HelpFormatter)
+    add_version(p)
     p.add_argument("--artifacts", type=Path, default=contract.default_artifacts(),
                    help="folder with runs/, checkpoints/, models/ and bench/ ($ARTIFACTS, "
                         "else artifacts)")

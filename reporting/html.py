@@ -27,7 +27,9 @@ h3 { margin-bottom: 0.3em; }
 table { border-collapse: collapse; margin: 0.6em 0; font-size: 12.5px; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
 th { background: #f3f5f8; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.nw { white-space: nowrap; }
+.scroll { overflow-x: auto; max-width: 100%; }
 tr:nth-child(even) td { background: #fafbfc; }
 code { background: #f3f3f3; padding: 0 3px; border-radius: 3px; }
 img { max-width: 100%; border: 1px solid #eee; }
@@ -77,9 +79,9 @@ def _summary_row(card: Card) -> list[str]:
     name = f'<a href="{escape(card.arch)}.html">{escape(card.arch)}</a>'
     return [name + (f" {badge()}" if card.near_chance else ""),
             num(_side(card)), num(f"{s.parameters:,}" if s.parameters is not None else "—"),
-            num(f"{acc(run.best['test_acc'])} ({_after(run.best)})" if run else "—"),
-            num(_meta_accuracy(e)),
-            num(f"{acc(ev.accuracy)} on {ev.images:,}" if ev else "—"),
+            num(acc(run.best["test_acc"]), f"({_after(run.best)})") if run else num("—"),
+            num(*_meta_accuracy(e)),
+            num(acc(ev.accuracy), f"on {ev.images:,}") if ev else num("—"),
             num(acc(s.floor) if s.floor is not None else "—"),
             num(_bn_counts(card, meta) if e else "—"),
             num(f"{parity['max_abs_diff']:.2g}" if parity else "—"),
@@ -405,10 +407,11 @@ def _parity(export) -> dict | None:
             "top1_agreement": meta.top1_agreement}
 
 
-def _meta_accuracy(export) -> str:
+def _meta_accuracy(export) -> tuple[str, ...]:
+    """The exporter's accuracy and what it was measured on, as num()'s parts."""
     if export is None or export.metadata is None:
-        return "—" if export is None else warn("invalid metadata")
-    return f"{acc(export.metadata.test_accuracy)} on {_count(export.metadata)}"
+        return ("—",) if export is None else (warn("invalid metadata"),)
+    return acc(export.metadata.test_accuracy), f"on {_count(export.metadata)}"
 
 
 def _count(meta) -> str:
@@ -434,22 +437,25 @@ def _img(card: Card, key: str, alt: str) -> str:
 # --- small formatting helpers ---------------------------------------------------------------------
 
 def table(headers: list[str], rows: Iterable[list[str]], head: bool = True) -> str:
-    """Cells are HTML already (escaped by the caller); a cell made by num() is right-aligned."""
-    out = ["<table>"]
+    """Cells are HTML already (escaped by the caller); a cell made by num() is right-aligned.
+    A table wider than the page scrolls in its own box: the page itself never scrolls sideways."""
+    out = ["<div class=scroll><table>"]
     if head:
         out.append("<tr>" + "".join(f"<th>{escape(h)}</th>" for h in headers) + "</tr>")
     for row in rows:
         out.append("<tr>" + "".join(_td(c) for c in row) + "</tr>")
-    out.append("</table>")
+    out.append("</table></div>")
     return "\n".join(out)
 
 
 _NUM = "\x00num\x00"
 
 
-def num(html: str) -> str:
-    """Mark a cell as a figure, right-aligned by table()."""
-    return _NUM + html
+def num(*parts: str) -> str:
+    """Mark a cell as a figure, right-aligned by table(). Each part (a figure, then what it was
+    measured on: "0.9028", "on 10,000") stays on one line; a table short of room puts them on
+    two (the summary table at 1280 px: tests/reporting/test_layout.py)."""
+    return _NUM + " ".join(f"<span class=nw>{part}</span>" for part in parts)
 
 
 def _td(cell: str) -> str:

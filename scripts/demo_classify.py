@@ -3,8 +3,8 @@
     python scripts/demo_classify.py --models-dir artifacts/models --samples samples --device auto
 
 Starts `python -m server --port 0` in the background, waits (bounded) for its health to be SERVING,
-classifies every image of the samples folder with every listed model through client/predict.py's
-functions, prints a summary (model, version, provider, test accuracy, samples right), then stops
+classifies every image of the samples folder with every listed model through the client's
+modules (client/), prints a summary (model, version, provider, test accuracy, samples right), then stops
 the server with SIGTERM and checks that it exited 0. Exit status 0 only if every step worked.
 """
 
@@ -23,7 +23,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # works without the venv's .pth too
     sys.path.insert(0, str(REPO))
 
-from client import predict  # noqa: E402
+from client import ClientError  # noqa: E402
+from client import predict  # noqa: E402 - its _IMPORT_ERROR says whether grpc and the stubs import
+from client.inputs import require_images  # noqa: E402
+from client.rpc_errors import describe_rpc_error  # noqa: E402
 
 
 class DemoError(Exception):
@@ -110,19 +113,25 @@ def classify_samples(address: str, samples: Path, timeout: float) -> list[dict]:
     """Every listed model on every sample: one summary row per model."""
     expected = {name: entry["class_id"]
                 for name, entry in json.loads((samples / "index.json").read_text()).items()}
-    images = predict.read_files(predict.collect_files([samples]))
-    stub = predict.connect(address)
+    from client.channel import connect
+    from client.classify import classify
+    from client.models import list_models
+
+    images = require_images([samples])
+    stub = connect(address)
     try:
-        listing = predict.list_models(stub, timeout)  # never empty: the server needs a model to start
+        listing = list_models(stub, timeout)  # never empty: the server needs a model to start
         rows = []
         for m in listing.models:
-            answer = predict.classify(stub, images, model=m.name, version=m.version, timeout=timeout)
+            answer = classify(stub, images, model=m.name, version=m.version, timeout=timeout)
+            if answer.failure is not None:
+                raise answer.failure
             right = sum(r["predictions"][0]["class_id"] == expected.get(Path(r["file"]).name)
-                        for r in answer["results"])
+                        for r in answer.results)
             rows.append({"model": m.name, "version": m.version, "provider": m.provider,
                          "test_accuracy": m.test_accuracy, "test_images": m.test_images,
                          "right": right,
-                         "samples": sum(Path(r["file"]).name in expected for r in answer["results"])})
+                         "samples": sum(Path(r["file"]).name in expected for r in answer.results)})
         return rows
     finally:
         stub.channel.close()
@@ -146,10 +155,10 @@ def main(args: argparse.Namespace) -> int:
     try:
         address = server.wait_until_serving(args.start_timeout)
         rows = classify_samples(address, args.samples, args.timeout)
-    except (DemoError, predict.ClientError) as e:
+    except (DemoError, ClientError) as e:
         failure = str(e)
     except predict.grpc.RpcError as e:
-        failure = predict.describe_rpc_error(e, f"127.0.0.1:{server.port}", args.timeout)
+        failure = describe_rpc_error(e, f"127.0.0.1:{server.port}", args.timeout)
     finally:
         try:
             rc = server.stop()

@@ -32,4 +32,4 @@ Layers, each importing only those below it (tests/server/test_layers.py keeps it
 Nothing here imports torch, trainer or exporter: the ONNX file's metadata says all the server needs.
 """
 
-__version__ = "0.1.0"  # v2 ServerMetadata reports it
+from cli_text import VERSION as __version__  # the project's version; v2 ServerMetadata reports it

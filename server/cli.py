@@ -20,7 +20,7 @@ import sys
 import threading
 from pathlib import Path
 
-from cli_text import HelpFormatter
+from cli_text import HelpFormatter, add_version
 from model_contract import default_models_dir
 from server import logs, process
 from server.api import security
@@ -86,6 +86,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m server", description=__doc__.split("\n\n")[0],
         formatter_class=HelpFormatter)
+    add_version(p)
     p.add_argument("--models-dir", type=Path, default=default_models_dir(),
                    help="folder of <name>/<version>/model.onnx ($ARTIFACTS/models)")
     p.add_argument("--host", default="127.0.0.1",

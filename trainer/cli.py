@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from cli_text import HelpFormatter, format_table
+from cli_text import HelpFormatter, add_version, format_table
 from model_contract import default_artifacts
 from trainer import checkpoint, models
 from trainer import data as fmnist
@@ -40,6 +40,7 @@ SUMMARY_COLUMNS = [("arch", "arch", ""), ("recipe", "recipe", ""), ("epochs", "e
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m trainer", description=__doc__, formatter_class=HelpFormatter)
+    add_version(p)
     names = list(models.ARCHITECTURES)
     p.add_argument("--models", nargs="+", choices=names, metavar="NAME",
                    help=f"architectures to train, in order (default: all: {' '.join(names)})")

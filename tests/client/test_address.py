@@ -29,7 +29,7 @@ def default_port_servers(models_dir):
 
 
 @pytest.mark.parametrize("server", ["localhost", "127.0.0.1", "[::1]", "::1", "[::1]:50051",
-                                    None])
+                                    "dns:///localhost", "http://[::1]", None])
 def test_an_address_without_a_port_dials_50051(default_port_servers, server):
     out = predict("--list", "--json", *(["--server", server] if server else []))
     assert out.returncode == 0, out.stderr

@@ -4,6 +4,7 @@ RPC) or 2 (arguments): no server, the wrong port, a deadline too short, an unkno
 from __future__ import annotations
 
 import http.server
+import json
 import threading
 from concurrent import futures
 
@@ -92,9 +93,40 @@ def test_an_unknown_model_names_the_served_ones(address):
 
 
 @pytest.mark.parametrize("server", ["localhost:abc", "localhost:0", "localhost:70000", ":50051",
-                                    "[::1", "[::1]x"])
+                                    "[::1", "[::1]x", "dns://127.0.0.1:50051", "http://"])
 def test_a_server_address_that_cannot_be_dialled_is_one_line(server):
     one_line_error(predict("--list", "--server", server), 2, f"--server {server}")
+
+
+@pytest.mark.parametrize("server, says", [
+    ("ftp://127.0.0.1:50051", "unknown scheme ftp://"),
+    ("http://127.0.0.1:8000/v2/models", "a gRPC server address has no path ('/v2/models')"),
+    ("https://127.0.0.1:50051", "https:// means TLS: give --tls-ca"),
+    ("grpcs://127.0.0.1:50051", "grpcs:// means TLS: give --tls-ca")])
+def test_a_url_the_client_cannot_follow_says_why(server, says):
+    one_line_error(predict("--list", "--server", server), 2, f"--server {server}: {says}")
+
+
+@pytest.mark.parametrize("written", ["http://{}", "grpc://{}", "HTTP://{}/", "dns:///{}"])
+def test_an_address_written_as_a_url_or_a_grpc_target_reaches_the_server(address, written):
+    """grpc alone dials `http://127.0.0.1:52051` as the host name `http://127.0.0.1:52051` on
+    port 443 (the client used to add 50051 to it: `[http://127.0.0.1:52051]:50051`)."""
+    out = predict(BAG, "--json", "--model", "lenet_bn", "--server", written.format(address))
+    assert out.returncode == 0, out.stderr
+    dialled = json.loads(out.stdout)["server"]
+    assert dialled == (f"dns:///{address}" if written.startswith("dns") else address)
+
+
+def test_fmnist_server_is_the_address_when_server_is_not_given(address):
+    out = predict(BAG, "--json", "--model", "lenet_bn", env={"FMNIST_SERVER": f"grpc://{address}"})
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["server"] == address
+    nowhere = f"127.0.0.1:{free_port()}"
+    assert predict(BAG, "--server", address, env={"FMNIST_SERVER": nowhere}).returncode == 0
+    one_line_error(predict(BAG, env={"FMNIST_SERVER": nowhere}), 1,
+                   f"nothing listens at {nowhere}")
+    one_line_error(predict(BAG, env={"FMNIST_SERVER": "localhost:abc"}), 2,
+                   "FMNIST_SERVER=localhost:abc: 'abc' is not a port number")
 
 
 def test_a_request_the_server_refuses_as_a_whole_is_one_line_not_one_per_file(address):

@@ -9,9 +9,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
+from harness.process import ServerProcess
+from server.dataplane import imagefile
 from server.dataplane.types import Limits
-from tests.client.predict_cli import one_line_error, predict, serving
+from server.errors import DecodeError
+from tests.client.predict_cli import one_line_error, predict, requests_by_code, serving
 from tests.serving_fixtures import SAMPLES
 
 GOOD = ("ankle_boot.png", "bag.png", "coat.png", "dress.png", "sandal.png", "trouser.png")
@@ -49,6 +53,37 @@ def test_files_the_server_cannot_decode_are_named_and_the_rest_classified(addres
     assert [file for file, _ in errors] == [str(folder / "b_notes.png"), str(folder / "zz.png")]
     assert errors[0][1].startswith("not a PNG, JPEG, BMP, GIF or WebP image")
     assert "Traceback" not in out.stderr
+
+
+def server_says(data: bytes) -> str:
+    """The server's own reason for refusing `data` as an image (its decoder, in process)."""
+    with pytest.raises(DecodeError) as refused:
+        imagefile.open_header(data)
+    return str(refused.value)
+
+
+def test_files_that_are_no_images_cost_no_request(models_dir, folder):
+    """Three files that are no image by their first bytes among six samples, 4 images per
+    request: the six go in two requests, as they would alone, and the server refuses none (it
+    used to be sent each bad file, refuse its whole request, and be sent the rest again). Every
+    format the server decodes still goes: the samples as JPEG, BMP, GIF and WebP."""
+    bad = {"a_notes.png": b"not an image\n", "c_empty.png": b"",
+           "e_page.jpg": b"<!DOCTYPE html><html>"}
+    for name, data in bad.items():
+        (folder / name).write_bytes(data)
+    for suffix in ("jpg", "bmp", "gif", "webp"):
+        Image.open(SAMPLES / "bag.png").save(folder / f"bag_as.{suffix}")
+    with ServerProcess("--models-dir", str(models_dir), "--port", "0", "--device", "cpu",
+                       "--max-images-per-request", "4", metrics=True) as server:
+        out = predict(str(folder), "--json", "--model", "lenet_bn",
+                      "--server", f"127.0.0.1:{server.wait_for_port()}")
+        codes = requests_by_code(server.metrics_port)
+    assert out.returncode == 2, out.stderr
+    results, errors = results_and_errors(out)
+    assert sorted(results) == sorted([*GOOD, *(f"bag_as.{s}" for s in ("jpg", "bmp", "gif",
+                                                                         "webp"))])
+    assert errors == [[str(folder / name), server_says(data)] for name, data in bad.items()]
+    assert codes == {"OK": 3}  # ten images, four per request
 
 
 def test_human_output_shows_the_results_and_one_line_per_unusable_file(address, folder):
@@ -114,12 +149,12 @@ def test_a_missing_path_and_an_empty_folder_among_good_ones(address, tmp_path):
 
 def test_a_file_over_the_message_size_is_named_and_the_rest_classified(address, tmp_path):
     big = tmp_path / "big.png"
-    big.write_bytes(b"\x89PNG" + b"\0" * (2 << 20))  # CLIENT_LIMITS: 1 MiB per message
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * (2 << 20))  # CLIENT_LIMITS: 1 MiB a message
     out = predict(str(big), str(SAMPLES / "bag.png"), "--json", "--server", address)
     results, errors = results_and_errors(out)
     assert out.returncode == 2
     assert list(results) == ["bag.png"]
-    assert errors == [[str(big), "2,097,156 bytes is over what the server accepts in one message "
+    assert errors == [[str(big), "2,097,160 bytes is over what the server accepts in one message "
                                  "(1,048,576 bytes)"]]
 
 

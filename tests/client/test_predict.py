@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageOps
 
-from client.predict import ClientError, ImageFile, batches, collect_files, fit_messages
+from client import ClientError
+from client.classify import batches, fit_messages
+from client.inputs import ImageFile, require_images
 from tests.client.predict_cli import PREDICT, one_line_error, predict
 from tests.serving_fixtures import REPO, SAMPLES
 
@@ -110,14 +112,15 @@ def test_list(address):
     assert out.returncode == 0
     header, rule, *rows = out.stdout.splitlines()
     assert header.split() == ["model", "version", "variant", "accuracy", "on", "images", "input",
-                              "provider", "probe", "|Δ|", "agree", "fp32", "vs", "fp32", "b32"]
+                              "provider", "probe", "|Δ|", "agree", "fp32", "vs", "fp32", "b32",
+                              "note"]
     assert set(rule) == {"-", " "} and len(rule) == len(header)
     assert [row.split()[0] for row in rows] == ["lenet", "lenet_bn"]
     assert all(row.split()[2] == "fp32" for row in rows)  # variants: tests/server/test_variants.py
     assert all(row.split()[4] == "256" for row in rows)  # the fixture's whole test set
     assert all(row.split()[6] == "CPUExecutionProvider" for row in rows)
     assert all(float(row.split()[7]) <= 1e-3 for row in rows)  # the exporter's probe, re-run here
-    assert all(row.split()[8:] == ["-", "-"] for row in rows)  # fp32: no agreement, no speed-up
+    assert all(row.split()[8:10] == ["-", "-"] for row in rows)  # fp32: no agreement, no speed-up
     listing = json.loads(predict("--list", "--json", "--server", address).stdout)
     assert listing["limits"]["max_images_per_request"] == 4
     assert {m["test_images"] for m in listing["models"]} == {256}
@@ -129,8 +132,9 @@ def test_list(address):
 
 def test_missing_stubs_say_make_install(tmp_path):
     """The client's own modules in a copy of the repository without build/gen (the stubs)."""
-    for name in ("client/predict.py", "cli_text.py", "model_contract.py"):
-        (tmp_path / name).parent.mkdir(exist_ok=True)
+    shutil.copytree(REPO / "client", tmp_path / "client",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("cli_text.py", "model_contract.py"):
         shutil.copy(REPO / name, tmp_path / name)
     out = predict("--list", script=tmp_path / "client" / "predict.py",
                   python_flags=("-S",))  # -S: no site-packages, no .pth
@@ -154,14 +158,16 @@ def test_batches_respect_image_count_and_message_size():
     assert "over what the server accepts" in too_large[0].reason
 
 
-def test_collect_files_takes_image_files_of_folders_sorted(tmp_path):
+def test_require_images_takes_image_files_of_folders_sorted(tmp_path):
+    """scripts/demo_classify.py's reader: a folder's image files by name, every one or an error."""
     for name in ("b.PNG", "a.jpg", "c.txt", "d.webp"):
-        (tmp_path / name).write_bytes(b"")
+        shutil.copy(SAMPLES / "bag.png", tmp_path / name)
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub.png").mkdir()  # a folder named like an image is not one
-    assert [p.name for p in collect_files([tmp_path])] == ["a.jpg", "b.PNG", "d.webp"]
+    assert [i.path.name for i in require_images([tmp_path])] == ["a.jpg", "b.PNG", "d.webp"]
+    assert {i.data for i in require_images([tmp_path])} == {(SAMPLES / "bag.png").read_bytes()}
     with pytest.raises(ClientError) as e:
-        collect_files([tmp_path / "missing"])
+        require_images([tmp_path / "missing"])
     assert e.value.exit_code == 2
 
 

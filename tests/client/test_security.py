@@ -81,3 +81,10 @@ def test_certificate_flags_that_do_not_go_together(pki):
                    "--tls-cert and --tls-key go together")
     one_line_error(predict(BAG, "--tls-ca", str(pki["ca"]) + ".missing"), 2,
                    "--tls-ca", "cannot read it")
+
+
+def test_https_before_the_address_is_tls_and_http_is_plaintext(secure, pki):
+    out = predict(BAG, "--server", f"https://{secure}", *tls(pki), "--token", TOKEN)
+    assert out.returncode == 0, out.stderr
+    one_line_error(predict(BAG, "--server", f"http://{secure}", *tls(pki), "--token", TOKEN), 2,
+                   "http:// means plaintext but --tls-ca asks for TLS")

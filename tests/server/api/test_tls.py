@@ -9,6 +9,7 @@ import logging
 import grpc
 import pytest
 from fmnist.v1 import classifier_pb2 as pb
+from fmnist.v1 import classifier_pb2_grpc as pb_grpc
 
 from client import predict
 from server.app import create_server
@@ -107,7 +108,7 @@ def test_a_server_certificate_from_another_ca_is_refused_even_with_the_right_nam
     with serving(Security(pki["stranger_server"].cert, pki["stranger_server"].key)) as address:
         channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(pki["ca"].pem.read_bytes()))
         with channel, pytest.raises(grpc.RpcError) as refused:
-            predict.pb_grpc.ClassifierStub(channel).ListModels(pb.ListModelsRequest(), timeout=10)
+            pb_grpc.ClassifierStub(channel).ListModels(pb.ListModelsRequest(), timeout=10)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
 

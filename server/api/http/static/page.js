@@ -30,10 +30,37 @@ function percent(p) {
   return `${(p * 100).toFixed(1)}%`;
 }
 
+// Under twice what guessing one of ten classes scores, a model has learnt next to nothing
+// (model_contract.NEAR_CHANCE; the client's --list and the report mark the same models).
+const NEAR_CHANCE = 0.2;
+
+function nearChance(m) {
+  return m.test_accuracy < NEAR_CHANCE;
+}
+
 function describeModel(m) {
   const provider = m.provider.replace("ExecutionProvider", "");
   const variant = m.variant ? ` ${m.variant}` : "";
-  return `${m.name} v${m.version}${variant} · ${provider} · ${percent(m.test_accuracy)} accuracy`;
+  const mark = nearChance(m) ? " (near chance)" : "";
+  return `${m.name} v${m.version}${variant} · ${provider} · ${percent(m.test_accuracy)} accuracy${mark}`;
+}
+
+// The lower end of the 95% Wilson score interval of a test accuracy: a figure measured on few
+// test images counts for less (client/models.py explains the choice; both pick the same model).
+function accuracyLowerBound(m) {
+  const n = Number(m.test_images), p = m.test_accuracy, z = 1.96;
+  if (!(n > 0)) return 0;
+  const spread = z * Math.sqrt(p * (1 - p) / n + z * z / (4 * n * n));
+  return (p + z * z / (2 * n) - spread) / (1 + z * z / n);
+}
+
+// The model the client answers with when no --model is given: fp32 first, then by the accuracy
+// it can be sure of, then by name, the newest version.
+function defaultModel(models) {
+  const fp32 = models.filter((m) => !m.variant);
+  const order = (a, b) => accuracyLowerBound(b) - accuracyLowerBound(a) ||
+    (a.name < b.name ? -1 : a.name > b.name ? 1 : 0) || b.version - a.version;
+  return [...(fp32.length ? fp32 : models)].sort(order)[0];
 }
 
 async function loadModels() {
@@ -66,11 +93,12 @@ function fillModels(models) {
   const select = $("model");
   const before = select.value;
   select.replaceChildren();
-  const best = [...models].sort((a, b) => b.test_accuracy - a.test_accuracy)[0];
+  const best = defaultModel(models);
   for (const m of models) {
     const option = new Option(describeModel(m), `${m.name}@${m.version}`);
-    option.dataset.info = `Measured on ${m.test_images.toLocaleString()} test images; ` +
-      `runs on ${m.provider}; ${m.labels.length} classes.`;
+    option.dataset.info = `Measured on ${Number(m.test_images).toLocaleString()} test images; ` +
+      `runs on ${m.provider}; ${m.labels.length} classes.` +
+      (nearChance(m) ? " Near chance: it has barely learnt, its answers are close to guesses." : "");
     select.add(option);
   }
   const keep = [...select.options].some((o) => o.value === before);

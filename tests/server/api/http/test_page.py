@@ -79,7 +79,7 @@ def test_the_page_lists_the_models_with_labelled_controls_and_nothing_from_elsew
         page, page_server):
     options = page.eval_on_selector_all("#model option", "os => os.map(o => o.textContent)")
     assert sorted(o.split(" · ")[0] for o in options) == ["lenet v1", "lenet_bn v1"]
-    assert all(" · CPU · " in o and o.endswith("% accuracy") for o in options)
+    assert all(" · CPU · " in o and "% accuracy" in o for o in options)  # near chance: marked
     assert page.inner_text("#status") == "2 model version(s) served."
     unlabelled = page.evaluate("""() => [...document.querySelectorAll('input, select, button')]
         .filter(e => !(e.labels && e.labels.length) && !e.textContent.trim()

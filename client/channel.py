@@ -1,0 +1,55 @@
+"""The channel to a server: plaintext or TLS (mutual with a client certificate), a bearer token on
+every call, and bounded retries of the refusals that say "try again" (client/retries.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+from fmnist.v1 import classifier_pb2_grpc as pb_grpc
+
+from client import ClientError
+from client.retries import Retries
+
+
+def connect(server: str, *, tls_ca: Path | None = None, tls_cert: Path | None = None,
+            tls_key: Path | None = None, token: str | None = None):
+    """A Classifier stub (the channel is `stub.channel`) whose calls are retried as
+    client/retries.py says: TLS when `tls_ca` is given (with a client certificate for mutual
+    TLS), plaintext otherwise; `token` goes with every call as `authorization: Bearer <token>`."""
+    if tls_ca is None and (tls_cert or tls_key):
+        raise ClientError("--tls-cert/--tls-key need --tls-ca (the CA of the server)", exit_code=2)
+    if (tls_cert is None) != (tls_key is None):
+        raise ClientError("--tls-cert and --tls-key go together", exit_code=2)
+    if tls_ca is None:
+        channel = grpc.insecure_channel(server)
+    else:
+        pems = [_read_pem(p, what) for p, what in ((tls_ca, "--tls-ca"), (tls_key, "--tls-key"),
+                                                   (tls_cert, "--tls-cert"))]
+        channel = grpc.secure_channel(server, grpc.ssl_channel_credentials(*pems))
+    interceptors = [Retries(), *([_BearerToken(token)] if token else [])]
+    channel = grpc.intercept_channel(channel, *interceptors)
+    stub = pb_grpc.ClassifierStub(channel)
+    stub.channel = channel
+    return stub
+
+
+def _read_pem(path: Path | None, flag: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ClientError(f"{flag} {path}: cannot read it ({e.strerror or e})",
+                          exit_code=2) from None
+
+
+class _BearerToken(grpc.UnaryUnaryClientInterceptor):
+    """Adds `authorization: Bearer <token>` to every call's metadata."""
+
+    def __init__(self, token: str):
+        self._entry = ("authorization", f"Bearer {token}")
+
+    def intercept_unary_unary(self, continuation, details, request):
+        metadata = [*(details.metadata or ()), self._entry]
+        return continuation(details._replace(metadata=metadata), request)
