@@ -51,7 +51,7 @@ def test_version_prints_the_projects_version(name):
 def test_the_server_reports_the_same_version():
     import server
 
-    assert server.__version__ == VERSION  # v2 ServerMetadata: tests/server/api/test_kserve.py
+    assert server.__version__ == VERSION  # v2 ServerMetadata: tests/server/api/grpc/test_kserve.py
 
 
 def unbroken(wide: str, narrow: str) -> list[str]:

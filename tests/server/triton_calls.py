@@ -1,4 +1,4 @@
-"""tritonclient calls, run in a worker process by tests/server/api/test_kserve.py; plain values in and out.
+"""tritonclient calls, run in a worker process by tests/server/api/grpc/test_kserve.py; plain values in and out.
 
 tritonclient ships its own generated `inference.*` messages and registers them in protobuf's
 default descriptor pool, as the server's own stubs do (server/api/grpc/kserve.py): a process that imports both

@@ -270,8 +270,11 @@ def serve(models, limits=Limits(), **kw):
 
 
 def test_a_missing_or_empty_models_folder_is_refused(tmp_path):
-    with pytest.raises(StartupError, match="is not a folder"):
+    with pytest.raises(StartupError, match="missing does not exist"):
         create_server(tmp_path / "missing", port=0, device="cpu")
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(StartupError, match="a-file is not a folder"):
+        create_server(tmp_path / "a-file", port=0, device="cpu")
     (tmp_path / "empty").mkdir()
     with pytest.raises(StartupError, match="no model in .* could be served .*--allow-empty"):
         create_server(tmp_path / "empty", port=0, device="cpu")

@@ -381,7 +381,7 @@ class FakeControl:
         if name == "missing":
             raise ModelNotFound(f"no model {name!r} in the models folder")
 
-    def unload(self, name):
+    def unload(self, name, caller=""):
         self.calls.append(("unload", name, threading.current_thread().name))
 
 
