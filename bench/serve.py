@@ -221,7 +221,10 @@ def free_port() -> int:
 def pick_models(models_dir: Path, names: list[str] | None) -> dict[str, tuple[int, Path]]:
     """name -> (newest version, its model folder), for the named models or all of them."""
     from server.models.scan import scan
-    found = scan(models_dir)
+    try:
+        found = scan(models_dir)
+    except OSError:
+        found = {}
     if not found:
         raise SystemExit(f"no exported models in {models_dir}: run `make train export` first "
                          "(e.g. MODELS=\"lenet_bn resnet18\" make train export), or pass --models-dir")

@@ -12,8 +12,8 @@ import subprocess
 import sys
 import threading
 import urllib.request
-
 from dataclasses import dataclass
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -173,3 +173,29 @@ def usage(pid: int) -> Usage:
     with open(f"/proc/{pid}/status") as status:
         rss_kb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
     return Usage(rss_kb / 1024, len(os.listdir(f"/proc/{pid}/fd")))
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (a --workers server's workers)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                status = Path(f"/proc/{entry}/status").read_text()
+            except OSError:  # gone meanwhile
+                continue
+            if re.search(rf"^PPid:\s+{pid}$", status, re.M):
+                found.append(int(entry))
+    return found
+
+
+def pss_mb(pid: int) -> float:
+    """A process's proportional set size (MiB): its private pages, and its share of pages other
+    processes map too (/proc/PID/smaps_rollup)."""
+    with open(f"/proc/{pid}/smaps_rollup") as rollup:
+        return next(int(line.split()[1]) for line in rollup if line.startswith("Pss:")) / 1024
+
+
+def tree_pss_mb(pid: int) -> float:
+    """`pss_mb` of a process and its children together: what a --workers server costs."""
+    return sum(pss_mb(p) for p in [pid, *children(pid)])

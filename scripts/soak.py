@@ -62,7 +62,7 @@ from inference import grpc_service_pb2_grpc as v2_grpc
 from PIL import Image
 
 from harness.models import build_small_models
-from harness.process import ServerProcess, by_labels, scrape
+from harness.process import ServerProcess, by_labels, children, scrape
 from scripts.attacks import catalog
 from scripts.attacks.wire import http_exchange
 
@@ -226,20 +226,6 @@ def process_stats(pid: int) -> dict:
     threads = int(re.search(r"Threads:\s+(\d+)", status).group(1))
     return {"rss_mib": round(rss_kib / 1024, 1), "fds": len(os.listdir(f"/proc/{pid}/fd")),
             "threads": threads}
-
-
-def children(pid: int) -> list[int]:
-    """The processes whose parent is `pid` (a --workers server's workers)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                status = Path(f"/proc/{entry}/status").read_text()
-            except OSError:  # gone meanwhile
-                continue
-            if re.search(rf"^PPid:\s+{pid}$", status, re.M):
-                found.append(int(entry))
-    return found
 
 
 class Sampler:

@@ -17,6 +17,7 @@ import os
 import resource
 import signal
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -151,6 +152,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "is (with --poll-seconds); default: exit 1")
     p.add_argument("--intra-op-threads", type=int, default=0,
                    help="onnxruntime threads per run (per worker); 0: usable cores / --workers")
+    p.add_argument("--share-weights", choices=("on", "off"), default="on",
+                   help="on: CPU sessions load a per-host cached, onnxruntime-optimized copy of "
+                        "each model whose weights are memory-mapped, so --workers processes "
+                        "share them instead of holding a copy each (docs/serving.md#workers)")
+    p.add_argument("--weights-cache", type=Path, metavar="DIR",
+                   default=Path(tempfile.gettempdir()) / f"fmnist-serve-weights-{os.getuid()}",
+                   help="where --share-weights keeps its copies (made once per model file, "
+                        "onnxruntime version and CPU; unused ones go after a week)")
     p.add_argument("--spinning", action="store_true",
                    help="let onnxruntime's threads spin between runs (lower latency when the "
                         "server has cores to spare; steals them from decoding otherwise)")
@@ -268,8 +277,9 @@ def server_config(args: argparse.Namespace, plan=None):
         poll_seconds=args.poll_seconds,
         keep_versions=args.keep_versions, allow_unverified=args.allow_unverified,
         allow_empty=args.allow_empty,
-        runner_factory=lambda path, providers: OnnxRunner(path, providers, plan.intra_op_threads,
-                                                          args.spinning))
+        runner_factory=lambda path, providers: OnnxRunner(
+            path, providers, plan.intra_op_threads, args.spinning,
+            args.weights_cache if args.share_weights == "on" else None))
 
 
 def default_max_connections() -> int:

@@ -9,6 +9,7 @@ dynamic batcher (queue requests, run them as one batch, split the results back).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -17,8 +18,11 @@ import numpy as np
 import onnxruntime as ort
 
 from model_contract import INPUT, NUM_CLASSES, OUTPUTS, SIDE
+from execution_providers import CPU, CUDA, CudaOptions
 from server.errors import ModelLoadError, Unavailable
-from execution_providers import CUDA, CudaOptions
+from server.models import weights
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -54,15 +58,19 @@ class OnnxRunner:
     them: names, or (name, options) pairs (ProviderPolicy.requested() gives CUDA's options)."""
 
     def __init__(self, path: str | Path, providers: list, intra_op_threads: int = 0,
-                 spinning: bool = False):
+                 spinning: bool = False, weights_cache: Path | None = None):
+        """`weights_cache`: share the weights with the other processes serving this model
+        through that folder (server/models/weights.py; CPU sessions only)."""
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads  # 0: onnxruntime's default (all cores)
         # Spinning threads wait for the next run by burning a core; in a server the event loop
         # and the decoders need that core between runs (bench.serve measures both settings).
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         options.log_severity_level = 3  # errors only: onnxruntime's warnings are not ours to print
+        source, shared = _source(Path(path), providers, weights_cache, options)
         try:
-            self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+            self._session = ort.InferenceSession(str(source), sess_options=options,
+                                                 providers=providers)
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
             first_line = (str(e).strip().splitlines() or [""])[0]
             raise ModelLoadError(f"onnxruntime cannot load it: {type(e).__name__}: "
@@ -71,7 +79,8 @@ class OnnxRunner:
         self.path = Path(path)
         self.provider = self._session.get_providers()[0]
         self.settings = (f"intra_op_threads={intra_op_threads or 'default'} "
-                         f"spinning={'on' if spinning else 'off'}"
+                         f"spinning={'on' if spinning else 'off'} "
+                         f"shared_weights={'on' if shared else 'off'}"
                          + _cuda_settings(self._session, self.provider))
         self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
 
@@ -87,6 +96,28 @@ class OnnxRunner:
 
     def close(self) -> None:
         self._session = None
+
+
+def _source(path: Path, providers: list, cache: Path | None,
+            options: ort.SessionOptions) -> tuple[Path, bool]:
+    """The file to load and whether its weights are shared: the cached optimized copy for a CPU
+    session with a cache (options set to load it); else the file itself, as when the cache
+    cannot be written (one warning a folder)."""
+    if cache is None or providers != [CPU]:
+        return path, False
+    try:
+        source = weights.prepared(path, cache)
+    except OSError as e:
+        if cache not in _UNWRITABLE:
+            _UNWRITABLE.add(cache)
+            log.warning("cannot share weights through %s (%s): every process loads its own copy",
+                        cache, e.strerror or e)
+        return path, False
+    weights.session_options(options)
+    return source, True
+
+
+_UNWRITABLE: set[Path] = set()
 
 
 def _cuda_settings(session: ort.InferenceSession, provider: str) -> str:
