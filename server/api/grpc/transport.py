@@ -23,6 +23,8 @@ from google.protobuf.message import DecodeError
 
 from server.api.grpc.status import deadline_passed, fail
 
+_OK = (None, grpc.StatusCode.OK)  # context.code() until a handler sets one, or set to OK
+
 
 @dataclass(frozen=True)
 class Transport:
@@ -60,6 +62,12 @@ def unary_handler(behavior, request_deserializer, response_serializer,
     """A unary method whose request must arrive within `read_timeout` seconds."""
 
     async def handler(unused_requests, context):
+        response = await read_and_answer(context)
+        if context.code() not in _OK:  # status.fail set an error: end the call Trailers-Only
+            await _end_trailers_only(context)
+        return response
+
+    async def read_and_answer(context):
         try:
             async with asyncio.timeout(read_timeout):  # a timer, not a task as wait_for makes
                 request = await context.read()  # not the iterator: see the module docstring
@@ -81,6 +89,22 @@ def unary_handler(behavior, request_deserializer, response_serializer,
 
     return grpc.stream_unary_rpc_method_handler(handler, request_deserializer=request_deserializer,
                                                 response_serializer=response_serializer)
+
+
+async def _end_trailers_only(context) -> None:
+    """Send the status set by status.fail as the call's only answer (Trailers-Only).
+
+    Returned after set_code, a grpc.aio unary handler sends response headers and an empty
+    message before the status; a client's retry policy commits a call once headers arrive, so
+    an UNAVAILABLE from a draining server (or a RESOURCE_EXHAUSTED with grpc-retry-pushback-ms)
+    was never replayed on another replica (measured with harness/fleet.py: every refusal of a
+    drain reached the caller). context.abort sends the status alone. Its exception is dropped
+    here with its traceback, so it holds no frame of this call: grpc keeps it on the call, and
+    a traceback through the handler's frames would keep the request in a reference cycle."""
+    try:
+        await context.abort(context.code(), context.details())
+    except grpc.aio.AbortError as e:
+        e.__traceback__ = None
 
 
 def _stop_if_ended(context) -> None:
