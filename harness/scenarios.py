@@ -71,11 +71,13 @@ def sigkill(fleet: Fleet, calls: int, victim: int = 0) -> Report:
     return result
 
 
-def sigterm(fleet: Fleet, calls: int, victim: int = 1) -> Report:
+def sigterm(fleet: Fleet, calls: int, victim: int = 1,
+            settings: Balancing = Balancing(health_check=False)) -> Report:
     """A replica SIGTERMed a third of the way through: it drains (server/app.py Server.stop)
-    and exits 0; the calls it turns away must be ones the client can replay elsewhere."""
+    and exits 0; the calls it turns away must be ones the client can replay elsewhere. By
+    default the client does not follow health (many do not), so the drain alone must move it."""
     before = fleet.requests()
-    running = load(fleet, calls).start()
+    running = load(fleet, calls, settings).start()
     running.wait_for(calls // 3)
     replica = fleet.replicas[victim]
     replica.terminate()
