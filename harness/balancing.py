@@ -36,8 +36,10 @@ class Balancing:
     # Per try: a try without an answer this long is cancelled and sent to another replica
     # (gRPC's perAttemptRecvTimeout, behind grpc.experimental.enable_hedging). None: no limit.
     per_attempt_timeout_s: float | None = None
-    # Outlier detection: a replica whose tries fail this often is left out for a while.
+    # Outlier detection: a replica whose tries fail this often (in half a second, from 10
+    # tries) is left out for 2 s, longer each time again, at most this share of the replicas.
     outlier_failure_percent: int | None = None
+    outlier_max_ejection_percent: int = 50
 
 
 def target(servers: Sequence[str]) -> str:
@@ -70,7 +72,7 @@ def service_config(settings: Balancing = Balancing(),
     if settings.outlier_failure_percent is not None:
         policy = {"outlier_detection_experimental": {
             "interval": "0.5s", "baseEjectionTime": "2s", "maxEjectionTime": "10s",
-            "maxEjectionPercent": 50,
+            "maxEjectionPercent": settings.outlier_max_ejection_percent,
             "failurePercentageEjection": {"threshold": settings.outlier_failure_percent,
                                           "enforcementPercentage": 100,
                                           "minimumHosts": 2, "requestVolume": 10},

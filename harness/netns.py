@@ -4,7 +4,6 @@ address on a bridge that the host side is on, made with iproute2 and removed aft
     with Network.create(3) as net:          # 10.203.N.1 on the host, replicas .11 .12 .13
         net.exec_prefix(0)                   # ("ip", "netns", "exec", "fleet-<pid>-0")
         net.cut(1); net.restore(1)           # `ip link set <veth> down` / up
-        net.delay(2, 200)                    # `tc qdisc add ... netem delay 200ms`
 
     host: bridge fl<pid>b 10.203.N.1/24
       +-- veth fl<pid>h0 <-> eth0 10.203.N.11 in namespace fleet-<pid>-0
@@ -13,7 +12,8 @@ address on a bridge that the host side is on, made with iproute2 and removed aft
 The namespaces have no route beyond their /24, so what runs in them reaches only the host and
 each other. N is the first third octet of 10.203 that no interface uses (a lock file makes two
 runs pick different ones). Everything is named after the creating process, so a run killed before
-its clean-up is swept by the next one (its pid is gone). Needs root and iproute2 (`ip`, `tc`).
+its clean-up is swept by the next one (its pid is gone). Needs root and iproute2 (`ip`). A slow
+link is harness/delay_proxy.py: this kernel has no netem qdisc for `tc`.
 """
 
 from __future__ import annotations
@@ -37,13 +37,9 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", *args], check=check, capture_output=True, text=True)
 
 
-def tc(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["tc", *args], check=True, capture_output=True, text=True)
-
-
 def missing_tools() -> list[str]:
-    """The iproute2 commands this module needs that are not installed."""
-    return [tool for tool in ("ip", "tc") if shutil.which(tool) is None]
+    """The iproute2 command this module needs, when it is not installed."""
+    return [tool for tool in ("ip",) if shutil.which(tool) is None]
 
 
 @dataclass
@@ -89,7 +85,7 @@ class Network:
         return f"fleet-{self.tag}-{i}"
 
     def veth(self, i: int) -> str:
-        """The host side of replica i's link: what `cut` and `delay` act on."""
+        """The host side of replica i's link: what `cut` acts on."""
         return f"fl{self.tag}h{i}"
 
     def address(self, i: int) -> str:
@@ -108,16 +104,6 @@ class Network:
 
     def restore(self, i: int) -> None:
         ip("link", "set", self.veth(i), "up")
-
-    def delay(self, i: int, ms: float) -> None:
-        """Every packet from the host to replica i waits `ms` more (netem; a large queue, so
-        that the delay never drops packets)."""
-        tc("qdisc", "replace", "dev", self.veth(i), "root", "netem", "delay", f"{ms:g}ms",
-           "limit", "100000")
-
-    def undelay(self, i: int) -> None:
-        subprocess.run(["tc", "qdisc", "del", "dev", self.veth(i), "root"],
-                       capture_output=True, text=True)
 
     # --- building and removing ------------------------------------------------------------------
 

@@ -14,11 +14,15 @@ from dataclasses import dataclass, field
 
 from harness import balancing
 from harness.balancing import Balancing
+from harness.delay_proxy import DelayProxy
 from harness.fleet import Fleet, served_since
+from harness.channelz import subchannel_states
 from harness.load import Load, Summary, raw_request
+from harness.wait import until
 
 MODEL = "lenet_bn"
 CONCURRENCY = 16
+SLOW_PORT = 50052  # the slow replica's delay proxy, beside its own port
 
 
 @dataclass
@@ -137,31 +141,37 @@ def rolling_update(fleet: Fleet, calls: int, old: int = 1, new: int = 2) -> Repo
 
 def link_faults(fleet: Fleet, calls: int, settings: Balancing = Balancing(), cut: int = 1,
                 slow: int = 2, delay_ms: float = 200, name: str = "link faults") -> Report:
-    """Replica `slow`'s link delayed `delay_ms` (netem) for the whole load, replica `cut`'s link
-    cut a third of the way through (its calls in flight get no answer, nothing tells either
-    side). The client notices the cut when a keepalive ping goes unanswered; the calls caught
-    on the cut link until then are those that take longer than a ping's timeout."""
+    """Replica `slow` behind a link that delays what the client sends it by `delay_ms` for the
+    whole load (harness/delay_proxy.py), replica `cut`'s link cut a third of the way through
+    (`ip link set <veth> down`: its calls in flight get no answer, nothing tells either side).
+    The client notices the cut when a keepalive ping goes unanswered: its subchannel to that
+    replica leaves READY (read from channelz)."""
     before = fleet.requests()
-    fleet.net.delay(slow, delay_ms)
-    try:
-        running = load(fleet, calls, settings).start()
-        running.wait_for(calls // 3)
-        cut_at = time.monotonic()
-        fleet.net.cut(cut)
-        summary = running.join()
-    finally:
-        fleet.net.restore(cut)
-        fleet.net.undelay(slow)
-    caught = [c for c in summary.between(cut_at - 60).calls
-              if c.started + c.seconds > cut_at and c.seconds >= settings.keepalive_timeout_s / 2]
-    noticed = max((c.started + c.seconds for c in caught), default=cut_at) - cut_at
-    after = summary.between(cut_at + noticed)
+    targets = list(fleet.targets)
+    targets[slow] = f"{fleet.replicas[slow].address}:{SLOW_PORT}"
+    target = balancing.target(targets)
+    proxy = DelayProxy(fleet.net.exec_prefix(slow), targets[slow], fleet.targets[slow], delay_ms)
+    with proxy:
+        running = Load(target, balancing.channel_options(settings), raw_request(MODEL), calls,
+                       concurrency=CONCURRENCY).start()
+        try:
+            running.wait_for(calls // 3)
+            cut_at = time.monotonic()
+            fleet.net.cut(cut)
+            until(lambda: subchannel_states(target).get(f"ipv4:{targets[cut]}") != "READY",
+                  30, "the client noticing the cut link")
+            noticed = time.monotonic() - cut_at
+            summary = running.join()
+        finally:
+            fleet.net.restore(cut)
+    around = summary.between(cut_at - 60, cut_at + noticed)
     return report(name, fleet, before, summary, [
         f"settings: {_settings_line(settings)}",
         f"before the cut (replica {slow} +{delay_ms:g} ms): {summary.between(0, cut_at).line()}",
-        f"replica {cut}'s link cut: {len(caught)} call(s) caught on it, the client moved on "
-        f"{noticed:.2f} s after the cut",
-        f"after that: {after.line()}"])
+        f"replica {cut}'s link cut: the client dropped it {noticed:.2f} s later; calls that ended "
+        f"after the cut and started before then: "
+        f"{Summary([c for c in around.calls if c.started + c.seconds > cut_at]).line()}",
+        f"after that: {summary.between(cut_at + noticed).line()}"])
 
 
 def _settings_line(settings: Balancing) -> str:
@@ -169,5 +179,6 @@ def _settings_line(settings: Balancing) -> str:
     if settings.per_attempt_timeout_s is not None:
         parts.append(f"perAttemptRecvTimeout {settings.per_attempt_timeout_s:g} s")
     if settings.outlier_failure_percent is not None:
-        parts.append(f"outlier detection at {settings.outlier_failure_percent}% failed tries")
+        parts.append(f"outlier detection at {settings.outlier_failure_percent}% failed tries "
+                     f"(at most {settings.outlier_max_ejection_percent}% ejected)")
     return ", ".join(parts)

@@ -23,6 +23,7 @@ from google.protobuf.message import DecodeError
 
 from server.api.grpc.status import deadline_passed, fail
 
+CLIENT_PING_MS = 500  # closer pings from a client are strikes (3: grpc sends GOAWAY)
 _OK = (None, grpc.StatusCode.OK)  # context.code() until a handler sets one, or set to OK
 
 
@@ -46,7 +47,12 @@ def grpc_options(transport: Transport, max_message_bytes: int,
                ("grpc.so_reuseport", int(reuse_port)),  # else a port in use is an error
                ("grpc.keepalive_time_ms", ms(transport.keepalive_seconds)),
                ("grpc.keepalive_timeout_ms", ms(transport.keepalive_timeout_seconds)),
-               ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+               # how often a client may ping while no data flows (grpc's name for the pings
+               # it receives): every second, as harness/balancing.py does to find a dead link
+               # within 2 s. At 10 s, a client whose only call was a health Watch got GOAWAY
+               # ENHANCE_YOUR_CALM "too_many_pings" after 3 idle seconds and reconnected with
+               # its keepalive doubled. Half a second, so that jitter is no strike.
+               ("grpc.http2.min_ping_interval_without_data_ms", CLIENT_PING_MS),
                ("grpc.keepalive_permit_without_calls", 1),
                ("grpc.max_allowed_incoming_connections", transport.max_connections)]
     if transport.max_connection_idle_seconds > 0:
