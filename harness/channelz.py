@@ -47,11 +47,22 @@ def keepalives_sent(target: str) -> int:
     return sent
 
 
+def failed_attempts(target: str) -> dict[str, int]:
+    """Per server, the tries that failed on the newest of this process's channels to `target`
+    (a subchannel counts tries, its channel calls: a failed try that the call survived was
+    retried on another)."""
+    channels = [c for c in _top_channels() if c["data"].get("target") == target]
+    if not channels:
+        return {}
+    newest = max(channels, key=lambda c: int(c["ref"]["channelId"]))
+    return {data["target"]: int(data.get("callsFailed", 0)) for data in _subchannels_of(newest)}
+
+
 def _subchannels(target: str) -> list[dict]:
-    found = []
-    for channel in _top_channels():
-        if channel["data"].get("target") == target:
-            for ref in channel.get("subchannelRef", []):
-                data = json.loads(cygrpc.channelz_get_subchannel(int(ref["subchannelId"])))
-                found.append(data["subchannel"]["data"])
-    return found
+    return [data for channel in _top_channels() if channel["data"].get("target") == target
+            for data in _subchannels_of(channel)]
+
+
+def _subchannels_of(channel: dict) -> list[dict]:
+    return [json.loads(cygrpc.channelz_get_subchannel(int(ref["subchannelId"])))
+            ["subchannel"]["data"] for ref in channel.get("subchannelRef", [])]

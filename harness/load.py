@@ -21,6 +21,7 @@ import grpc
 from fmnist.v1 import classifier_pb2 as pb
 from fmnist.v1 import classifier_pb2_grpc as pb_grpc
 
+from harness.channelz import failed_attempts
 from harness.wait import until
 
 
@@ -36,6 +37,7 @@ class Call:
 @dataclass
 class Summary:
     calls: list[Call] = field(default_factory=list)
+    retried: int = 0  # tries that failed (the calls that survived them were retried)
 
     @property
     def failures(self) -> Counter:
@@ -62,9 +64,10 @@ class Summary:
 
     def line(self) -> str:
         failures = ", ".join(f"{code} {n}" for code, n in sorted(self.failures.items()))
+        retried = f", {self.retried} failed tries" if self.retried else ""
         return (f"{len(self.calls)} calls, {sum(self.failures.values())} failed"
-                f"{f' ({failures})' if failures else ''}, p50 {self.percentile_ms(50):.1f} ms, "
-                f"p99 {self.percentile_ms(99):.1f} ms")
+                f"{f' ({failures})' if failures else ''}{retried}, "
+                f"p50 {self.percentile_ms(50):.1f} ms, p99 {self.percentile_ms(99):.1f} ms")
 
 
 def raw_request(model: str = "lenet_bn") -> pb.ClassifyRequest:
@@ -82,6 +85,7 @@ class Load:
         self.calls, self.concurrency = calls, concurrency
         self.seconds, self.timeout = seconds, timeout
         self.records: list[Call] = []
+        self.failed_attempts: dict[str, int] = {}  # per server, tries that failed (channelz)
         self._issued = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True,
@@ -108,13 +112,14 @@ class Load:
         if self._thread.is_alive():
             self._stop.set()
             raise AssertionError(f"the load did not stop within its bound ({self.seconds} s)")
-        return Summary(list(self.records))
+        return Summary(list(self.records), sum(self.failed_attempts.values()))
 
     async def _main(self) -> None:
         end = time.monotonic() + self.seconds
         async with grpc.aio.insecure_channel(self.target, options=self.options) as channel:
             stub = pb_grpc.ClassifierStub(channel)
             await asyncio.gather(*(self._caller(stub, end) for _ in range(self.concurrency)))
+            self.failed_attempts = failed_attempts(self.target)
 
     async def _caller(self, stub, end: float) -> None:
         while self._issued < self.calls and time.monotonic() < end and not self._stop.is_set():

@@ -32,6 +32,9 @@ class Report:
     served: list[int]  # per replica: calls answered OK, from its fmnist_requests_total
     refused: list[int]  # per replica: calls it answered UNAVAILABLE (a retry took them elsewhere)
     notes: list[str] = field(default_factory=list)
+    after_noticed: Summary | None = None  # link faults: the calls once the cut was noticed
+    switches: list[int] = field(default_factory=list)  # rolling update: per replica
+    old_after_switch: list[int] = field(default_factory=list)  # ... old answers after it
 
     def lines(self) -> list[str]:
         refused = f", refused (retried elsewhere) {self.refused}" if any(self.refused) else ""
@@ -68,7 +71,7 @@ def sigkill(fleet: Fleet, calls: int, victim: int = 0) -> Report:
     fleet.replicas[victim].kill()
     killed_at = running.finished
     summary = running.join()
-    result = report("SIGKILL", fleet, before, summary,
+    result = report(f"SIGKILL replica {victim}", fleet, before, summary,
                     [f"replica {victim} killed after {killed_at} calls (its count: its last "
                      "/metrics before the kill)"])
     fleet.replicas[victim].restart()
@@ -88,8 +91,8 @@ def sigterm(fleet: Fleet, calls: int, victim: int = 1,
     status = replica.wait_exit()
     summary = running.join()
     drain = [line.split(" INFO ")[-1] for line in replica.proc.lines
-             if "stopping:" in line or "lame duck" in line]
-    result = report("SIGTERM", fleet, before, summary,
+             if "stopping:" in line or "gRPC connection(s)" in line]
+    result = report(f"SIGTERM replica {victim}", fleet, before, summary,
                     [f"replica {victim} exited {status} (its count: its last /metrics before "
                      "it exited)", *drain])
     replica.restart()
@@ -130,13 +133,15 @@ def rolling_update(fleet: Fleet, calls: int, old: int = 1, new: int = 2) -> Repo
         for watch in watches:
             watch.stop()
     summary = running.join()
+    result = report("rolling update", fleet, before, summary, notes)
     for replica in fleet.replicas:
-        notes.append(f"replica {replica.index}: switched "
-                     f"{replica.proc.count(f'now serving {MODEL} v{new}')} time(s), "
-                     f"v{old} answers after its switch: "
-                     f"{replica.requests('version', 'OK').get(str(old), 0) - switched[replica.index]:g}")
-    notes.append(f"answers by version: {dict(sorted(summary.versions.items()))}")
-    return report("rolling update", fleet, before, summary, notes)
+        result.switches.append(replica.proc.count(f"now serving {MODEL} v{new}"))
+        result.old_after_switch.append(int(replica.requests("version", "OK").get(str(old), 0)
+                                           - switched[replica.index]))
+    result.notes += [f"switches per replica: {result.switches}, v{old} answers after each "
+                     f"switch: {result.old_after_switch}",
+                     f"answers by version: {dict(sorted(summary.versions.items()))}"]
+    return result
 
 
 def link_faults(fleet: Fleet, calls: int, settings: Balancing = Balancing(), cut: int = 1,
@@ -165,13 +170,15 @@ def link_faults(fleet: Fleet, calls: int, settings: Balancing = Balancing(), cut
         finally:
             fleet.net.restore(cut)
     around = summary.between(cut_at - 60, cut_at + noticed)
-    return report(name, fleet, before, summary, [
+    result = report(name, fleet, before, summary, [
         f"settings: {_settings_line(settings)}",
         f"before the cut (replica {slow} +{delay_ms:g} ms): {summary.between(0, cut_at).line()}",
         f"replica {cut}'s link cut: the client dropped it {noticed:.2f} s later; calls that ended "
         f"after the cut and started before then: "
         f"{Summary([c for c in around.calls if c.started + c.seconds > cut_at]).line()}",
         f"after that: {summary.between(cut_at + noticed).line()}"])
+    result.after_noticed = summary.between(cut_at + noticed)
+    return result
 
 
 def _settings_line(settings: Balancing) -> str:
