@@ -19,10 +19,12 @@ link is harness/delay_proxy.py: this kernel has no netem qdisc for `tc`.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import fcntl
 import os
 import re
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass, field
 
@@ -138,10 +140,14 @@ class Network:
 
 
 def sweep_stale() -> list[str]:
-    """Remove the namespaces and links of runs whose process is gone; returns their names."""
+    """Remove the namespaces and links of runs whose process is gone (killed before its
+    clean-up), and end what that run left running in them; returns their names."""
     gone = []
     for name in ip("netns", "list").stdout.split():
         if (m := _NAMESPACE.match(name)) and not _alive(int(m.group(1))):
+            for pid in ip("netns", "pids", name, check=False).stdout.split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)  # a replica of that run, orphaned
             ip("netns", "del", name, check=False)
             gone.append(name)
     for line in ip("-o", "link", "show").stdout.splitlines():

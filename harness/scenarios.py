@@ -182,7 +182,8 @@ def link_faults(fleet: Fleet, calls: int, settings: Balancing = Balancing(), cut
 
 
 def _settings_line(settings: Balancing) -> str:
-    parts = ["round_robin", f"keepalive {settings.keepalive_s:g}+{settings.keepalive_timeout_s:g} s"]
+    parts = ["round_robin",
+             f"keepalive {settings.keepalive_s:g}+{settings.keepalive_timeout_s:g} s"]
     if settings.per_attempt_timeout_s is not None:
         parts.append(f"perAttemptRecvTimeout {settings.per_attempt_timeout_s:g} s")
     if settings.outlier_failure_percent is not None:
