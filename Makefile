@@ -179,6 +179,16 @@ ATTACK_MODELS ?=
 attack: install  ## every hostile request at full size against a real server: health latency, RSS, fds (docs/security.md)
 	$(PY) scripts/attack.py $(if $(ATTACK_MODELS),--models-dir $(ATTACK_MODELS)) --docs docs/security.md
 
+# `make fleet` (scripts/fleet.py): FLEET_REPLICAS `python -m server` replicas, each in its own
+# network namespace (root and iproute2), driven from this host as a Kubernetes headless Service's
+# clients do: steady load, SIGKILL, SIGTERM, a rolling model update, a cut and a slow link;
+# FLEET_CALLS calls per scenario. Per-replica counts and p50/p99 (docs/serving.md).
+FLEET_REPLICAS ?= 3
+FLEET_CALLS ?= 5000
+.PHONY: fleet
+fleet: install  ## replicas on separate hosts (network namespaces, root): SIGKILL, SIGTERM, rolling update, link faults
+	$(PY) scripts/fleet.py --replicas $(FLEET_REPLICAS) --calls $(FLEET_CALLS)
+
 # `make gpu-check`: scripts/gpu_check.py proves every CUDA path in one run of at most 8 minutes
 # (docs/gpu.md); DEVICE=cpu rehearses the same steps with tiny budgets in at most 5. WHEELS=dir
 # installs the wheels in dir first (pip --no-index: a GPU host here has no network, so no

@@ -45,17 +45,19 @@ class ServerProcess:
     """`python -m server ...` with its stderr collected line by line (so the pipe never fills).
     Metrics are off (--metrics-port 0) unless asked for (`metrics=True` picks a free port, kept
     in `metrics_port`): the default port is one per machine. HTTP likewise: off (--http-port 0)
-    unless `http=True` picks a free port, kept in `http_port`."""
+    unless `http=True` picks a free port, kept in `http_port`. `prefix` goes before the command
+    (`ip netns exec NAME`: a replica of harness/fleet.py on its own host)."""
 
     def __init__(self, *args: str, metrics: bool = False, http: bool = False,
                  entry: tuple[str, ...] = ("-m", "server"),
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()):
         self.metrics_port = free_port() if metrics else 0
         metrics_flags = (() if "--metrics-port" in args
                          else ("--metrics-port", str(self.metrics_port)))
         self.http_port = free_port() if http else 0
         http_flags = () if "--http-port" in args else ("--http-port", str(self.http_port))
-        self.proc = subprocess.Popen([sys.executable, *entry, *args, *metrics_flags, *http_flags],
+        self.proc = subprocess.Popen([*prefix, sys.executable, *entry, *args, *metrics_flags,
+                                      *http_flags],
                                      cwd=REPO,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      env=None if env is None else {**os.environ, **env})
@@ -146,9 +148,9 @@ class ServerProcess:
         return rc
 
 
-def scrape(port: int) -> dict[str, list]:
+def scrape(port: int, host: str = "127.0.0.1") -> dict[str, list]:
     """/metrics as {sample name: [(labels, value), ...]}."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as response:
         text = response.read().decode()
     samples: dict[str, list] = {}
     for family in text_string_to_metric_families(text):

@@ -64,6 +64,31 @@ def close_listeners(ports: set[int]) -> int:
     return closed
 
 
+def close_connections(ports: set[int]) -> int:
+    """Half-close this process's accepted TCP connections on `ports`: a FIN after what was
+    sent, so each client reads to the end and then sees its connection closed. grpc has no call
+    for it (its own stop sends a GOAWAY but cancels the calls that cross it). A client's calls
+    not answered yet end UNAVAILABLE uncommitted, which a retry policy replays elsewhere.
+    Returns how many connections it closed."""
+    closed = 0
+    for fd in _socket_fds():
+        try:
+            s = socket.socket(fileno=os.dup(fd))
+        except OSError:  # closed meanwhile
+            continue
+        with s:
+            try:
+                if (s.family in (socket.AF_INET, socket.AF_INET6)
+                        and s.type == socket.SOCK_STREAM
+                        and not s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+                        and s.getsockname()[1] in ports and s.getpeername()):
+                    s.shutdown(socket.SHUT_WR)
+                    closed += 1
+            except OSError:  # not connected, or gone
+                continue
+    return closed
+
+
 def _bind(address: str, port: int, flag: str) -> socket.socket:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     s = socket.socket(family, socket.SOCK_STREAM)

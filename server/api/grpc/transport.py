@@ -23,6 +23,9 @@ from google.protobuf.message import DecodeError
 
 from server.api.grpc.status import deadline_passed, fail
 
+CLIENT_PING_MS = 500  # closer pings from a client are strikes (3: grpc sends GOAWAY)
+_OK = (None, grpc.StatusCode.OK)  # context.code() until a handler sets one, or set to OK
+
 
 @dataclass(frozen=True)
 class Transport:
@@ -44,7 +47,12 @@ def grpc_options(transport: Transport, max_message_bytes: int,
                ("grpc.so_reuseport", int(reuse_port)),  # else a port in use is an error
                ("grpc.keepalive_time_ms", ms(transport.keepalive_seconds)),
                ("grpc.keepalive_timeout_ms", ms(transport.keepalive_timeout_seconds)),
-               ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+               # how often a client may ping while no data flows (grpc's name for the pings
+               # it receives): every second, as harness/balancing.py does to find a dead link
+               # within 2 s. At 10 s, a client whose only call was a health Watch got GOAWAY
+               # ENHANCE_YOUR_CALM "too_many_pings" after 3 idle seconds and reconnected with
+               # its keepalive doubled. Half a second, so that jitter is no strike.
+               ("grpc.http2.min_ping_interval_without_data_ms", CLIENT_PING_MS),
                ("grpc.keepalive_permit_without_calls", 1),
                ("grpc.max_allowed_incoming_connections", transport.max_connections)]
     if transport.max_connection_idle_seconds > 0:
@@ -60,6 +68,12 @@ def unary_handler(behavior, request_deserializer, response_serializer,
     """A unary method whose request must arrive within `read_timeout` seconds."""
 
     async def handler(unused_requests, context):
+        response = await read_and_answer(context)
+        if context.code() not in _OK:  # status.fail set an error: end the call Trailers-Only
+            await _end_trailers_only(context)
+        return response
+
+    async def read_and_answer(context):
         try:
             async with asyncio.timeout(read_timeout):  # a timer, not a task as wait_for makes
                 request = await context.read()  # not the iterator: see the module docstring
@@ -81,6 +95,22 @@ def unary_handler(behavior, request_deserializer, response_serializer,
 
     return grpc.stream_unary_rpc_method_handler(handler, request_deserializer=request_deserializer,
                                                 response_serializer=response_serializer)
+
+
+async def _end_trailers_only(context) -> None:
+    """Send the status set by status.fail as the call's only answer (Trailers-Only).
+
+    Returned after set_code, a grpc.aio unary handler sends response headers and an empty
+    message before the status; a client's retry policy commits a call once headers arrive, so
+    an UNAVAILABLE from a draining server (or a RESOURCE_EXHAUSTED with grpc-retry-pushback-ms)
+    was never replayed on another replica (measured with harness/fleet.py: every refusal of a
+    drain reached the caller). context.abort sends the status alone. Its exception is dropped
+    here with its traceback, so it holds no frame of this call: grpc keeps it on the call, and
+    a traceback through the handler's frames would keep the request in a reference cycle."""
+    try:
+        await context.abort(context.code(), context.details())
+    except grpc.aio.AbortError as e:
+        e.__traceback__ = None
 
 
 def _stop_if_ended(context) -> None:
