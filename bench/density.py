@@ -43,13 +43,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=10.0,
                    help="measuring time per throughput cell, after 1 s of warm-up (default: 10)")
     p.add_argument("--callers", type=int, default=32, help="throughput callers (default: 32)")
+    p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                   help="extra argument for `python -m server` (repeatable, e.g. "
+                        "--server-arg=--max-batch=8)")
     return p
 
 
-def serve(models: dict, workers: int, share: str, cache: Path) -> ServerProcess:
+def serve(models: dict, workers: int, share: str, cache: Path, extra: list[str]) -> ServerProcess:
     folders = {n: d / str(v) for n, (v, d) in models.items()}
     server = ServerProcess(folders, "cpu", ["--workers", str(workers), "--share-weights", share,
-                                            "--weights-cache", str(cache)], metrics=True)
+                                            "--weights-cache", str(cache), *extra], metrics=True)
     server.wait()
     return server
 
@@ -58,7 +61,7 @@ def memory_rows(models: dict, args, cache: Path, pixels) -> list[dict]:
     rows = []
     for share in ("off", "on"):
         for workers in args.workers:
-            server = serve(models, workers, share, cache)
+            server = serve(models, workers, share, cache, args.server_arg)
             try:
                 for name, (version, _) in models.items():  # every model has answered once
                     check_reply(server.port, "v1", requests_for(name, version, pixels)["v1"])
@@ -76,7 +79,7 @@ def memory_rows(models: dict, args, cache: Path, pixels) -> list[dict]:
 
 def speed_rows(models: dict, args, cache: Path, pixels) -> list[dict]:
     rows = []
-    servers = {share: serve(models, 2, share, cache) for share in ("off", "on")}
+    servers = {share: serve(models, 2, share, cache, args.server_arg) for share in ("off", "on")}
     try:
         for name in [m for m in SPEED_MODELS if m in models]:
             request = requests_for(name, models[name][0], pixels)["v1"]
@@ -114,8 +117,9 @@ def main(args: argparse.Namespace) -> int:
         on, off = (next(r["images_per_s"] for r in speed
                         if r["model"] == name and r["share_weights"] == s) for s in ("on", "off"))
         print(f"{name}: sharing on / off = {on / off:.3f} (goal >= 0.95)")
-    results.write("density", {"memory": memory, "speed": speed, "load_before": load_before,
-                              "load_after": os.getloadavg()}, args.artifacts)
+    results.write("density", {"rows": memory + speed, "server_args": args.server_arg,
+                              "load_before": load_before, "load_after": os.getloadavg()},
+                  args.artifacts)
     return 0
 
 

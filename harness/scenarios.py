@@ -35,6 +35,7 @@ class Report:
     after_noticed: Summary | None = None  # link faults: the calls once the cut was noticed
     switches: list[int] = field(default_factory=list)  # rolling update: per replica
     old_after_switch: list[int] = field(default_factory=list)  # ... old answers after it
+    out_of_rotation: list[bool] = field(default_factory=list)  # ... NOT_SERVING while loading
 
     def lines(self) -> list[str]:
         refused = f", refused (retried elsewhere) {self.refused}" if any(self.refused) else ""
@@ -111,11 +112,13 @@ def rolling_update(fleet: Fleet, calls: int, old: int = 1, new: int = 2) -> Repo
     """Version `new` published to one replica at a time (each polls its folder), the next only
     once the previous serves it. Every answer must be `old` or `new`; each replica switches once
     (one "now serving" line, and no `old` answer after its switch). Its readiness is watched
-    through the switch, as the client's health checking sees it."""
+    through the switch, as the client's health checking sees it: with --unready-while-loading
+    (the fleet's replicas run with it) it goes NOT_SERVING while the new version loads, and the
+    others take the traffic."""
     before = fleet.requests()
     watches = [replica.watch_health() for replica in fleet.replicas]
     running = load(fleet, 20 * calls, seconds=120).start()  # until stopped, within bounds
-    notes, switched = [], {}
+    notes, switched, out_of_rotation = [], {}, []
     try:
         for replica, watch in zip(fleet.replicas, watches):
             running.wait_for(running.finished + calls // (2 * len(fleet.replicas) + 2))
@@ -124,9 +127,11 @@ def rolling_update(fleet: Fleet, calls: int, old: int = 1, new: int = 2) -> Repo
             replica.proc.wait_for_log(f"now serving {MODEL} v{new}", timeout=60)
             replica.proc.wait_for_log(f"unloaded {MODEL} v{old}", timeout=60)
             switched[replica.index] = replica.requests("version", "OK").get(str(old), 0)
+            seen = watch.between(started, time.monotonic())
+            out_of_rotation.append("NOT_SERVING" in seen)
             notes.append(f"replica {replica.index}: serves v{new} "
                          f"{time.monotonic() - started:.2f} s after it was published; readiness "
-                         f"meanwhile: {' -> '.join(watch.between(started, time.monotonic()))}")
+                         f"meanwhile: {' -> '.join(seen)}")
         running.wait_for(running.finished + calls // 10)
     finally:
         running.stop()
@@ -134,6 +139,7 @@ def rolling_update(fleet: Fleet, calls: int, old: int = 1, new: int = 2) -> Repo
             watch.stop()
     summary = running.join()
     result = report("rolling update", fleet, before, summary, notes)
+    result.out_of_rotation = out_of_rotation
     for replica in fleet.replicas:
         result.switches.append(replica.proc.count(f"now serving {MODEL} v{new}"))
         result.old_after_switch.append(int(replica.requests("version", "OK").get(str(old), 0)

@@ -73,9 +73,11 @@ def problems(report: scenarios.Report) -> list[str]:
         if any(abs(n - mean) > 0.25 * mean for n in report.served):
             found.append(f"steady: {report.served} is not within 25% of the mean {mean:.0f}")
     if report.name == "rolling update" and (set(report.switches) != {1}
-                                            or any(report.old_after_switch)):
+                                            or any(report.old_after_switch)
+                                            or not all(report.out_of_rotation)):
         found.append(f"rolling update: switches {report.switches}, old answers after them "
-                     f"{report.old_after_switch}")
+                     f"{report.old_after_switch}, out of rotation while loading "
+                     f"{report.out_of_rotation}")
     return found
 
 
@@ -106,7 +108,7 @@ def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="fleet-models-") as work:
         models = args.models_dir or build_small_models(Path(work), ("lenet_bn",))
         reports = []
-        with Fleet(models, args.replicas, server_args=("--poll-seconds", "0.2")) as fleet:
+        with Fleet(models, args.replicas, server_args=("--poll-seconds", "0.2", "--unready-while-loading")) as fleet:
             print(f"{args.replicas} replicas: {', '.join(fleet.targets)} ({cpu_model()}, "
                   f"{len(os.sched_getaffinity(0))} cores)", flush=True)
             for name in args.scenarios:

@@ -85,6 +85,7 @@ class ServerConfig:
     keep_versions: int = 1
     allow_unverified: bool = False  # serve files without a probe (listed as unverified)
     allow_empty: bool = False  # start with no servable model (NOT_SERVING until one comes)
+    unready_while_loading: bool = False  # not ready while a new version loads (behind balancers)
     runner_factory: RunnerFactory | None = None
     # A worker of --workers (server/workers/): SO_REUSEPORT on the gRPC port, which is bound only
     # once the models are loaded (so no connection waits on a worker that is still loading), and
@@ -261,7 +262,7 @@ def create_server(models_dir: str | Path | None = None, *, models: list[LoadedMo
         parts.core = Core(models, config.limits, config.batching, refused,
                           observer=parts.metrics.observe_request if parts.metrics else None,
                           repository=repository, server=(SERVER_NAME, __version__),
-                          access=access)
+                          access=access, unready_while_loading=config.unready_while_loading)
         if parts.metrics is not None:
             parts.metrics.watch(parts.core, loop, parts.http.guard if parts.http else None)
         if parts.http is not None:

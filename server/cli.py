@@ -143,6 +143,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-versions", type=_positive_int, default=1,
                    help="versions of each model kept loaded as new ones arrive (older ones are "
                         "drained and unloaded)")
+    p.add_argument("--unready-while-loading", action="store_true",
+                   help="report not ready (health NOT_SERVING, /v2/health/ready 503) while a new "
+                        "version loads, so that a balancer sends the traffic to the other "
+                        "replicas meanwhile; the loaded versions keep answering")
     p.add_argument("--allow-unverified", action="store_true",
                    help="serve a model file without its probe (fmnist.probe), which the server "
                         "cannot check answers as exported; logged and listed as unverified "
@@ -276,7 +280,7 @@ def server_config(args: argparse.Namespace, plan=None):
         metrics_host="127.0.0.1" if worker else None, worker=worker,
         poll_seconds=args.poll_seconds,
         keep_versions=args.keep_versions, allow_unverified=args.allow_unverified,
-        allow_empty=args.allow_empty,
+        allow_empty=args.allow_empty, unready_while_loading=args.unready_while_loading,
         runner_factory=lambda path, providers: OnnxRunner(
             path, providers, plan.intra_op_threads, args.spinning,
             args.weights_cache if args.share_weights == "on" else None))

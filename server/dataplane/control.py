@@ -25,9 +25,14 @@ log = logging.getLogger(__name__)
 
 
 class ModelControl:
-    def __init__(self, repository: Repository, served: Served):
+    def __init__(self, repository: Repository, served: Served,
+                 unready_while_loading: bool = False):
+        """`unready_while_loading`: report not ready while a new version loads (behind a
+        balancer, the others take the traffic meanwhile; --unready-while-loading)."""
         self.repository = repository
         self.served = served
+        self.unready_while_loading = unready_while_loading
+        self.loading: str | None = None  # the version being loaded by a poll, when told
         self.models_dir = repository.models_dir
         self._unloaded: dict[str, tuple[list[int], str]] = {}  # name -> (versions, who): polling
         # leaves them alone, the index lists them
@@ -56,7 +61,18 @@ class ModelControl:
     def poll(self) -> None:
         """Bring the served versions in line with the folder, once."""
         with self._lock:
-            self._apply(self.repository.poll(self.served.by_name(), set(self._unloaded)))
+            try:
+                self._apply(self.repository.poll(self.served.by_name(), set(self._unloaded),
+                                                 self._on_loading))
+            finally:
+                if self.loading is not None:
+                    self.loading = None
+                    self.served.notify()
+
+    def _on_loading(self, name: str, version: int) -> None:
+        if self.unready_while_loading:
+            self.loading = f"{name} v{version}"
+            self.served.notify()
 
     def load(self, name: str) -> None:
         """Load (or reload) the newest loadable version of `name` now (RepositoryModelLoad);

@@ -93,7 +93,8 @@ class Core:
                  batching: Batching = Batching(), refused: Sequence[Refusal] = (),
                  observer: Callable[[RequestEvent], None] | None = None,
                  repository: Repository | None = None,
-                 server: tuple[str, str] = ("fmnist-serve", ""), access: Access | None = None):
+                 server: tuple[str, str] = ("fmnist-serve", ""), access: Access | None = None,
+                 unready_while_loading: bool = False):
         """`repository`: the models folder this server follows (None: it was given its models,
         and load/unload are UNIMPLEMENTED). `server`: its name and version, for ServerMetadata.
         `access`: who may call what (default: everyone, but not the repository API)."""
@@ -102,7 +103,8 @@ class Core:
         self.access = access or Access()
         self.admission = Admission(limits)
         self.served = Served(batching, refused)
-        self.control = None if repository is None else ModelControl(repository, self.served)
+        self.control = (None if repository is None else
+                        ModelControl(repository, self.served, unready_while_loading))
         self._models = list(models)
         self._server = server
         self._started = False  # serving on its ports (`open`)
@@ -244,6 +246,8 @@ class Core:
             return f"no model is served; {self.served.describe()}"
         if gate and not self._gate:
             return "a worker of this server is not serving (--workers); retry shortly"
+        if self.control is not None and self.control.loading:
+            return f"loading {self.control.loading} (--unready-while-loading)"
         return None
 
     def ready(self) -> bool:

@@ -162,6 +162,11 @@ class Served:
         for observe in self.batch_observers:
             observe(model, version, event)
 
+    def notify(self) -> None:
+        """Run the change hooks: something readiness depends on changed (server/app.py's gRPC
+        health follows)."""
+        self._changed()
+
     def _changed(self) -> None:
         for hook in self.on_change:
             try:

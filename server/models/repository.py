@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,6 +76,7 @@ class Repository:
         self._loaded: dict[tuple[str, int], tuple[Path, tuple[int, int]]] = {}  # as loaded
         self._problems: dict[tuple[str, int], str] = {}  # served versions whose file is not so
         self.folder_ok = True  # the models folder could be read at the last look
+        self._on_loading: Callable[[str, int], None] | None = None
 
     def load_all(self) -> tuple[list[LoadedModel], list[Refusal]]:
         """The start-up load (newest loadable version of each model, or the pinned ones)."""
@@ -94,8 +95,12 @@ class Repository:
     def refused(self) -> list[Refusal]:
         return sorted(self._refused.values(), key=lambda r: (r.name, r.version))
 
-    def poll(self, served: Served, skip: set[str] = frozenset()) -> Changes:
-        """Bring `served` in line with the folder, once: what to add and remove."""
+    def poll(self, served: Served, skip: set[str] = frozenset(),
+             on_loading: Callable[[str, int], None] | None = None) -> Changes:
+        """Bring `served` in line with the folder, once: what to add and remove. `on_loading` is
+        told each new version before it loads (the control may take the server out of rotation
+        meanwhile)."""
+        self._on_loading = on_loading
         changes = Changes()
         scanned: list[Refusal] = []
         try:
@@ -193,6 +198,8 @@ class Repository:
             return None  # gone since the scan
         if self._failed.get(key) == signature:
             return None  # failed before and unchanged since
+        if self._on_loading is not None:
+            self._on_loading(name, version)
         started = time.perf_counter()
         try:
             model = self.loader.load_one(name, version, path)

@@ -113,7 +113,7 @@ def _source(path: Path, providers: list, cache: Path | None,
             log.warning("cannot share weights through %s (%s): every process loads its own copy",
                         cache, e.strerror or e)
         return path, False
-    weights.session_options(options)
+    weights.session_options(options, source)
     return source, True
 
 

@@ -30,7 +30,8 @@ def fleet(models_dir):  # noqa: F811
     folder = Path(tempfile.mkdtemp(prefix="fleet-models-"))
     shutil.copytree(models_dir / scenarios.MODEL, folder / scenarios.MODEL)
     try:
-        with Fleet(folder, size=3, server_args=("--poll-seconds", "0.2")) as running:
+        with Fleet(folder, size=3, server_args=("--poll-seconds", "0.2",
+                                                "--unready-while-loading")) as running:
             yield running
     finally:
         shutil.rmtree(folder)
@@ -71,3 +72,4 @@ def test_a_rolling_model_update_answers_every_call_from_the_old_or_new_version(f
     assert set(report.summary.versions) == {1, 2}, report.lines()
     assert report.switches == [1, 1, 1], report.lines()  # one "now serving v2" each
     assert report.old_after_switch == [0, 0, 0], report.lines()
+    assert report.out_of_rotation == [True, True, True], report.lines()  # while each loaded
