@@ -236,6 +236,17 @@ class Batcher:
     def queued_images(self) -> int:
         return self._queued_images
 
+    def wait_now(self) -> tuple[float, float]:
+        """(seconds new work would wait now: what the running batch has left and the queued
+        images in full batches, at the usual times (the wait admission quotes); seconds one
+        full batch usually takes), for the saturation gauge (server/dataplane/saturation.py)."""
+        max_batch = self.policy.max_batch
+        with self._cond:
+            now = time.monotonic()
+            wait = (self._running_left(now, best=False)
+                    + self.costs.expected(self._queued_images, max_batch))
+            return wait, self.costs.expected(max_batch, max_batch)
+
     @property
     def waiting_for(self) -> int:
         """How many queued images the batching thread waits for before it takes a batch: 1 while

@@ -41,6 +41,7 @@ from server.dataplane.access import Access
 from server.dataplane import imagefile, views
 from server.dataplane.control import ModelControl
 from server.dataplane.request_images import decode_request, raw_batch
+from server.dataplane.saturation import Saturation
 from server.dataplane.served import Served, Version
 from server.dataplane.tensors import Output, TensorAnswer, TensorRequest, answer_tensors
 from server.dataplane.types import (MAX_TOP_K, Batching, ClassifyResult, ImageData, IndexEntry,
@@ -103,6 +104,7 @@ class Core:
         self.admission = Admission(limits)
         self.served = Served(batching, refused)
         self.control = None if repository is None else ModelControl(repository, self.served)
+        self._saturation = Saturation(self.served)
         self._models = list(models)
         self._server = server
         self._started = False  # serving on its ports (`open`)
@@ -111,9 +113,11 @@ class Core:
                                             thread_name_prefix="decode")
 
     def start(self) -> None:
-        """Warm every batcher's batch shapes (before the server reports SERVING), start them."""
+        """Warm every batcher's batch shapes (before the server reports SERVING), start them
+        and the saturation's sampling."""
         self.served.start(self._models)
         self._models = []
+        self._saturation.start()
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -209,6 +213,11 @@ class Core:
         """Each served version with the images waiting in its batch queue now."""
         return [(v.view, v.batcher.queued_images) for v in self.served.all()]
 
+    def saturation(self) -> tuple[float, list[tuple[ModelView, float]]]:
+        """The server's saturation and each served version's (server/dataplane/saturation.py:
+        how long new work waits now, in batches; 1.0: as long as a full batch takes)."""
+        return self._saturation.read()
+
     async def load(self, model: str, parameters: Sequence[str] = (), token: bytes | None = None,
                    peer: str = "") -> None:
         """RepositoryModelLoad, for a caller with the admin role (`token`; `peer`: its address,
@@ -266,6 +275,7 @@ class Core:
         self.admission.drain()
 
     def close(self) -> None:
+        self._saturation.stop()
         self._decoders.shutdown(wait=True, cancel_futures=True)
         self.served.close()
 
