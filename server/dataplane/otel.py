@@ -60,7 +60,8 @@ class Tracer:
         self.provider = TracerProvider(resource=_resource(settings),
                                        sampler=_BatchesFollowRequests(_get_from_env_or_default()),
                                        shutdown_on_exit=False)
-        self.provider.add_span_processor(BatchSpanProcessor(_exporter(settings)))
+        self.exporter = _exporter(settings)
+        self.provider.add_span_processor(BatchSpanProcessor(self.exporter))
         self.tracer = self.provider.get_tracer("fmnist-serve", VERSION)
         _quieten_exporter_logs()
         logging.getLogger(__name__).info(
@@ -111,7 +112,12 @@ class Tracer:
             span.set_status(Status(StatusCode.ERROR, event.error or "the batch failed"))
         span.end(started + int(event.seconds * 1e9))
 
-    def shutdown(self) -> None:
+    def shutdown(self, flush_seconds: float) -> None:
+        """Export what is queued (at most `flush_seconds`), then stop: the exporter first, which
+        ends a retry's wait (else an unreachable collector holds the processor for the
+        exporter's whole timeout, 10 s by default)."""
+        self.provider.force_flush(int(flush_seconds * 1000))
+        self.exporter.shutdown()
         self.provider.shutdown()
 
 

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 ENDPOINTS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 EXPORTERS = {"otlp": None, "otlp_proto_grpc": "grpc", "otlp_proto_http": "http/protobuf"}
 PROTOCOLS = ("grpc", "http/protobuf")
-STOP_SECONDS = 5.0  # the most a stop waits for the last spans to leave
+STOP_SECONDS = 1.0  # the most a stop waits for the last spans to leave (within --grace's watchdog)
 _NOTHING = contextlib.nullcontext()
 
 
@@ -83,7 +83,8 @@ def stop(tracer, seconds: float = STOP_SECONDS) -> None:
     collector must not hold a stopping server)."""
     if tracer is None:
         return
-    done = threading.Thread(target=tracer.shutdown, name="tracing-stop", daemon=True)
+    done = threading.Thread(target=tracer.shutdown, args=(seconds * 0.8,), name="tracing-stop",
+                            daemon=True)
     done.start()
     done.join(seconds)
     if done.is_alive():
