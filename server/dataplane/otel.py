@@ -131,8 +131,8 @@ class RequestTrace:
         self.tracer = tracer
         self.span = span
         self.span_context = span.get_span_context()
-        self.context = trace.set_span_in_context(span)
         self.recording = span.is_recording()
+        self.context = trace.set_span_in_context(span) if self.recording else None
         self.tag = self if self.recording else None
 
     def child(self, name: str) -> "_Child | _NoSpan":
