@@ -101,7 +101,7 @@ class Core:
                  observer: Callable[[RequestEvent], None] | None = None,
                  repository: Repository | None = None,
                  server: tuple[str, str] = ("fmnist-serve", ""), access: Access | None = None,
-                 tracer=None):
+                 *, tracer=None):
         """`repository`: the models folder this server follows (None: it was given its models,
         and load/unload are UNIMPLEMENTED). `server`: its name and version, for ServerMetadata.
         `access`: who may call what (default: everyone, but not the repository API). `tracer`:
