@@ -111,7 +111,7 @@ bench-export: install  ## onnxruntime throughput: folded vs unfolded vs PyTorch 
 BENCH_SECONDS ?= 5
 BENCH_WORKERS ?= 1 auto
 bench_flags = $(model_flags) --seconds $(BENCH_SECONDS) --workers $(BENCH_WORKERS)
-bench-serve: install  ## fmnist-serve (gRPC and HTTP) vs in-process onnxruntime and a bare grpc.aio server (h2load), with 1 and auto workers
+bench-serve: install  ## fmnist-serve (gRPC and HTTP) vs in-process onnxruntime and a bare grpc.aio server (h2load), with 1 and auto workers; tracing off vs on (0.01, 1.0)
 	$(PY) -m bench.serve $(bench_flags)
 
 # The peers' venvs: MLServer from $(PYTHON); PyTriton from Debian's python3.11 (its bundled

@@ -12,7 +12,11 @@ decoding is not timed):
   ModelInfer at 1, 8, 32 and 64 single-image callers, with --workers 1 and auto; 4 callers of
   --max-batch images (fmnist.v1, one worker); and over HTTP with the first --workers setting, at
   the same caller counts (bench/http_load.py: KServe v2 JSON tensors, v2 binary tensor data, PNG
-  files to /v1/models/{m}:classify as multipart/form-data).
+  files to /v1/models/{m}:classify as multipart/form-data);
+- tracing's cost (--tracing, default off 0.01 1.0): fmnist.v1 at --tracing-callers (1 and 32),
+  one worker, a server of its own for each setting, side by side: tracing off, and on at each
+  sampling ratio (OTEL_TRACES_SAMPLER=traceidratio), exporting over OTLP/gRPC to a stand-in
+  collector in this process (bench/collector.py: it counts the exports, decodes nothing).
 Load comes from h2load (bench/load.py: one connection per caller, HTTP/1.1 for the HTTP API).
 Every cell first checks one reply with a real client, and after it the server's own
 fmnist_requests_total: a request that did not end OK fails the run (a gRPC error is an HTTP 200
@@ -26,6 +30,8 @@ Printed per cell: img/s, p50/p90/p99 per call; then the ratios the targets are s
 - `auto` workers / one worker at 32 callers                         (reported; `make bench-peer`
   holds auto workers to >= 1.2x Triton's core)
 - each HTTP kind / KServe v2 over gRPC at 32 callers, one worker     (reported)
+- tracing at ratio 1.0 / tracing off at 32 callers, lenet_bn        (>= 0.90); other ratios and
+  models reported; tracing off / the plain fmnist.v1 cell (two servers alike: the noise)
 The CPU, its ISA flags and the load averages before and after are printed and written with the
 figures: rerun on a quiet machine (`uptime`) before quoting them.
 
@@ -67,6 +73,7 @@ from bench.load import OWN_CONNECTION, PATHS, drive, frame, h2load, require_h2lo
 REPO = Path(__file__).resolve().parent.parent
 CLASSIFY = PATHS["v1"]
 BARE = "bare grpc.aio"
+TRACED = "fmnist-serve traced"
 PROTOCOLS = ("-", *PATHS, *(f"http {kind}" for kind in http_load.KINDS))  # the tables' order
 
 
@@ -98,6 +105,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="the server's --max-queue-delay-ms (default: 2)")
     p.add_argument("--seconds", type=float, default=5.0,
                    help="measuring time per cell, after 1 s of warm-up (default: 5)")
+    p.add_argument("--tracing", nargs="*", default=["off", "0.01", "1.0"], metavar="RATIO",
+                   help="tracing cells, one server each: off, or a sampling ratio (default: off "
+                        "0.01 1.0; --tracing alone: none)")
+    p.add_argument("--tracing-callers", nargs="+", type=int, default=[1, 32], metavar="N",
+                   help="callers of the tracing cells (default: 1 32)")
     p.add_argument("--no-bare", action="store_true", help="skip the bare grpc.aio server")
     p.add_argument("--no-attacks", action="store_true", help="skip the three attacks")
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
@@ -113,9 +125,10 @@ class ServerProcess:
     off."""
 
     def __init__(self, models: dict[str, Path], device: str, extra: list[str],
-                 metrics: bool = False, http: bool = False):
+                 metrics: bool = False, http: bool = False, env: dict[str, str] | None = None):
         """`models`: name -> the version folder to serve. Linked (or copied) into a folder of
-        their own: the server refuses symlinks that lead out of its models folder."""
+        their own: the server refuses symlinks that lead out of its models folder. `env`: the
+        OTEL_* variables it gets (none of this process's: tracing is off without them)."""
         self._tmp = tempfile.TemporaryDirectory(prefix="bench-serve-")
         for name, version_dir in models.items():
             target = Path(self._tmp.name) / name / version_dir.name
@@ -130,7 +143,9 @@ class ServerProcess:
             [sys.executable, "-m", "server", "--models-dir", self._tmp.name, "--port", "0",
              "--metrics-port", str(self.metrics_port), "--http-port", str(self.http_port),
              "--device", device, "--log-format", "json", *extra],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
+                 **(env or {})})
         self.port: int | None = None
         self.log: collections.deque[str] = collections.deque(maxlen=200)
         self._ready = threading.Event()
@@ -395,7 +410,8 @@ def measured(server: ServerProcess, protocol: str, request, callers: int, second
 
 
 def _progress(row: dict) -> None:
-    print(f"  {row['model']} {row['side']} {row['protocol']} workers={row['workers']}: "
+    tracing = f" tracing={row['tracing']} ({row['exports']} exports)" if "tracing" in row else ""
+    print(f"  {row['model']} {row['side']} {row['protocol']} workers={row['workers']}{tracing}: "
           f"{row['callers']} caller(s) of {row['batch']}: {row['images_per_s']:.0f} img/s, "
           f"p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms", flush=True)
 
@@ -539,6 +555,9 @@ def attacks(port: int, model: str, server: ServerProcess) -> list[dict]:
 def what(row: dict) -> str:
     if row["side"] == "in-process":
         return f"in-process onnxruntime, batch {row['batch']}"
+    if row["side"] == TRACED:
+        tracing = "off" if row["tracing"] == "off" else f"sampling {row['tracing']}"
+        return f"fmnist-serve v1, workers 1, tracing {tracing}"
     if row["side"] == BARE:
         return f"{BARE}, {row['workers']} process{'es' if row['workers'] != '1' else ''}"
     batch = f" of {row['batch']}" if row["batch"] > 1 else ""
@@ -590,6 +609,32 @@ def ratios(rows: list[dict], model: str, max_batch: int) -> list[dict]:
         if http and v2:
             add(f"32 callers HTTP {kind} / KServe v2 gRPC", http["images_per_s"] / v2["images_per_s"],
                 "-")
+    out += tracing_ratios(rows, model, v1)
+    return out
+
+
+def tracing_ratios(rows: list[dict], model: str, v1: dict | None) -> list[dict]:
+    """Tracing's cost for one model: each ratio's img/s at 32 callers over tracing off's (the
+    goal: >= 0.90 at 1.0 for lenet_bn, whose requests cost the least, so spans weigh the most),
+    its 1-caller p50 beside off's, and off over the plain v1 cell (the noise between servers)."""
+    def traced(setting: str, callers: int) -> dict | None:
+        return next((r for r in rows if r["side"] == TRACED and r["model"] == model
+                     and r["tracing"] == setting and r["callers"] == callers), None)
+
+    out = []
+    off32, off1 = traced("off", 32), traced("off", 1)
+    for setting in sorted({r["tracing"] for r in rows if r["side"] == TRACED} - {"off"}):
+        on32, on1 = traced(setting, 32), traced(setting, 1)
+        if on32 and off32:
+            target = ">= 0.90" if model == "lenet_bn" and float(setting) == 1.0 else "-"
+            out.append({"model": model, "ratio": f"32 callers, tracing {setting} / off",
+                        "value": on32["images_per_s"] / off32["images_per_s"], "target": target})
+        if on1 and off1:
+            out.append({"model": model, "ratio": f"1 caller p50, tracing {setting} - off (ms)",
+                        "value": on1["p50_ms"] - off1["p50_ms"], "target": "-"})
+    if off32 and v1:
+        out.append({"model": model, "ratio": "32 callers, tracing off / the v1 cell (noise)",
+                    "value": off32["images_per_s"] / v1["images_per_s"], "target": "-"})
     return out
 
 
@@ -630,10 +675,11 @@ def main(args: argparse.Namespace) -> int:
     before = in_process_cells(models, pixels, args, cores.usable)
     rows = [] if args.no_bare else bare_cells(requests_for("lenet_bn", 1, pixels)["v1"], args)
     rows_attacks, status = serve_all(models, pixels, args, rows)
+    status = max(status, tracing_cells(models, pixels, args, rows))
     rows += in_process_rows(before, in_process_cells(models, pixels, args, cores.usable))
-    rows.sort(key=lambda r: (["in-process", BARE, "fmnist-serve"].index(r["side"]), r["model"],
-                             PROTOCOLS.index(r["protocol"]), r["workers"] != "1", r["batch"],
-                             r["callers"]))
+    rows.sort(key=lambda r: (["in-process", BARE, "fmnist-serve", TRACED].index(r["side"]),
+                             r["model"], PROTOCOLS.index(r["protocol"]), r["workers"] != "1",
+                             _tracing_order(r.get("tracing", "off")), r["batch"], r["callers"]))
     found = [r for name in models for r in ratios(rows, name, args.max_batch)]
     report(rows, found, models)
     for a in rows_attacks:
@@ -674,6 +720,46 @@ def serve_all(models: dict, pixels, args, rows: list[dict]) -> tuple[list[dict],
                   + "\n".join(list(server.log)[-20:]), file=sys.stderr)
             status = 1
     return found, status
+
+
+def tracing_cells(models: dict, pixels, args, rows: list[dict]) -> int:
+    """fmnist.v1 at --tracing-callers with each --tracing setting, one server each (a
+    stand-in collector for those that trace), appended to `rows`; 1 when a server did not stop
+    cleanly, else 0."""
+    from bench.collector import Collector
+
+    status = 0
+    extra = ["--max-batch", str(args.max_batch), "--max-queue-delay-ms", str(args.delay_ms),
+             "--workers", "1", *args.server_arg]
+    folders = {n: d / str(v) for n, (v, d) in models.items()}
+    with Collector() as collector:
+        for setting in args.tracing:
+            server = ServerProcess(folders, args.device, extra, metrics=True,
+                                   env=None if setting == "off" else collector.environment(setting))
+            try:
+                server.wait()
+                for name, (version, _) in models.items():
+                    request = requests_for(name, version, pixels)["v1"]
+                    for callers in args.tracing_callers:
+                        exports = collector.counts()
+                        cell = measured(server, "v1", request, callers, args.seconds, 1)
+                        after = collector.counts()
+                        rows.append({"model": name, "side": TRACED, "protocol": "v1",
+                                     "workers": "1", "batch": 1, "callers": callers,
+                                     "tracing": setting, "exports": after[0] - exports[0],
+                                     "export_bytes": after[1] - exports[1], **cell})
+                        _progress(rows[-1])
+            finally:
+                rc = server.stop()
+            if rc != 0:
+                print(f"error: the server (tracing {setting}) exited with status {rc}:\n"
+                      + "\n".join(list(server.log)[-20:]), file=sys.stderr)
+                status = 1
+    return status
+
+
+def _tracing_order(setting: str) -> float:
+    return -1.0 if setting == "off" else float(setting)
 
 
 def in_process_rows(before: dict, after: dict) -> list[dict]:

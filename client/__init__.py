@@ -1,10 +1,10 @@
 """fmnist-serve client: `python client/predict.py --help`.
 
 Modules: ``predict`` (the command line), ``inputs`` (files and folders -> images), ``address``
-(--server -> what grpc dials), ``channel`` (the channel: TLS, token, retries), ``classify``
-(images -> requests within the server's limits -> answers), ``models`` (the served models:
-listing, the default choice), ``output`` (text for people), ``rpc_errors`` (a failed call in one
-line). Only ``channel``, ``classify`` and ``models`` import grpc and the generated stubs.
+(--server -> what grpc dials), ``channel`` (the channel: TLS, token, trace context, retries),
+``classify`` (images -> requests within the server's limits -> answers), ``models`` (the served
+models: listing, the default choice), ``output`` (text for people), ``rpc_errors`` (a failed call
+in one line). Only ``channel``, ``classify`` and ``models`` import grpc and the generated stubs.
 """
 
 

@@ -1,8 +1,10 @@
-"""The channel to a server: plaintext or TLS (mutual with a client certificate), a bearer token on
-every call, and bounded retries of the refusals that say "try again" (client/retries.py)."""
+"""The channel to a server: plaintext or TLS (mutual with a client certificate), a bearer token and
+a trace context on every call, and bounded retries of the refusals that say "try again"
+(client/retries.py)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import grpc
@@ -13,10 +15,12 @@ from client.retries import Retries
 
 
 def connect(server: str, *, tls_ca: Path | None = None, tls_cert: Path | None = None,
-            tls_key: Path | None = None, token: str | None = None):
+            tls_key: Path | None = None, token: str | None = None,
+            traceparent: str | None = None):
     """A Classifier stub (the channel is `stub.channel`) whose calls are retried as
     client/retries.py says: TLS when `tls_ca` is given (with a client certificate for mutual
-    TLS), plaintext otherwise; `token` goes with every call as `authorization: Bearer <token>`."""
+    TLS), plaintext otherwise; `token` goes with every call as `authorization: Bearer <token>`,
+    `traceparent` (W3C Trace Context: `new_trace`) as `traceparent`."""
     if tls_ca is None and (tls_cert or tls_key):
         raise ClientError("--tls-cert/--tls-key need --tls-ca (the CA of the server)", exit_code=2)
     if (tls_cert is None) != (tls_key is None):
@@ -27,7 +31,9 @@ def connect(server: str, *, tls_ca: Path | None = None, tls_cert: Path | None = 
         pems = [_read_pem(p, what) for p, what in ((tls_ca, "--tls-ca"), (tls_key, "--tls-key"),
                                                    (tls_cert, "--tls-cert"))]
         channel = grpc.secure_channel(server, grpc.ssl_channel_credentials(*pems))
-    interceptors = [Retries(), *([_BearerToken(token)] if token else [])]
+    entries = [*([("authorization", f"Bearer {token}")] if token else []),
+               *([("traceparent", traceparent)] if traceparent else [])]
+    interceptors = [Retries(), *([_Metadata(entries)] if entries else [])]
     channel = grpc.intercept_channel(channel, *interceptors)
     stub = pb_grpc.ClassifierStub(channel)
     stub.channel = channel
@@ -44,12 +50,21 @@ def _read_pem(path: Path | None, flag: str) -> bytes | None:
                           exit_code=2) from None
 
 
-class _BearerToken(grpc.UnaryUnaryClientInterceptor):
-    """Adds `authorization: Bearer <token>` to every call's metadata."""
+def new_trace() -> tuple[str, str]:
+    """A trace of its own for this run, as W3C Trace Context has it: (the `traceparent` value
+    every call sends, sampled, so the server records it whatever its sampling ratio; the trace
+    id, which finds the server's spans in a tracing UI). No tracing library is needed: the ids
+    are random, as the standard asks; this client's own span is not exported anywhere."""
+    trace_id, span_id = os.urandom(16).hex(), os.urandom(8).hex()
+    return f"00-{trace_id}-{span_id}-01", trace_id
 
-    def __init__(self, token: str):
-        self._entry = ("authorization", f"Bearer {token}")
+
+class _Metadata(grpc.UnaryUnaryClientInterceptor):
+    """Adds `entries` (the bearer token, the trace context) to every call's metadata."""
+
+    def __init__(self, entries: list[tuple[str, str]]):
+        self._entries = entries
 
     def intercept_unary_unary(self, continuation, details, request):
-        metadata = [*(details.metadata or ()), self._entry]
+        metadata = [*(details.metadata or ()), *self._entries]
         return continuation(details._replace(metadata=metadata), request)

@@ -52,7 +52,7 @@ if __name__ == "__main__":
 
 try:  # grpc and the generated stubs (`make install`); reported by main() in one line
     import grpc
-    from client.channel import connect
+    from client.channel import connect, new_trace
     from client.classify import classify
     from client.models import answered_near_chance, choose_model, list_models, models_dict
     _IMPORT_ERROR: ImportError | None = None
@@ -114,6 +114,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", type=Path, metavar="PEM", help="the private key of --tls-cert")
     p.add_argument("--token", help="bearer token sent with every call (default: the FMNIST_TOKEN "
                                    "environment variable)")
+    p.add_argument("--trace", action="store_true",
+                   help="start a trace: every call carries its W3C traceparent (sampled), and the "
+                        "trace id is printed on stderr (and as \"trace_id\" with --json), to find "
+                        "the server's spans with (docs/serving.md 'Observability')")
     p.add_argument("--list", action="store_true", help="list the served models and exit")
     return p
 
@@ -124,14 +128,18 @@ def main(args: argparse.Namespace) -> int:
     if not args.list and not args.images:
         return _fail("give image files or folders, or --list", 2)
     server, named = _server(args)
+    traceparent, args.trace_id = new_trace() if args.trace else (None, None)
     try:
         server = dial_target(server, tls=args.tls_ca is not None, named=named)
         stub = connect(server, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                       token=args.token or os.environ.get("FMNIST_TOKEN"))
+                       token=args.token or os.environ.get("FMNIST_TOKEN"),
+                       traceparent=traceparent)
         try:
             return _list(stub, args) if args.list else _predict(stub, args, server)
         finally:
             stub.channel.close()
+            if args.trace_id:
+                print(f"trace {args.trace_id}", file=sys.stderr)
     except ClientError as e:
         return _fail(str(e), e.exit_code)
     except grpc.RpcError as e:
@@ -179,6 +187,8 @@ def _predict(stub, args: argparse.Namespace, server: str) -> int:
     if answer is not None and answer.failure is not None:
         failure = describe_rpc_error(answer.failure, server, args.timeout, args.tls_ca is not None)
     shown.update(server=server, failure=failure)
+    if args.trace_id:
+        shown["trace_id"] = args.trace_id
     if args.json:
         print(json.dumps(shown, indent=2))
     elif shown["results"]:

@@ -40,8 +40,10 @@ from server.api.grpc.transport import Transport, grpc_options, service_handler
 from server.api.http.listener import HttpListener
 from server.api.http.service import Service as HttpService
 from server.api.security import Security
+from server.dataplane import tracing
 from server.dataplane.access import Access
 from server.dataplane.core import Core
+from server.dataplane.tracing import Settings as TracingSettings
 from server.dataplane.types import Batching, Limits
 from server.errors import StartupError
 from server.loop import EventLoop
@@ -87,6 +89,7 @@ class ServerConfig:
     allow_empty: bool = False  # start with no servable model (NOT_SERVING until one comes)
     unready_while_loading: bool = False  # not ready while a new version loads (behind balancers)
     runner_factory: RunnerFactory | None = None
+    tracing: TracingSettings | None = None  # None: off (server/dataplane/tracing.py)
     # A worker of --workers (server/workers/): SO_REUSEPORT on the gRPC port, which is bound only
     # once the models are loaded (so no connection waits on a worker that is still loading), and
     # health "" SERVING only once its parent opens the gate (Server.set_gate).
@@ -262,7 +265,8 @@ def create_server(models_dir: str | Path | None = None, *, models: list[LoadedMo
         parts.core = Core(models, config.limits, config.batching, refused,
                           observer=parts.metrics.observe_request if parts.metrics else None,
                           repository=repository, server=(SERVER_NAME, __version__),
-                          access=access, unready_while_loading=config.unready_while_loading)
+                          access=access, unready_while_loading=config.unready_while_loading,
+                          tracer=tracing.start(config.tracing))
         if parts.metrics is not None:
             parts.metrics.watch(parts.core, loop, parts.http.guard if parts.http else None)
         if parts.http is not None:
@@ -351,6 +355,7 @@ async def _add_services(parts: _Parts, transport: Transport) -> None:
 def _close(core: Core | None, loop: EventLoop, metrics: Metrics | None) -> None:
     if core is not None:
         core.close()
+        tracing.stop(core.tracer)  # after the batchers: their last spans go too
     loop.close()
     if metrics is not None:
         metrics.stop()

@@ -195,6 +195,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="replace a worker whose resident memory passes this many MiB (its "
                         "replacement serves before it drains; also with --workers 1)")
     security.add_args(p)
+    p.add_argument("--otlp-endpoint", metavar="URL",
+                   help="trace requests and batches with OpenTelemetry, exporting to this OTLP "
+                        "collector (as OTEL_EXPORTER_OTLP_ENDPOINT, e.g. http://127.0.0.1:4317); "
+                        "default: off unless the OTEL_* variables turn it on "
+                        "(docs/serving.md 'Observability')")
     p.add_argument("--grace", type=float, default=10.0,
                    help="seconds requests in flight get to finish after SIGTERM/SIGINT")
     p.add_argument("--log-format", choices=logs.FORMATS, default="text",
@@ -253,9 +258,10 @@ def server_config(args: argparse.Namespace, plan=None):
     """The parsed flags as the server's configuration (`plan`: cores.plan(args), the thread
     counts); ValueError when they cannot work together."""
     from server.app import ServerConfig
+    from server.dataplane import tracing
     from server.models.runner import OnnxRunner
     from server.workers import cores
-    from server.workers.worker import is_worker
+    from server.workers.worker import is_worker, slot
 
     plan = plan or cores.plan(args)
     worker = is_worker()  # metrics on a private port, which the parent adds up
@@ -281,6 +287,7 @@ def server_config(args: argparse.Namespace, plan=None):
         poll_seconds=args.poll_seconds,
         keep_versions=args.keep_versions, allow_unverified=args.allow_unverified,
         allow_empty=args.allow_empty, unready_while_loading=args.unready_while_loading,
+        tracing=tracing.from_environment(os.environ, args.otlp_endpoint, slot()),
         runner_factory=lambda path, providers: OnnxRunner(
             path, providers, plan.intra_op_threads, args.spinning,
             args.weights_cache if args.share_weights == "on" else None))

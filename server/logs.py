@@ -1,8 +1,16 @@
 """Log lines as text (for people) or JSON (one object per line, for machines): `--log-format`;
-`Throttle` for events that come in floods."""
+`Throttle` for events that come in floods.
+
+A line logged while a request is served (in its task: its adapter's error lines, the dataplane's)
+carries that request's id, and its trace id when tracing is on: `CALL` holds the request's call
+record (server/dataplane/calls.py sets it), and the handler's filter copies its `id` and
+`trace_id` onto the record as `request_id` and `trace_id`: JSON fields, or a `[request_id=...
+trace_id=...]` suffix on a text line.
+"""
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
@@ -11,6 +19,32 @@ import time
 
 FORMATS = ("text", "json")
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+CALL: contextvars.ContextVar = contextvars.ContextVar("fmnist_call", default=None)
+
+
+class CallFields(logging.Filter):
+    """Copies the current request's id (and trace id, when it has one) onto each record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        call = CALL.get()
+        if call is not None and not hasattr(record, "request_id"):
+            record.request_id = call.id
+            if call.trace_id:
+                record.trace_id = call.trace_id
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    """`time LEVEL logger: message`, then `[request_id=... trace_id=...]` when it has them."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        ids = [f"{key}={getattr(record, key)}" for key in ("request_id", "trace_id")
+               if getattr(record, key, None)]
+        return f"{line} [{' '.join(ids)}]" if ids else line
 
 
 class JsonFormatter(logging.Formatter):
@@ -31,8 +65,8 @@ def setup(fmt: str = "text", level: str = "INFO", stream=None) -> None:
     if fmt not in FORMATS:
         raise ValueError(f"log format must be one of {FORMATS}, got {fmt!r}")
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(CallFields())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

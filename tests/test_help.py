@@ -81,10 +81,11 @@ def test_server_help_keeps_the_service_names_whole():
     assert unbroken(" ".join(names), out.stdout) == [], out.stdout
 
 
-# Each command's tests live in one folder; a test file "runs the command" when it holds one of
-# these (the helpers that start it as a subprocess, or the command line itself).
+# Each command's tests live in its folders (the server's fleet tests start replicas too); a test
+# file "runs the command" when it holds one of these (the helpers that start it as a subprocess, or the command line itself).
 ENTRY_POINTS = {
-    "server": ("server.cli", "tests/server", ("ServerProcess(", '"-m", "server"', "as_user.py")),
+    "server": ("server.cli", "tests/server tests/fleet",
+               ("ServerProcess(", '"-m", "server"', "as_user.py", "Fleet(")),
     "trainer": ("trainer.cli", "tests/trainer", ("run_trainer(", '"-m", "trainer"')),
     "exporter": ("exporter.cli", "tests/exporter", ("run_exporter(", "start_exporter(",
                                                     '"-m", "exporter"')),
@@ -109,7 +110,7 @@ def test_every_flag_is_named_by_a_test_that_runs_the_command(name):
     from tests.conftest import REPO
 
     module, folder, markers = ENTRY_POINTS[name]
-    files = {str(p): p.read_text() for p in (REPO / folder).rglob("*.py")}
+    files = {str(p): p.read_text() for f in folder.split() for p in (REPO / f).rglob("*.py")}
     parser = importlib.import_module(module).get_args_parser()
     assert untested_flags(parser, files, markers) == [], f"{name}: flags no command-line test names"
 

@@ -101,6 +101,11 @@ class BatchEvent:
     queue_waits: tuple[float, ...]  # per request piece: seconds from arrival to this batch's start
     seconds: float  # the run itself
     ok: bool
+    tags: tuple = ()  # per request piece, as queue_waits: the tag its request was submitted with
+    started_ns: int = 0  # time.time_ns() as the run began
+    padded: int = 0  # the size run, padding included
+    provider: str = ""  # the runner's execution provider
+    error: str = ""  # why it failed
 
 
 @dataclass
@@ -136,6 +141,7 @@ class _Request:
     future: AnyFuture
     loop: asyncio.AbstractEventLoop | None  # the loop `future` belongs to; None: a thread's Future
     enqueued: float
+    tag: object  # the submitter's, handed back in each BatchEvent that runs part of it
     queued: int  # images still waiting in the queue, as `queued_images` counts them
     left: int  # rows not yet computed
     probabilities: np.ndarray | None = None
@@ -210,13 +216,15 @@ class Batcher:
         self._thread.start()
 
     def submit(self, images: np.ndarray, deadline: float | None = None,
-               loop: asyncio.AbstractEventLoop | None = None) -> Ticket:
+               loop: asyncio.AbstractEventLoop | None = None, tag: object = None) -> Ticket:
         """Queue `images` (uint8 [n, 1, 28, 28]); the ticket's future gets their RunOutput: an
-        asyncio future of `loop` (call from that loop), else a concurrent.futures.Future."""
+        asyncio future of `loop` (call from that loop), else a concurrent.futures.Future.
+        `tag`: anything, handed back in the BatchEvent of each batch that runs some of them (the
+        dataplane's tracing links a batch to its requests by it)."""
         n = len(images)
         now = time.monotonic()
         request = _Request(images, deadline, Future() if loop is None else loop.create_future(),
-                           loop, now, queued=n, left=n)
+                           loop, now, tag, queued=n, left=n)
         dropped: list[Outcome] = []
         try:
             with self._cond:
@@ -235,6 +243,17 @@ class Batcher:
     @property
     def queued_images(self) -> int:
         return self._queued_images
+
+    def wait_now(self) -> tuple[float, float]:
+        """(seconds new work would wait now: what the running batch has left and the queued
+        images in full batches, at the usual times (the wait admission quotes); seconds one
+        full batch usually takes), for the saturation gauge (server/dataplane/saturation.py)."""
+        max_batch = self.policy.max_batch
+        with self._cond:
+            now = time.monotonic()
+            wait = (self._running_left(now, best=False)
+                    + self.costs.expected(self._queued_images, max_batch))
+            return wait, self.costs.expected(max_batch, max_batch)
 
     @property
     def waiting_for(self) -> int:
@@ -429,6 +448,7 @@ class Batcher:
                 images = np.concatenate([images, np.zeros((size - n, 1, SIDE, SIDE), np.uint8)])
         now = time.monotonic()
         waits = tuple(now - p.request.enqueued for p in pieces)
+        started_ns = time.time_ns()
         started = time.perf_counter()
         try:
             out = self.runner.run(images)
@@ -449,7 +469,10 @@ class Batcher:
                 self.costs.observe(len(images), seconds)
             outcomes = (self._deliver(pieces, out) if error is None else
                         [(p.request, error) for p in pieces if self._finish(p.request)])
-        self._record(BatchEvent(n, waits, seconds, ok=error is None))
+        self._record(BatchEvent(n, waits, seconds, error is None,
+                                tuple(p.request.tag for p in pieces), started_ns, len(images),
+                                self.runner.provider,
+                                "" if error is None else f"{type(error).__name__}: {error}"))
         _settle(outcomes)
 
     def _record(self, event: BatchEvent) -> None:

@@ -38,9 +38,10 @@ import numpy as np
 from model_contract import INPUT, SIDE
 from server.admission import Admission, Limits, check_deadline
 from server.dataplane.access import Access
-from server.dataplane import imagefile, views
+from server.dataplane import imagefile, tracing, views
 from server.dataplane.control import ModelControl
 from server.dataplane.request_images import decode_request, raw_batch
+from server.dataplane.saturation import Saturation
 from server.dataplane.served import Served, Version
 from server.dataplane.tensors import Output, TensorAnswer, TensorRequest, answer_tensors
 from server.dataplane.types import (MAX_TOP_K, Batching, ClassifyResult, ImageData, IndexEntry,
@@ -62,17 +63,21 @@ EXTENSIONS = ("classification", "model_configuration", "statistics")  # KServe v
 
 class _Observed:
     """Times one request and hands its RequestEvent to `observer` as it ends: with "OK", its
-    ServingError's code, CANCELLED (the caller went away) or INTERNAL (a bug)."""
+    ServingError's code, CANCELLED (the caller went away) or INTERNAL (a bug). With tracing on,
+    its request span runs alongside (`event.trace`)."""
 
-    __slots__ = ("observer", "event", "started")
+    __slots__ = ("observer", "event", "started", "tracer", "operation")
 
-    def __init__(self, observer: Callable[[RequestEvent], None] | None, protocol: str,
-                 images: ImagesOrParser):
-        self.observer = observer
+    def __init__(self, core: "Core", protocol: str, images: ImagesOrParser, operation: str):
+        self.observer = core.observer
+        self.tracer = core.tracer
+        self.operation = operation
         self.event = RequestEvent(protocol, 0 if callable(images) else _count(images))
 
     def __enter__(self) -> RequestEvent:
         self.started = time.perf_counter()
+        if self.tracer is not None:
+            self.event.trace = self.tracer.request(self.operation, self.event.protocol)
         return self.event
 
     def __exit__(self, kind, error, traceback) -> None:
@@ -81,6 +86,8 @@ class _Observed:
             event.code = (error.code if isinstance(error, ServingError) else
                           "CANCELLED" if isinstance(error, asyncio.CancelledError) else "INTERNAL")
         event.seconds = time.perf_counter() - self.started
+        if event.trace is not None:
+            event.trace.end(event, error)
         if self.observer is not None:
             try:
                 self.observer(event)
@@ -94,17 +101,22 @@ class Core:
                  observer: Callable[[RequestEvent], None] | None = None,
                  repository: Repository | None = None,
                  server: tuple[str, str] = ("fmnist-serve", ""), access: Access | None = None,
-                 unready_while_loading: bool = False):
+                 unready_while_loading: bool = False, *, tracer=None):
         """`repository`: the models folder this server follows (None: it was given its models,
         and load/unload are UNIMPLEMENTED). `server`: its name and version, for ServerMetadata.
-        `access`: who may call what (default: everyone, but not the repository API)."""
+        `access`: who may call what (default: everyone, but not the repository API). `tracer`:
+        tracing.start's (None: tracing is off)."""
         self.limits = limits
         self.observer = observer
+        self.tracer = tracer
         self.access = access or Access()
         self.admission = Admission(limits)
         self.served = Served(batching, refused)
         self.control = (None if repository is None else
                         ModelControl(repository, self.served, unready_while_loading))
+        self._saturation = Saturation(self.served)
+        if tracer is not None:
+            self.served.batch_observers.append(tracer.on_batch)
         self._models = list(models)
         self._server = server
         self._started = False  # serving on its ports (`open`)
@@ -113,9 +125,11 @@ class Core:
                                             thread_name_prefix="decode")
 
     def start(self) -> None:
-        """Warm every batcher's batch shapes (before the server reports SERVING), start them."""
+        """Warm every batcher's batch shapes (before the server reports SERVING), start them
+        and the saturation's sampling."""
         self.served.start(self._models)
         self._models = []
+        self._saturation.start()
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -125,7 +139,7 @@ class Core:
                        protocol: str = "fmnist.v1") -> ClassifyResult:
         """`deadline`: the caller's, in time.monotonic() seconds (None: no deadline).
         `protocol` names the API the request came in by, for the observer."""
-        with _Observed(self.observer, protocol, images) as event:
+        with _Observed(self, protocol, images, "classify") as event:
             k = _check_top_k(top_k)
             view, out = await self._answer(event, model, version, images, inversion, deadline)
             return ClassifyResult(view.name, view.version,
@@ -137,7 +151,7 @@ class Core:
         """Both outputs for `images`: encoded/raw images (decoded as `classify` does) or the
         model's own tensor, uint8 [n, 1, 28, 28], or a function making either. Returns the
         version that answered with its RunOutput."""
-        with _Observed(self.observer, protocol, images) as event:
+        with _Observed(self, protocol, images, "infer") as event:
             return await self._answer(event, model, version, images, inversion, deadline)
 
     async def infer_tensors(self, request: TensorRequest) -> TensorAnswer:
@@ -211,6 +225,11 @@ class Core:
         """Each served version with the images waiting in its batch queue now."""
         return [(v.view, v.batcher.queued_images) for v in self.served.all()]
 
+    def saturation(self) -> tuple[float, list[tuple[ModelView, float]]]:
+        """The server's saturation and each served version's (server/dataplane/saturation.py:
+        how long new work waits now, in batches; 1.0: as long as a full batch takes)."""
+        return self._saturation.read()
+
     async def load(self, model: str, parameters: Sequence[str] = (), token: bytes | None = None,
                    peer: str = "") -> None:
         """RepositoryModelLoad, for a caller with the admin role (`token`; `peer`: its address,
@@ -270,6 +289,7 @@ class Core:
         self.admission.drain()
 
     def close(self) -> None:
+        self._saturation.stop()
         self._decoders.shutdown(wait=True, cancel_futures=True)
         self.served.close()
 
@@ -297,7 +317,8 @@ class Core:
             view = served.view
             event.model, event.version = view.name, view.version
             if callable(images):
-                images = images()
+                with tracing.child(event.trace, "input"):
+                    images = images()
                 event.images = _count(images)
                 self._check_images(images)
             check_deadline(deadline, "before decoding")
@@ -306,10 +327,11 @@ class Core:
             else:
                 started = time.perf_counter()
                 try:
-                    batch = await self._decode(images, inversion, deadline)
+                    with tracing.child(event.trace, "decode"):
+                        batch = await self._decode(images, inversion, deadline)
                 finally:
                     event.decode_seconds = time.perf_counter() - started
-            out = await _infer(served, batch, deadline)
+            out = await _infer(served, batch, deadline, event.trace)
         return view, out
 
     def _check_images(self, images: Images) -> None:
@@ -357,8 +379,12 @@ class Core:
         return self.control, caller
 
 
-async def _infer(served: Version, batch: np.ndarray, deadline: float | None) -> RunOutput:
-    ticket = served.batcher.submit(batch, deadline, asyncio.get_running_loop())
+async def _infer(served: Version, batch: np.ndarray, deadline: float | None,
+                 trace) -> RunOutput:
+    """`trace`: the request's (tracing on): its tag goes with the images, so that each batch
+    that runs some of them is linked to it."""
+    ticket = served.batcher.submit(batch, deadline, asyncio.get_running_loop(),
+                                   None if trace is None else trace.tag)
     try:
         out = await ticket.future
     except asyncio.CancelledError:

@@ -101,6 +101,7 @@ class RequestEvent:
     code: str = "OK"  # the status code name (ServingError.code, or CANCELLED, INTERNAL)
     seconds: float = 0.0  # from entering the core to the answer or the error
     decode_seconds: float | None = None  # None: nothing was decoded
+    trace: object = None  # its tracing.py request trace; None with tracing off
 
 
 def top_k(rows: np.ndarray, k: int) -> np.ndarray:

@@ -24,6 +24,11 @@ one process, as in the tests, keep their figures apart. The names are a contract
 - fmnist_requests_in_flight, fmnist_queue_images {model, version}: read when scraped.
 - fmnist_model_ready {model, version, provider}: 1 for each served version (with the execution
   provider in use), 0 for a version found but refused or unloaded on request.
+- fmnist_saturation {model, version}, and without labels for the whole server: what an
+  autoscaler reads (deploy/kubernetes/hpa.yaml): how long new work waits now behind the
+  version's running and queued batches over how long one full batch takes, averaged over the
+  last second (server/dataplane/saturation.py); 1.0: new work waits as long as a batch takes.
+  The server's is its most saturated version's.
 - fmnist_models_folder_readable: 0 while the models folder cannot be read (what is loaded keeps
   serving); fmnist_model_file_changed {model, version}: 1 for a served version whose file became
   unreadable or changed on disk since it was loaded (a restart would not serve it as it is).
@@ -34,6 +39,11 @@ one process, as in the tests, keep their figures apart. The names are a contract
   --max-connections), fmnist_http_malformed_requests_total (requests aiohttp could not parse):
   the HTTP port's guard (server/api/http/listener.py).
 - process_* and python_info: the process (ProcessCollector, PlatformCollector).
+
+No `*_created` series: prometheus_client writes one beside every counter and histogram by
+default (the time each labelled child was made), which doubles the series a scrape stores and
+which nothing here reads (rate() and increase() handle counter resets by themselves); they are
+turned off for the process on import, so the --workers parent adds up no such series either.
 """
 
 from __future__ import annotations
@@ -41,8 +51,9 @@ from __future__ import annotations
 import logging
 
 from prometheus_client import (CollectorRegistry, Counter, Histogram, PlatformCollector,
-                               ProcessCollector)
+                               ProcessCollector, disable_created_metrics)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 
 from server.api.http.listener import ConnectionGuard
 from server.batching.batcher import BatchEvent
@@ -61,6 +72,12 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 _REQUEST = ("model", "version", "protocol", "code")
 _MODEL = ("model", "version")
+SATURATION = "fmnist_saturation"
+SATURATION_HELP = ("How long new work waits now behind the running and queued batches over how "
+                   "long one full batch takes, mean of the last second; 1.0: it waits as long as "
+                   "a batch takes. No labels: the server (its most saturated model version)")
+
+disable_created_metrics()  # see the module's docstring
 
 
 class Metrics:
@@ -214,7 +231,18 @@ class _CoreCollector:
             ready.add_metric((m.name, str(m.version), m.provider), 1)
         for r in self.core.refused():
             ready.add_metric((r.name, str(r.version), ""), 0)
-        return [in_flight, queued, ready, *self._storage()]
+        return [in_flight, queued, ready, self._saturation(), *self._storage()]
+
+    def _saturation(self) -> Metric:
+        """One family, two label sets: the server's series without labels (what
+        deploy/prometheus-adapter/rules.yaml and deploy/kserve/ select with model="") and one
+        per served version."""
+        server, versions = self.core.saturation()
+        family = Metric(SATURATION, SATURATION_HELP, "gauge")
+        family.add_sample(SATURATION, {}, server)
+        for m, value in versions:
+            family.add_sample(SATURATION, {"model": m.name, "version": str(m.version)}, value)
+        return family
 
     def _storage(self) -> list:
         """The models folder's health as the repository last saw it (none without a folder)."""

@@ -9,8 +9,16 @@ How each series is combined:
 - gauges: summed (requests in flight, queued images, resident memory, open fds), except
   fmnist_model_ready, the minimum over the live workers (1: every worker serves that version; a
   worker without it counts 0, as while a reload has reached only some of them),
-  process_start_time_seconds and the *_created series, the earliest, and process_max_fds and
-  python_info, the largest (the same in every worker).
+  fmnist_saturation, the mean over the live workers that report the series (below),
+  process_start_time_seconds, the earliest, and process_max_fds and python_info, the largest
+  (the same in every worker). The workers write no *_created series (server/metrics/registry.py).
+
+Saturation is a ratio, work in flight over what one worker runs in a batch, so a sum would grow
+with the number of workers at the same load. The pod's capacity is the sum of its workers', so
+its work over its capacity is their mean: the figure an autoscaler's proportional rule
+(desired = ceil(pods x mean / target)) assumes. The maximum would instead report the one worker
+that the kernel happened to give the busiest connections (gRPC connections stay on the worker
+that accepted them), and new pods would not relieve it.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 Key = tuple[str, tuple[tuple[str, str], ...]]  # sample name, sorted labels
 COUNTING = ("counter", "histogram", "summary")  # kept from workers that are gone
 EVERY = {"fmnist_model_ready"}
+MEAN = {"fmnist_saturation"}
 SAME = {"process_max_fds", "python_info"}
 
 
@@ -99,7 +108,9 @@ def _value(family: str, kind: str, sample: str, values: list[float], workers: in
            gone: float) -> float:
     if family in EVERY:
         return min(values) if len(values) == workers else 0.0
-    if sample.endswith("_created") or sample == "process_start_time_seconds":
+    if family in MEAN:
+        return sum(values) / len(values) if values else 0.0
+    if sample == "process_start_time_seconds":
         return min(values, default=0.0)
     if family in SAME:
         return max(values, default=0.0)

@@ -36,6 +36,11 @@ def is_worker() -> bool:
     return ENV in os.environ
 
 
+def slot() -> int | None:
+    """This worker's slot (0, 1, ...); None outside --workers."""
+    return int(os.environ[ENV].split(":")[0]) if is_worker() else None
+
+
 class Link:
     """The worker's end of the socket to its parent."""
 

@@ -28,7 +28,8 @@ def bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 @needs_h2load
 def test_bench_serve_measures_every_cell_it_was_asked_for(models_dir, tmp_path):
     out = bench("--models-dir", str(models_dir), *TINY, "--callers", "1", "2", "--workers", "1",
-                "--batch-callers", "2", "--max-batch", "4", "--artifacts", str(tmp_path))
+                "--batch-callers", "2", "--max-batch", "4", "--tracing", "off", "1.0",
+                "--tracing-callers", "2", "--artifacts", str(tmp_path))
     assert out.returncode == 0, out.stdout + out.stderr
     assert "CPU: " in out.stdout and "ISA: " in out.stdout and "load average" in out.stdout
     assert "1 caller p50 - in-process batch-1 p50" in out.stdout
@@ -44,8 +45,14 @@ def test_bench_serve_measures_every_cell_it_was_asked_for(models_dir, tmp_path):
         ("fmnist-serve", "v1", "1", 4, 2),
         ("fmnist-serve", "v2", "1", 1, 1), ("fmnist-serve", "v2", "1", 1, 2),
         *(("fmnist-serve", f"http {kind}", "1", 1, callers)
-          for kind in ("json", "binary", "multipart") for callers in (1, 2))]
+          for kind in ("json", "binary", "multipart") for callers in (1, 2)),
+        ("fmnist-serve traced", "v1", "1", 1, 2), ("fmnist-serve traced", "v1", "1", 1, 2)]
     assert "fmnist-serve HTTP multipart, workers 1" in out.stdout
+    off, on = [r for r in document["rows"] if r["side"] == "fmnist-serve traced"]
+    assert (off["tracing"], on["tracing"]) == ("off", "1.0")
+    assert off["exports"] == 0 < on["exports"]  # the stand-in collector got spans from 1.0 only
+    assert "fmnist-serve v1, workers 1, tracing sampling 1.0" in out.stdout
+    assert "32 callers, tracing 1.0 / off" not in out.stdout  # asked: 2 callers
     assert all(r["calls"] > 0 and r["images_per_s"] > 0 for r in document["rows"])
     assert document["cpu"] and isinstance(document["isa"], list)
     assert len(document["load_before"]) == 3

@@ -4,7 +4,8 @@ shows several flags where they do not get in each other's way.
 
 (The operator-facing flags -- --poll-seconds, --keep-versions, --allow-empty, --allow-unverified,
 --models-dir, --host, --metrics-port -- are in test_operator.py; --grace and --decode-threads in
-test_faults.py and test_cli.py; --log-format in test_cli.py.)
+test_faults.py and test_cli.py; --log-format in test_cli.py; --otlp-endpoint in
+test_tracing.py.)
 """
 
 from __future__ import annotations

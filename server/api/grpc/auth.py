@@ -14,6 +14,8 @@ import logging
 import grpc
 
 from server.api.grpc.status import fail
+from server.api.grpc.transport import begin
+from server.dataplane import calls
 from server.dataplane.access import Access, bearer_token
 from server.errors import ServingError, shorten
 
@@ -45,7 +47,11 @@ def _refusal(handler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHand
     once, before reading any request message; for an unknown method, a unary one."""
 
     async def refuse(request_or_iterator, context):
-        return fail(context, code, message)
+        call = begin(context)  # the refusal carries a request id too, and logs it
+        try:
+            return fail(context, code, message)
+        finally:
+            calls.end(call)
 
     if handler is None:
         return grpc.unary_unary_rpc_method_handler(refuse)

@@ -13,6 +13,7 @@ import time
 
 import grpc
 
+from server.dataplane import calls
 from server.errors import Cancelled, Overloaded, ServingError
 
 _NO_DEADLINE = 1e8  # seconds; grpc reports "no deadline" as None or as a huge number
@@ -37,7 +38,8 @@ def map_errors(method):
                 "%s from %s -> %s: %s", method.__name__, context.peer(), e.code, str(e),
                 extra={"code": e.code})
             if isinstance(e, Overloaded) and e.retry_after is not None:
-                context.set_trailing_metadata(((RETRY_PUSHBACK, str(int(e.retry_after * 1000) + 1)),))
+                context.set_trailing_metadata((
+                    (RETRY_PUSHBACK, str(int(e.retry_after * 1000) + 1)), *request_id()))
             return fail(context, grpc.StatusCode[e.code], str(e))
         except Exception:
             log.exception("%s from %s failed unexpectedly -> INTERNAL", method.__name__,
@@ -46,6 +48,13 @@ def map_errors(method):
                         "internal server error (the server logged the details)")
 
     return wrapper
+
+
+def request_id() -> tuple[tuple[str, str], ...]:
+    """The current call's request id as trailing metadata (transport.begin set it first; set
+    again beside any other trailer, as setting trailers replaces them)."""
+    call = calls.current()
+    return () if call is None else ((calls.REQUEST_ID, call.id),)
 
 
 def fail(context, code: grpc.StatusCode, details: str) -> None:

@@ -23,7 +23,7 @@ from server.api.http.auth import CLASSIFIER, twin
 from server.api.http.body import read_body, read_form
 from server.api.http.deadlines import deadline
 from server.api.http import answers
-from server.dataplane import imagefile
+from server.dataplane import calls, imagefile
 from server.dataplane.core import Core
 from server.dataplane.types import ImageData, version_of
 from server.errors import InvalidImage, InvalidRequest, shorten
@@ -72,13 +72,16 @@ class ClassifyRoutes:
     async def _images(self, request: web.Request) -> tuple[list[ImageData], list[str], dict]:
         """The request's images, a name for each multipart one (for errors), its form fields."""
         limit = self.core.limits.max_message_bytes
+        started = time.time_ns()
         if request.content_type != "multipart/form-data":
             body = await read_body(request, limit, self.read_timeout)
+            calls.phase("read", started)
             return ([ImageData("encoded", body)] if body else []), [], {}
         images, names, fields = [], [], {}
         max_parts = self.core.limits.max_images_per_request + len(FIELDS)
-        for name, filename, content in await read_form(request, limit, self.read_timeout,
-                                                       max_parts):
+        parts = await read_form(request, limit, self.read_timeout, max_parts)
+        calls.phase("read", started)  # reading and parsing the multipart body are one step
+        for name, filename, content in parts:
             if name in FIELDS and filename is None:
                 fields[name] = content.decode("utf-8", "replace").strip()
             else:

@@ -1,7 +1,9 @@
 """The HTTP application: routes (v2.py, classify.py, the page, /openapi.json) behind one
 middleware that does what every request needs, in this order:
 
-1. counts the request in flight (Server.stop waits for it) and notes when it came in (deadlines);
+1. counts the request in flight (Server.stop waits for it), notes when it came in (deadlines)
+   and begins its call record (server/dataplane/calls.py: its request id, from `X-Request-Id`
+   when valid, which every answer carries back, and the trace context of `traceparent`);
 2. draining: once the server is stopping, every new request but /v2/health/live gets 503 with
    the core's own message, while those in flight finish;
 3. a compressed body (`Content-Encoding` other than identity) is 415, before a byte is read:
@@ -39,10 +41,13 @@ from server.api.http.errors import (
     serving_error,
 )
 from server.api.http.v2 import V2Routes
+from server.dataplane import calls
 from server.dataplane.core import Core
 from server.errors import Cancelled, ServingError, Unavailable, shorten
 
 log = logging.getLogger(__name__)
+
+REQUEST_ID = "X-Request-Id"
 
 STATIC = Path(__file__).resolve().parent / "static"
 _ALWAYS_LIVE = "/v2/health/live"
@@ -70,13 +75,17 @@ class Service:
     async def _middleware(self, request: web.Request, handler) -> web.StreamResponse:
         request[STARTED] = time.monotonic()
         self.in_flight += 1
+        headers = request.headers
+        call = calls.begin({name: headers[name] for name in calls.HEADERS if name in headers})
         try:
             response = await self._answer(request, handler)
+            response.headers[REQUEST_ID] = call.id
             await leave(request, response, self.core.limits.max_message_bytes,
                         self.read_timeout)
             return response
         finally:
             self.in_flight -= 1
+            calls.end(call)
 
     async def _answer(self, request: web.Request, handler) -> web.StreamResponse:
         try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
@@ -28,6 +29,7 @@ from server.api.http import v2_tensors as tensors
 from server.api.http.auth import HEALTH, V2, twin
 from server.api.http.body import json_value, read_body
 from server.api.http.deadlines import deadline
+from server.dataplane import calls
 from server.dataplane.access import bearer_token
 from server.dataplane.core import Core
 from server.dataplane.tensors import TensorRequest
@@ -106,9 +108,13 @@ class V2Routes:
 
     @twin(V2 + "ModelInfer")
     async def infer(self, request: web.Request) -> web.Response:
+        started = time.time_ns()
         body = await read_body(request, self.core.limits.max_message_bytes, self.read_timeout)
+        calls.phase("read", started)
         name, version = _model(request)
+        started = time.time_ns()
         call = await self._parse(body, request.headers.get(tensors.HEADER_LENGTH))
+        calls.phase("parse", started)
         answer = await self.core.infer_tensors(TensorRequest(
             name, version_of(version), call.read, call.id, deadline(request, call.timeout),
             protocol="http"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from harness.process import pss_mb
+from harness.process import ServerProcess, pss_mb
 from server.models import weights
 from server.models.runner import OnnxRunner
 from tests.serving_fixtures import models_dir  # noqa: F401 - fixture
@@ -105,3 +106,19 @@ def test_an_unwritable_cache_is_one_warning_and_the_file_itself(models_dir, tmp_
     assert all("shared_weights=off" in r.settings for r in runners)
     assert sum("cannot share weights" in r.getMessage() for r in caplog.records) == 1
 
+
+
+@pytest.mark.parametrize("share", ["on", "off"])
+def test_the_server_flags_choose_the_shared_copy(models_dir, tmp_path, share):
+    """`python -m server --share-weights on|off --weights-cache DIR`: on, the sessions load the
+    copy made in DIR (the "loaded model" line says shared_weights=on); off, DIR stays empty."""
+    cache, root = tmp_path / "cache", tmp_path / "models"
+    shutil.copytree(models_dir / "lenet", root / "lenet")
+    with ServerProcess("--models-dir", str(root), "--port", "0",
+                       "--device", "cpu", "--share-weights", share,
+                       "--weights-cache", str(cache)) as server:
+        server.wait_for_port()
+        server.wait_for_log("loaded model lenet")
+        assert server.count(f"shared_weights={share}") >= 1, server.log
+    entries = sorted(cache.iterdir()) if cache.exists() else []
+    assert (len(entries) == 1) == (share == "on"), entries

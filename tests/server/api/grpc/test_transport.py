@@ -107,6 +107,13 @@ class EndedCall:
     def time_remaining(self):
         return self.remaining
 
+    def invocation_metadata(self):
+        return ()
+
+    def set_trailing_metadata(self, metadata):
+        """Kept until a status is sent (which sends it): no batch of its own."""
+        self.trailers = metadata
+
     async def send_initial_metadata(self, metadata):
         self.batches.append("initial metadata")
         raise RuntimeError('Failed "execute_batch"')  # what grpc raises is private to it
