@@ -35,7 +35,7 @@ STUBS     := $(GEN)/.stamp
 model_flags = $(if $(MODELS),--models $(MODELS))
 
 .PHONY: help install install-serve dataset browser h2load stubs demo test train export serve \
-        bench-train bench-export bench-serve bench-peer bench-variants report clean
+        bench-train bench-export bench-serve bench-peer bench-density bench-variants report clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -131,6 +131,9 @@ $(TRITON_VENV)/.deps: requirements/peer-triton.txt
 bench-peer: install $(PEER_VENV)/.deps $(TRITON_VENV)/.deps  ## fmnist-serve vs MLServer 1.7 and Triton's core (PyTriton 0.7) over KServe v2
 	$(PY) -m bench.peer $(bench_flags) --mlserver-python $(PEER_VENV)/bin/python \
 	  --triton-python $(TRITON_VENV)/bin/python
+
+bench-density: install  ## memory of --workers 1 2 4 with shared weights on vs off, and what sharing costs in img/s
+	$(PY) -m bench.density --models-dir $(ARTIFACTS)/models --seconds $(BENCH_SECONDS)
 
 bench-variants: install  ## precision variants (python -m exporter --variants int8) vs fp32: accuracy, agreement, img/s, size
 	$(PY) -m bench.variants --artifacts $(ARTIFACTS) $(model_flags)

@@ -4,7 +4,8 @@ in throughput; in one run.
 
 - Memory: `python -m server --workers N` for N in --workers (default 1 2 4) serving every model of
   the folder, once with --share-weights on and once off; once every worker serves and each model
-  has answered one request, the proportional set size (PSS, /proc/PID/smaps_rollup) of the parent
+  has answered a request of --images images (its full batch: the memory its activations take,
+  which a server at rest does not hold yet), the proportional set size (PSS, /proc/PID/smaps_rollup) of the parent
   and its workers summed, and its ratio to one worker's (goal: 2 workers <= 1.5x one).
 - Throughput: resnet18 and lenet_bn (those of them that are in the folder), 32 single-image
   callers over fmnist.v1 (h2load), --workers 2, sharing on against off, taking turns, side by
@@ -18,6 +19,7 @@ Nothing here imports torch. Results also go to $ARTIFACTS/bench/density.json.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -26,7 +28,7 @@ import model_contract as contract
 from bench import results
 from bench.serve import (ServerProcess, check_reply, measured, pick_models, requests_for,
                          sample_images)
-from harness.process import tree_pss_mb
+from harness.process import scrape, tree_pss_mb
 
 SPEED_MODELS = ("lenet_bn", "resnet18")
 
@@ -43,6 +45,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=10.0,
                    help="measuring time per throughput cell, after 1 s of warm-up (default: 10)")
     p.add_argument("--callers", type=int, default=32, help="throughput callers (default: 32)")
+    p.add_argument("--images", type=int, default=32,
+                   help="images in the request each model answers before memory is read "
+                        "(default: 32, the server's --max-batch)")
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for `python -m server` (repeatable, e.g. "
                         "--server-arg=--max-batch=8)")
@@ -57,14 +62,51 @@ def serve(models: dict, workers: int, share: str, cache: Path, extra: list[str])
     return server
 
 
+def fill(server: ServerProcess, models: dict, pixels, images: int, rounds: int = 50) -> None:
+    """Until every worker has answered `images` images of every model (each on a connection of
+    its own, which lands on the worker the kernel picks), at most `rounds` rounds."""
+    for sent in range(rounds):
+        ports = worker_ports(server)
+        wanting = {name for port in ports
+                   for name, seen in images_served(port, models).items() if seen < images}
+        if not wanting:
+            print(f"  every one of {len(ports)} worker(s) answered {images} images of each "
+                  f"model ({sent} round(s))", flush=True)
+            return
+        for name in wanting:
+            check_reply(server.port, "v1", requests_for(name, models[name][0], pixels, images)["v1"])
+    raise SystemExit(f"after {rounds} rounds some worker has not answered {images} images of "
+                     "every model")
+
+
+def worker_ports(server: ServerProcess) -> list[int]:
+    """Each worker's own /metrics port (the parent logs it), or the server's with one worker."""
+    ports = {}
+    for line in server.log:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "worker_metrics_port" in record:
+            ports[record["worker_pid"]] = record["worker_metrics_port"]
+    return list(ports.values()) or [server.metrics_port]
+
+
+def images_served(port: int, models: dict) -> dict[str, float]:
+    served = dict.fromkeys(models, 0.0)
+    for labels, value in scrape(port).get("fmnist_images_total", []):
+        if labels["model"] in served and labels["code"] == "OK":
+            served[labels["model"]] += value
+    return served
+
+
 def memory_rows(models: dict, args, cache: Path, pixels) -> list[dict]:
     rows = []
     for share in ("off", "on"):
         for workers in args.workers:
             server = serve(models, workers, share, cache, args.server_arg)
             try:
-                for name, (version, _) in models.items():  # every model has answered once
-                    check_reply(server.port, "v1", requests_for(name, version, pixels)["v1"])
+                fill(server, models, pixels, args.images)
                 pss = tree_pss_mb(server.proc.pid)
             finally:
                 server.stop()

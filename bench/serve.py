@@ -17,6 +17,9 @@ decoding is not timed):
   one worker, a server of its own for each setting, side by side: tracing off, and on at each
   sampling ratio (OTEL_TRACES_SAMPLER=traceidratio), exporting over OTLP/gRPC to a stand-in
   collector in this process (bench/collector.py: it counts the exports, decodes nothing).
+- cold start (bench/cold_start.py; --cold-start-runs): seconds to SERVING with every model of
+  --models-dir, and a --workers 2 worker's replacement, and where the time goes (goals: 5 s and
+  3 s on 2 cores).
 Load comes from h2load (bench/load.py: one connection per caller, HTTP/1.1 for the HTTP API).
 Every cell first checks one reply with a real client, and after it the server's own
 fmnist_requests_total: a request that did not end OK fails the run (a gRPC error is an HTTP 200
@@ -65,7 +68,7 @@ from pathlib import Path
 import numpy as np
 
 import model_contract as contract
-from bench import http_load, results
+from bench import cold_start, http_load, results
 from bench.load import OWN_CONNECTION, PATHS, drive, frame, h2load, require_h2load  # noqa: F401
 
 # drive and OWN_CONNECTION are also imported from here (scripts/profile_serve.py, tests).
@@ -110,6 +113,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "0.01 1.0; --tracing alone: none)")
     p.add_argument("--tracing-callers", nargs="+", type=int, default=[1, 32], metavar="N",
                    help="callers of the tracing cells (default: 1 32)")
+    p.add_argument("--cold-start-runs", type=int, default=3, metavar="N",
+                   help="cold start: seconds to SERVING with every model of --models-dir, and a "
+                        "--workers 2 worker's replacement, N runs each (default: 3; 0: none)")
     p.add_argument("--no-bare", action="store_true", help="skip the bare grpc.aio server")
     p.add_argument("--no-attacks", action="store_true", help="skip the three attacks")
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
@@ -147,7 +153,7 @@ class ServerProcess:
             env={**{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
                  **(env or {})})
         self.port: int | None = None
-        self.log: collections.deque[str] = collections.deque(maxlen=200)
+        self.log: collections.deque[str] = collections.deque(maxlen=2000)
         self._ready = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -672,6 +678,9 @@ def main(args: argparse.Namespace) -> int:
     print(f"models: {', '.join(f'{n} v{v}' for n, (v, _) in models.items())}; device "
           f"{args.device}; {args.seconds:g} s per cell; max batch {args.max_batch}, queue delay "
           f"{args.delay_ms:g} ms; raw images", flush=True)
+    cold = (cold_start.measure(args.models_dir, args.cold_start_runs,
+                               ["--device", args.device, *args.server_arg])
+            if args.cold_start_runs else [])
     before = in_process_cells(models, pixels, args, cores.usable)
     rows = [] if args.no_bare else bare_cells(requests_for("lenet_bn", 1, pixels)["v1"], args)
     rows_attacks, status = serve_all(models, pixels, args, rows)
@@ -682,6 +691,8 @@ def main(args: argparse.Namespace) -> int:
                              _tracing_order(r.get("tracing", "off")), r["batch"], r["callers"]))
     found = [r for name in models for r in ratios(rows, name, args.max_batch)]
     report(rows, found, models)
+    if cold:
+        print("\n" + cold_start.report(cold, len(pick_models(args.models_dir, None))))
     for a in rows_attacks:
         print(f"attack {a['attack']}: " + ", ".join(f"{k}={v}" for k, v in a.items() if k != "attack"))
     load_after = os.getloadavg()
@@ -689,7 +700,8 @@ def main(args: argparse.Namespace) -> int:
     path = results.write("serve", {
         "device": args.device, "seconds": args.seconds, "max_batch": args.max_batch,
         "delay_ms": args.delay_ms, "usable_cores": cores.usable, "load_before": load_before,
-        "load_after": load_after, "rows": rows, "ratios": found, "attacks": rows_attacks},
+        "load_after": load_after, "rows": rows, "ratios": found, "attacks": rows_attacks,
+        "cold_start": cold},
         args.artifacts)
     print(f"\nwritten: {path}")
     return status

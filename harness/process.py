@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,7 @@ class ServerProcess:
                          else ("--metrics-port", str(self.metrics_port)))
         self.http_port = free_port() if http else 0
         http_flags = () if "--http-port" in args else ("--http-port", str(self.http_port))
+        self.started_at = time.monotonic()
         self.proc = subprocess.Popen([*prefix, sys.executable, *entry, *args, *metrics_flags,
                                       *http_flags],
                                      cwd=REPO,
@@ -63,6 +65,7 @@ class ServerProcess:
                                      env=None if env is None else {**os.environ, **env})
         _STARTED.append(self)
         self.lines: list[str] = []
+        self.arrivals: list[float] = []  # time.monotonic() when each line was read
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -82,6 +85,7 @@ class ServerProcess:
 
     def _read(self):
         for line in self.proc.stdout:
+            self.arrivals.append(time.monotonic())
             self.lines.append(line.rstrip("\n"))
 
     @property
@@ -102,6 +106,11 @@ class ServerProcess:
     def count(self, text: str) -> int:
         """How many log lines so far hold `text`."""
         return sum(text in line for line in self.lines)
+
+    def arrived(self, text: str, after: float = 0.0) -> float | None:
+        """time.monotonic() when the first line holding `text` read after `after` came."""
+        return next((at for at, line in zip(self.arrivals, self.lines)
+                     if at > after and text in line), None)
 
     def wait_for_log(self, text: str, timeout: float = 60, times: int = 1) -> None:
         """Until `times` log lines hold `text` (the server's own account of a state it reached)."""

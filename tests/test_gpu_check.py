@@ -113,7 +113,7 @@ def test_each_step_keeps_the_figures_it_measured(rehearsal):
     assert parity["max_abs_diff_probabilities"] <= parity["tolerance"] == 1e-3
     assert checks["TF32 on lenet_bn"]["figures"]["tolerance"] == 1e-2
     served = checks["probe and warm-up on CUDA: lenet_bn"]["figures"]
-    assert served["provider"] == "CPUExecutionProvider" and served["warm_up"] == "batch shapes"
+    assert served["provider"] == "CPUExecutionProvider" and served["warm_up"] == "batch 1"
     assert served["probe_max_abs_diff"] <= served["tolerance"] == 1e-3
     cells = checks["bench lenet_bn"]["figures"]["cells"]
     assert set(cells) == {"in-process b1", "io binding b1", "in-process b8", "io binding b8",

@@ -18,9 +18,9 @@ from gpu_check.record import FAILED, NO_CUDA, Check, passed_if
 
 LOADED = re.compile(r"loaded model (?P<name>\S+) v(?P<version>\d+) provider=(?P<provider>\S+) "
                     r"(?P<settings>.*?) test_accuracy=.*?probe max\|Δ\|=(?P<probe>\S+) "
-                    r"\(tolerance (?P<tolerance>[^)]+)\).*\((?P<seconds>[\d.]+)s with warm-up\)")
+                    r"\(tolerance (?P<tolerance>[^)]+)\).*\((?P<seconds>[\d.]+)s with warm-up")
 WARMED = re.compile(r"batcher (?P<name>\S+) v(?P<version>\d+): max_batch=(?P<max_batch>\d+) .*"
-                    r"warmed (?P<kind>padded buckets|batch shapes) in (?P<seconds>[\d.]+)s")
+                    r"warmed (?P<kind>padded buckets|batch 1) in (?P<seconds>[\d.]+)s")
 SKIPPED = re.compile(r"skipping model (?P<name>\S+) v(?P<version>\d+) \([^)]*\): (?P<why>.*)")
 
 

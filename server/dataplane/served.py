@@ -181,5 +181,5 @@ def _start(batcher: Batcher) -> None:
     log.info("batcher %s: max_batch=%d max_delay=%.1fms queue=%d images, warmed %s in "
              "%.2fs", batcher.name, batcher.policy.max_batch,
              batcher.policy.max_delay * 1000, batcher.policy.max_queue_images,
-             "padded buckets" if batcher.pad else "batch shapes",
+             "padded buckets" if batcher.pad else "batch 1",
              time.perf_counter() - started)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import model_contract as mc
@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 class LoadedModel:
     spec: ModelSpec
     runner: Runner
+    # seconds of each step of loading it: "session", "warm-up", "probe" (where start-up goes)
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def provider(self) -> str:
@@ -49,7 +51,9 @@ class Loader:
     def load_one(self, name: str, version: int, path: Path) -> LoadedModel:
         """Create the session, check the provider and the metadata, warm it up, run the probe.
         Raises ModelLoadError (skip this version) or StartupError (--device cuda without CUDA)."""
+        marks = [time.perf_counter()]
         runner = self.runner_factory(path, self.policy.requested())
+        marks.append(time.perf_counter())
         try:
             self.policy.check([runner.provider], f"{name} v{version}")
             spec = parse_metadata(name, version, path, runner.metadata)
@@ -57,9 +61,11 @@ class Loader:
                 runner.warmup()
             except Exception as e:  # noqa: BLE001 - a model that cannot run one zero batch is unusable
                 raise ModelLoadError(f"warm-up run failed: {type(e).__name__}: {e}") from None
+            marks.append(time.perf_counter())
             tolerance = self.policy.probe_tolerance(spec.meta, runner.provider)
             spec = replace(spec, probe_max_abs_diff=verify_probe(runner, spec.meta, tolerance),
                            probe_tolerance=tolerance)
+            marks.append(time.perf_counter())
             if not spec.verified and not self.allow_unverified:
                 raise ModelLoadError(
                     f"no {mc.PROBE} in the file, so the server cannot check that it answers as "
@@ -70,7 +76,9 @@ class Loader:
         except BaseException:
             runner.close()
             raise
-        return LoadedModel(spec=spec, runner=runner)
+        steps = (b - a for a, b in zip(marks, marks[1:]))
+        phases = dict(zip(("session", "warm-up", "probe"), steps))
+        return LoadedModel(spec=spec, runner=runner, phases=phases)
 
     def load_newest(self, name: str, candidates: list[tuple[int, Path]],
                     refused: list[Refusal]) -> LoadedModel | None:
@@ -134,10 +142,11 @@ def log_loaded(model: LoadedModel, seconds: float) -> None:
     if spec.variant:
         verified += (f" fp32_agreement={spec.fp32_agreement:.4f} speedup_vs_fp32="
                      + ("n/a" if spec.speedup_vs_fp32 is None else f"{spec.speedup_vs_fp32:.2f}x"))
+    phases = ", ".join(f"{name} {s:.2f}" for name, s in model.phases.items())
     log.info("loaded model %s v%d provider=%s %s test_accuracy=%.4f input_side=%d %s file=%s "
-             "(%.2fs with warm-up)", spec.name, spec.version, model.provider,
+             "(%.2fs with warm-up: %s)", spec.name, spec.version, model.provider,
              model.runner.settings, spec.test_accuracy, spec.input_side, verified, spec.path,
-             seconds)
+             seconds, phases)
 
 
 def load_models(models_dir: str | Path, policy: ProviderPolicy,

@@ -16,7 +16,8 @@ from tests.serving_fixtures import REPO
 needs_h2load = pytest.mark.skipif(shutil.which("h2load") is None,
                                   reason="h2load missing: `make install` installs it as root "
                                          "(Debian nghttp2-client)")
-TINY = ("--models", "lenet", "--device", "cpu", "--seconds", "0.2", "--no-attacks")
+TINY = ("--models", "lenet", "--device", "cpu", "--seconds", "0.2", "--no-attacks",
+        "--cold-start-runs", "0")
 
 
 def bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -29,7 +30,7 @@ def bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 def test_bench_serve_measures_every_cell_it_was_asked_for(models_dir, tmp_path):
     out = bench("--models-dir", str(models_dir), *TINY, "--callers", "1", "2", "--workers", "1",
                 "--batch-callers", "2", "--max-batch", "4", "--tracing", "off", "1.0",
-                "--tracing-callers", "2", "--artifacts", str(tmp_path))
+                "--tracing-callers", "2", "--cold-start-runs", "1", "--artifacts", str(tmp_path))
     assert out.returncode == 0, out.stdout + out.stderr
     assert "CPU: " in out.stdout and "ISA: " in out.stdout and "load average" in out.stdout
     assert "1 caller p50 - in-process batch-1 p50" in out.stdout
@@ -56,6 +57,13 @@ def test_bench_serve_measures_every_cell_it_was_asked_for(models_dir, tmp_path):
     assert all(r["calls"] > 0 and r["images_per_s"] > 0 for r in document["rows"])
     assert document["cpu"] and isinstance(document["isa"], list)
     assert len(document["load_before"]) == 3
+    cold = {r["what"]: r for r in document["cold_start"]}
+    assert list(cold) == ["server, first start on a host", "server start", "worker replacement"]
+    for row in cold.values():  # the phases are parts of the time measured
+        parts = [row[p] for p in ("start-up", "sessions", "warm-up", "probes", "batchers")]
+        assert all(p >= 0 for p in parts) and 0 < sum(parts) <= row["seconds"], row
+    assert cold["server start"]["start-up"] > 0 and cold["worker replacement"]["start-up"] > 0
+    assert "worker replacement: " in out.stdout and "goal <= 3 s" in out.stdout
 
 
 @needs_h2load
