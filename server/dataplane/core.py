@@ -97,11 +97,11 @@ class _Observed:
 
 class Core:
     def __init__(self, models: list[LoadedModel], limits: Limits = Limits(),
-                 batching: Batching = Batching(), refused: Sequence[Refusal] = (),
+                 batching: Batching = Batching(), refused: Sequence[Refusal] = (), *,
                  observer: Callable[[RequestEvent], None] | None = None,
                  repository: Repository | None = None,
                  server: tuple[str, str] = ("fmnist-serve", ""), access: Access | None = None,
-                 unready_while_loading: bool = False, *, tracer=None):
+                 unready_while_loading: bool = False, tracer=None):
         """`repository`: the models folder this server follows (None: it was given its models,
         and load/unload are UNIMPLEMENTED). `server`: its name and version, for ServerMetadata.
         `access`: who may call what (default: everyone, but not the repository API). `tracer`:
