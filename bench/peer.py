@@ -11,9 +11,12 @@ turns per cell, so that drifting machine load hits them alike. Before each cell 
 checked with a real stub, and after it the server's own failure count (fmnist-serve's
 fmnist_requests_total, Triton's nv_inference_request_failure; MLServer: the stub only).
 
-Printed: img/s, p50/p99 per server and cell, and the ratios: fmnist-serve with `auto` workers /
-Triton's core at 32 callers (target >= 1.2 where the front-end is the limit, lenet_bn), and /
-MLServer; the CPU, its ISA flags and the load averages.
+Printed: img/s, p50/p99 per server and cell, and the cores other processes used meanwhile
+(bench/neighbours.py: a cell beside other work is flagged); the ratios: fmnist-serve with `auto`
+workers / Triton's core at 32 callers (target >= 1.2 where the front-end is the limit, lenet_bn),
+and / MLServer; the CPU, its ISA flags and the load averages. Then a check: fmnist-serve's
+32-caller cell of the first model measured again with the other servers stopped, as h2load
+alone would measure it; the two must agree within 15%, or the run fails.
 
     make bench-peer                          # sets up .venv-peer and .venv-triton on first use
     python -m bench.peer --models lenet_bn --peers triton --callers 32
@@ -36,6 +39,7 @@ from pathlib import Path
 import model_contract as contract
 from bench import results
 from bench.load import PATHS, frame, h2load, require_h2load
+from bench.neighbours import Neighbours, flag
 from bench.serve import ServerProcess, free_port, measured, pick_models, sample_images
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,8 +56,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="exported models (default: $ARTIFACTS/models or artifacts/models)")
     p.add_argument("--artifacts", type=Path, default=contract.default_artifacts(),
                    help="where bench/peer.json is written (default: $ARTIFACTS or artifacts)")
-    p.add_argument("--peers", nargs="+", choices=("mlserver", "triton"),
-                   default=["mlserver", "triton"], help="the other servers (default: both)")
+    p.add_argument("--peers", nargs="*", choices=("mlserver", "triton"),
+                   default=["mlserver", "triton"],
+                   help="the other servers (default: both; --peers alone: none)")
     p.add_argument("--mlserver-python", type=Path, default=Path(".venv-peer/bin/python"),
                    help="the Python of the venv with MLServer (make bench-peer makes it)")
     p.add_argument("--triton-python", type=Path, default=Path(".venv-triton/bin/python"),
@@ -194,7 +199,9 @@ def peer_cell(peer: Peer, request, callers: int, seconds: float) -> dict:
     from bench.serve import check_reply
     check_reply(peer.grpc_port, "v2", request)
     before = peer.failures()
+    beside = Neighbours(peer.proc.pid)
     cell = h2load(peer.grpc_port, PATHS["v2"], frame(request), callers, seconds)
+    cell["others_cores"] = beside.cores()
     if peer.failures() > before + callers:  # h2load resets the calls in flight when it stops
         raise SystemExit(f"{peer.name}: {peer.failures() - before:.0f} failed requests")
     return cell
@@ -244,8 +251,34 @@ def measure(servers, models: dict, pixels, args) -> list[dict]:
                              "callers": callers, **cell})
                 print(f"  {name} {server_name} {workers}: {callers} caller(s): "
                       f"{cell['images_per_s']:.0f} img/s, p50 {cell['p50_ms']:.2f} ms, "
-                      f"p99 {cell['p99_ms']:.2f} ms", flush=True)
+                      f"p99 {cell['p99_ms']:.2f} ms{flag(cell)}", flush=True)
     return rows
+
+
+AGREE = 0.15  # a cell and the same server measured alone may differ by this share at most
+
+
+def alone(servers, rows: list[dict], pixels, args) -> dict:
+    """The check that a cell tells the truth: fmnist-serve's cell (first --workers setting, first
+    model, the caller count nearest 32) measured again with every other server stopped, as a
+    person would measure it with h2load; the two must agree within AGREE."""
+    target = next(s for n, w, s in servers if n == "fmnist-serve" and w == args.workers[0])
+    model, callers = rows[0]["model"], min(args.callers, key=lambda c: abs(c - 32))
+    cell = next(r for r in rows if (r["model"], r["server"], r["workers"], r["callers"])
+                == (model, "fmnist-serve", args.workers[0], callers))
+    for _, _, server in servers:
+        if server is not target:
+            server.stop()
+    again = measured(target, "v2", v2_request(model, pixels), callers, args.seconds, 1)
+    ratio = cell["images_per_s"] / again["images_per_s"]
+    check = {"model": model, "callers": callers, "workers": args.workers[0],
+             "cell_images_per_s": cell["images_per_s"], "alone_images_per_s":
+             again["images_per_s"], "ratio": ratio, "agree": abs(ratio - 1) <= AGREE}
+    print(f"check: {model} fmnist-serve workers {args.workers[0]}, {callers} callers: the cell "
+          f"{cell['images_per_s']:,.0f} img/s, the same server alone {again['images_per_s']:,.0f}"
+          f"{flag(again)}: {ratio:.2f} ({'agree' if check['agree'] else 'DISAGREE'} within "
+          f"{AGREE:.0%})", flush=True)
+    return check
 
 
 def report(rows: list[dict], models: dict, args) -> list[dict]:
@@ -253,7 +286,8 @@ def report(rows: list[dict], models: dict, args) -> list[dict]:
     columns = [(k, h, s) for k, h, s in (("model", "model", ""), ("server", "server", ""),
                                          ("workers", "workers", ""), ("callers", "callers", "d"),
                                          ("images_per_s", "img/s", ".0f"),
-                                         ("p50_ms", "p50 ms", ".2f"), ("p99_ms", "p99 ms", ".2f"))]
+                                         ("p50_ms", "p50 ms", ".2f"), ("p99_ms", "p99 ms", ".2f"),
+                                         ("others_cores", "others' cores", ".2f"))]
     print("\n" + format_table(rows, columns) + "\n")
     found = []
     for name in models:
@@ -293,15 +327,17 @@ def main(args: argparse.Namespace) -> int:
                                               else server.port) for name, _, server in servers}
             print("servers: " + ", ".join(f"{n}: {v}" for n, v in versions.items()), flush=True)
             rows = measure(servers, models, pixels, args)
+            check = alone(servers, rows, pixels, args)
         finally:
             status = stop(servers)
     found = report(rows, models, args)
+    status = max(status, int(not check["agree"]))
     load_after = os.getloadavg()
     print(f"load average after (1, 5, 15 min): {' '.join(f'{x:.2f}' for x in load_after)}")
     path = results.write("peer", {"rows": rows, "ratios": found, "seconds": args.seconds,
                                   "max_batch": args.max_batch, "delay_ms": args.delay_ms,
                                   "usable_cores": cores.usable, "load_before": load_before,
-                                  "load_after": load_after, "versions": versions},
+                                  "load_after": load_after, "versions": versions, "check": check},
                          args.artifacts)
     print(f"written: {path}")
     return status

@@ -70,6 +70,7 @@ import numpy as np
 import model_contract as contract
 from bench import cold_start, http_load, results
 from bench.load import OWN_CONNECTION, PATHS, drive, frame, h2load, require_h2load  # noqa: F401
+from bench.neighbours import Neighbours, flag
 
 # drive and OWN_CONNECTION are also imported from here (scripts/profile_serve.py, tests).
 
@@ -402,8 +403,10 @@ def measured(server: ServerProcess, protocol: str, request, callers: int, second
     else:
         load = {"path": PATHS[protocol], "body": frame(request)}
     before = server.counts()
+    beside = Neighbours(server.proc.pid)
     cell = h2load(port, callers=callers, seconds=seconds, images_per_call=batch,
                   warmup=min(1.0, seconds), **load)
+    cell["others_cores"] = beside.cores()
     after = server.counts()
     failed = {code: after[code] - before[code] for code in after
               if code != "OK" and after[code] > before[code]}
@@ -419,7 +422,7 @@ def _progress(row: dict) -> None:
     tracing = f" tracing={row['tracing']} ({row['exports']} exports)" if "tracing" in row else ""
     print(f"  {row['model']} {row['side']} {row['protocol']} workers={row['workers']}{tracing}: "
           f"{row['callers']} caller(s) of {row['batch']}: {row['images_per_s']:.0f} img/s, "
-          f"p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms", flush=True)
+          f"p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms{flag(row)}", flush=True)
 
 
 # --- attacks -------------------------------------------------------------------------------------
@@ -572,9 +575,10 @@ def what(row: dict) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    header = ("", "callers", "img/s", "p50 ms", "p90 ms", "p99 ms")
+    header = ("", "callers", "img/s", "p50 ms", "p90 ms", "p99 ms", "others' cores")
     table = [header] + [(what(r), str(r["callers"]), f"{r['images_per_s']:.0f}",
-                         f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}")
+                         f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}",
+                         f"{r['others_cores']:.2f}" if "others_cores" in r else "-")
                         for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in

@@ -100,3 +100,23 @@ def test_bench_peer_says_how_to_get_its_peers(models_dir, tmp_path):
          "--mlserver-python", str(tmp_path / "no-venv" / "bin" / "python"), "--artifacts",
          str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "make bench-peer" in out.stderr
+
+
+@pytest.mark.slow
+@needs_h2load
+def test_bench_peer_checks_a_cell_against_the_same_server_measured_alone(models_dir, tmp_path):
+    """Without peers (--peers alone): fmnist-serve's cells, each with the cores others used
+    meanwhile, and the check that measures the first --workers setting's cell again with the
+    other servers stopped (the agreement itself is the benchmark's verdict, not asserted here:
+    speed on a shared machine is not a test's business)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.peer", "--models-dir", str(models_dir), "--models", "lenet",
+         "--peers", "--workers", "1", "2", "--callers", "2", "--seconds", "0.3",
+         "--artifacts", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert "check: lenet fmnist-serve workers 1, 2 callers: the cell " in out.stdout, out.stderr
+    document = json.loads((tmp_path / "bench" / "peer.json").read_text())
+    check = document["check"]
+    assert check["cell_images_per_s"] > 0 and check["alone_images_per_s"] > 0
+    assert out.returncode == (0 if check["agree"] else 1), out.stdout + out.stderr
+    assert all(r["others_cores"] >= 0 for r in document["rows"])
+    assert [(r["workers"], r["callers"]) for r in document["rows"]] == [("1", 2), ("2", 2)]
