@@ -2,9 +2,12 @@
 
 Modules: ``predict`` (the command line), ``inputs`` (files and folders -> images), ``address``
 (--server -> what grpc dials), ``channel`` (the channel: TLS, token, trace context, retries),
-``classify`` (images -> requests within the server's limits -> answers), ``models`` (the served
-models: listing, the default choice), ``output`` (text for people), ``rpc_errors`` (a failed call
-in one line). Only ``channel``, ``classify`` and ``models`` import grpc and the generated stubs.
+``balancing`` (the settings for several replicas: round_robin, health checking, a retry policy,
+keepalive; the fleet harness uses them too), ``classify`` (images -> requests within the
+server's limits -> answers), ``models`` (the served models: listing, the default choice),
+``output`` (text for people), ``rpc_errors`` (a failed call in one line). Only ``channel``,
+``classify`` and ``models`` import grpc and the generated stubs (and ``retries``, which
+``channel`` uses).
 """
 
 

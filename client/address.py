@@ -2,8 +2,9 @@
 
 People write addresses as they know them from elsewhere: a URL (`http://host:port`, as tonic
 and most HTTP tools take it; `grpc://host:port`), a gRPC target URI (`dns:///host:port`,
-`unix:/path`), or `host[:port]`. Each is turned into what grpc dials or refused in one line:
-grpc itself would read `http://127.0.0.1:52051` as a host name and dial
+`unix:/path`), `host[:port]`, or several servers as `ip[:port],ip[:port],...` (gRPC's static
+list, `ipv4:a,b`: client/balancing.py). Each is turned into what grpc dials or refused in one
+line: grpc itself would read `http://127.0.0.1:52051` as a host name and dial
 `[http://127.0.0.1:52051]:443`.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from client import ClientError
+from client import ClientError, balancing
 
 DEFAULT_PORT = 50051  # the server's default --port
 DEFAULT_SERVER = f"127.0.0.1:{DEFAULT_PORT}"
@@ -28,13 +29,16 @@ def dial_target(server: str, tls: bool = False, named: str | None = None) -> str
     -> "localhost:50051", "[::1]" and "::1" -> "[::1]:50051", "dns:///host" ->
     "dns:///host:50051"; grpc itself would dial 443); `grpc://` and `http://` (plaintext) or
     `grpcs://` and `https://` (TLS, so `tls` must be on) taken off; other gRPC target URIs (unix:,
-    ipv4:, ipv6:, vsock:) as written. `named` is how error messages name the address
-    (default: "--server <server>")."""
+    ipv4:, ipv6:, vsock:) as written; a comma-separated list as gRPC's static list of IP
+    addresses ("10.0.0.1,10.0.0.2:50052" -> "ipv4:10.0.0.1:50051,10.0.0.2:50052"). `named` is
+    how error messages name the address (default: "--server <server>")."""
     named = named or f"--server {server}"
     if server.startswith(_TARGET_SCHEMES):
         return server
     if server.startswith("dns:"):
         return _dns_target(server, named)
+    if "," in server:
+        return _static_list(server, named)
     url = _URL.fullmatch(server)
     if url:
         return _host_port(_url_authority(url, tls, named), named)
@@ -52,6 +56,18 @@ def _dns_target(server: str, named: str) -> str:
                               exit_code=2)
         prefix = f"dns://{authority}/"
     return prefix + _host_port(rest, named)
+
+
+def _static_list(server: str, named: str) -> str:
+    """Several servers, each ip[:port] with DEFAULT_PORT when it names none, as one static
+    target: a name is refused (gRPC's static targets take IP addresses), with dns:/// offered."""
+    if "://" in server:
+        raise ClientError(f"{named}: write a list of servers without a scheme (10.0.0.1:"
+                          f"{DEFAULT_PORT},10.0.0.2:{DEFAULT_PORT}); TLS is --tls-ca", exit_code=2)
+    try:
+        return balancing.target([_host_port(s.strip(), named) for s in server.split(",")])
+    except ValueError as e:
+        raise ClientError(f"{named}: {e}", exit_code=2) from None
 
 
 def _url_authority(url: re.Match, tls: bool, named: str) -> str:

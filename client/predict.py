@@ -5,12 +5,17 @@
     python client/predict.py --list
     python client/predict.py samples/ --server localhost       # port 50051 when none is given
     FMNIST_SERVER=grpc://10.0.0.7:50051 python client/predict.py samples/coat.png
+    python client/predict.py samples/ --server 10.0.0.7:50051,10.0.0.8:50051   # replicas
+    python client/predict.py samples/ --server dns:///fmnist-grpc-headless:50051
 
 Folders stand for the image files directly inside them (.png .jpg .jpeg .bmp .gif .webp), sorted.
 Images go in batches within the limits the server reports (images and bytes per request; a batch
 over its pixels per request is split). A request the server refuses for now (RESOURCE_EXHAUSTED
 with a retry hint: full; UNAVAILABLE: draining or not up yet) is tried again a few times after a
 random wait, at least the server's hint, within --timeout.
+Several servers (a comma-separated list of IP addresses, or a dns:/// name that resolves to
+several) are replicas of one service: calls go round robin to those whose health says SERVING,
+and a call refused with UNAVAILABLE (a replica draining or gone) is replayed on another.
 An input that cannot be used (missing, unreadable, a folder without images, a file the server
 cannot decode) is named on stderr with the reason; the other images are still classified. A file
 that is no PNG, JPEG, BMP, GIF or WebP by its first bytes (or empty) is named without being sent.
@@ -46,9 +51,11 @@ from client.output import format_models, format_results  # noqa: E402
 from client.rpc_errors import describe_rpc_error  # noqa: E402
 
 if __name__ == "__main__":
-    # grpc's C core logs a failed TLS handshake to stderr ("I1201 ... ssl_transport_security.cc")
-    # on top of the one line this client prints; a GRPC_VERBOSITY the user sets still wins.
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    # grpc's C core logs to stderr on top of the one line this client prints: a failed TLS
+    # handshake ("I1201 ... ssl_transport_security.cc"), a replica without the health service
+    # ("E1207 ... health checking Watch method returned UNIMPLEMENTED"). A GRPC_VERBOSITY the user
+    # sets still wins.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 try:  # grpc and the generated stubs (`make install`); reported by main() in one line
     import grpc
@@ -98,8 +105,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help=f"host[:port], port {DEFAULT_PORT} when left out; IPv6 as [::1] or "
                         f"[::1]:{DEFAULT_PORT}; also grpc:// or http:// (plaintext), grpcs:// or "
                         "https:// (TLS, with --tls-ca) before it, or a gRPC target "
-                        "(dns:///host:port, unix:/path) (default: the FMNIST_SERVER environment "
-                        f"variable, else {DEFAULT_SERVER})")
+                        "(dns:///host:port, unix:/path); several replicas as a list of IP "
+                        f"addresses (10.0.0.7:{DEFAULT_PORT},10.0.0.8:{DEFAULT_PORT}) or a dns:/// "
+                        "name: round robin over the ready ones, UNAVAILABLE replayed on another "
+                        "(docs/serving.md 'Running many replicas') (default: the FMNIST_SERVER "
+                        f"environment variable, else {DEFAULT_SERVER})")
     p.add_argument("--timeout", type=_seconds, default=30.0, help="seconds per RPC")
     p.add_argument("--invert", choices=INVERSIONS, default="auto",
                    help="auto: invert images whose background is light")

@@ -16,12 +16,15 @@ finished with 8 attempts (2 cores; 1,508 refusals for 3,000 answers). A server t
 is mostly draining or down, where more attempts only delay the report: 5 (about 0.4 s of backoff
 on average).
 
-Why not gRPC's own retry policy (a retryPolicy in the channel's service config), which honours
-the pushback trailer itself: grpc retries only while no response headers have arrived, and this
-server (grpc.aio, ending a refused call with set_code rather than abort, to keep abort's
-reference cycles away; server/api/grpc/status.py) sends headers before the status. Measured: such a
-policy with maxAttempts 5 made 5 attempts against a grpc.aio server that aborts, and 1 against
-this one. An interceptor retries whatever the server sends first.
+With several replicas (client/balancing.py: --server a,b or a dns: target) the work is split:
+the channel's retry policy replays UNAVAILABLE on another replica after a short backoff
+(20 ms, doubling up to 0.5 s: a draining or dead replica is no reason to wait), and this
+interceptor retries only RESOURCE_EXHAUSTED with a pushback (PUSHBACK_ONLY), which that policy
+leaves alone. So UNAVAILABLE costs at most the policy's 5 tries, never 5 rounds of this
+interceptor with 5 tries each; a call that meets both codes in turn is bounded by 8 rounds of
+at most 5 tries, and always by its timeout. Pushback stays here although gRPC's policy honours
+the trailer too: its ceiling is 5 attempts, a full server took up to 8, and it adds no jitter
+to the server's hint.
 """
 
 from __future__ import annotations
@@ -31,14 +34,20 @@ import time
 
 import grpc
 
-MAX_ATTEMPTS = {grpc.StatusCode.RESOURCE_EXHAUSTED: 8, grpc.StatusCode.UNAVAILABLE: 5}
+_FULL = grpc.StatusCode.RESOURCE_EXHAUSTED
+MAX_ATTEMPTS = {_FULL: 8, grpc.StatusCode.UNAVAILABLE: 5}
+PUSHBACK_ONLY = {_FULL: MAX_ATTEMPTS[_FULL]}  # beside a retry policy that replays UNAVAILABLE
 INITIAL_BACKOFF = 0.05  # seconds
 MAX_BACKOFF = 1.0
 PUSHBACK = "grpc-retry-pushback-ms"
 
 
 class Retries(grpc.UnaryUnaryClientInterceptor):
-    """Retries each unary call as the module docstring says."""
+    """Retries each unary call as the module docstring says, the codes of `max_attempts` only,
+    each up to its count of attempts."""
+
+    def __init__(self, max_attempts: dict = MAX_ATTEMPTS):
+        self._max_attempts = max_attempts
 
     def intercept_unary_unary(self, continuation, details, request):
         deadline = None if details.timeout is None else time.monotonic() + details.timeout
@@ -46,8 +55,10 @@ class Retries(grpc.UnaryUnaryClientInterceptor):
         attempt = 1
         while True:
             outcome = continuation(details, request)
+            if attempt >= self._max_attempts.get(outcome.code(), 1):
+                return outcome
             delay = retry_delay(outcome, backoff)
-            if delay is None or attempt >= MAX_ATTEMPTS[outcome.code()]:
+            if delay is None:
                 return outcome
             if deadline is not None and time.monotonic() + delay >= deadline:
                 return outcome  # no time left for another attempt: the refusal stands

@@ -26,8 +26,9 @@ def describe_rpc_error(error, server: str, timeout: float, tls: bool = False) ->
 
 def _unavailable(server: str, details: str, tls: bool) -> str:
     """UNAVAILABLE: a server draining after SIGTERM (it refuses new calls while those in flight
-    finish), a failed TLS handshake, a port that is not gRPC, or no server at all, each with its
-    own advice."""
+    finish), a failed TLS handshake, a port that is not gRPC, no server at all, or none of
+    several replicas ready (round_robin's "connections to all backends failing", whose last
+    error may be one replica's health saying NOT_SERVING), each with its own advice."""
     text = details.lower()
     failure = _tls_failure(details, tls)
     if "shutting down" in text:  # the server's own refusal while it drains (docs/serving.md)
@@ -35,6 +36,10 @@ def _unavailable(server: str, details: str, tls: bool) -> str:
                 "replica")
     if failure:
         return f"TLS with {server} failed: {failure}"
+    if "all backends failing" in text:
+        return (f"no server at {server} takes calls ({details}): each is down, or not ready "
+                "(its health says NOT_SERVING: starting, draining or serving no model); is one "
+                "running (make serve)?")
     if not tls and "socket closed" in text:
         return (f"{server} closed the connection ({details}); if it serves TLS, give --tls-ca "
                 "(and --tls-cert/--tls-key for mutual TLS)")

@@ -1,6 +1,6 @@
 """N real `python -m server` replicas, each on its own host (a network namespace of
 harness/netns.py, its own address, port 50051, /metrics on 8002), that the host reaches as a
-client on a cluster reaches pods behind a headless Service (harness/balancing.py).
+client on a cluster reaches pods behind a headless Service (client/balancing.py).
 
     with Fleet(models_dir, size=3, server_args=("--poll-seconds", "0.2")) as fleet:
         fleet.targets                        # ["10.203.N.11:50051", ...]

@@ -1,5 +1,5 @@
 """What `make fleet` (scripts/fleet.py) and tests/fleet/ put a Fleet through: each scenario drives
-it with a bounded Load over the balancing settings of harness/balancing.py, breaks something at
+it with a bounded Load over the balancing settings of client/balancing.py, breaks something at
 an observed moment (never after a sleep), and returns a Report: the calls as the client saw them
 (failures, p50/p99) and each replica's count from its own /metrics. Scenarios leave the fleet as
 they found it (a replica killed or stopped is started again, a link put back).
@@ -12,8 +12,8 @@ import shutil
 import time
 from dataclasses import dataclass, field
 
-from harness import balancing
-from harness.balancing import Balancing
+from client import balancing
+from client.balancing import Balancing
 from harness.delay_proxy import DelayProxy
 from harness.fleet import Fleet, served_since
 from harness.channelz import subchannel_states

@@ -1,6 +1,6 @@
 """Replicas on separate hosts: N `python -m server` replicas, each in its own network namespace
 with its own address (harness/fleet.py), driven from this host by one gRPC channel set up as for
-a Kubernetes headless Service (harness/balancing.py), through every scenario of
+a Kubernetes headless Service (client/balancing.py), through every scenario of
 harness/scenarios.py. Prints per scenario the calls, failures, p50/p99 and each replica's count
 from its /metrics, then a table; exit status 1 when a scenario broke its rule.
 
@@ -24,8 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from client.balancing import Balancing
 from harness import netns, scenarios
-from harness.balancing import Balancing
 from harness.fleet import Fleet
 from harness.models import build_small_models
 

@@ -1,6 +1,6 @@
 """--tls-ca, --tls-cert, --tls-key and --token (or FMNIST_TOKEN) against one server that wants
 all of them: mutual TLS and a bearer token. Each missing piece is one line saying which flag to
-give; with all of them the image is classified."""
+give; with all of them the image is classified, by one such server or by a list of two."""
 
 from __future__ import annotations
 
@@ -24,11 +24,15 @@ def pki(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def secure(models_dir, pki, tmp_path_factory) -> str:
+def security(pki, tmp_path_factory) -> Security:
     tokens = tmp_path_factory.mktemp("client-tokens") / "tokens"
     tokens.write_text(f"{TOKEN}\n")
-    security = Security(tls_cert=pki["server"].cert, tls_key=pki["server"].key,
-                        tls_client_ca=pki["clients"], token_file=tokens)
+    return Security(tls_cert=pki["server"].cert, tls_key=pki["server"].key,
+                    tls_client_ca=pki["clients"], token_file=tokens)
+
+
+@pytest.fixture(scope="module")
+def secure(models_dir, security) -> str:
     with serving(models_dir, security=security) as srv:
         yield f"127.0.0.1:{srv.port}"
 
@@ -43,6 +47,17 @@ def test_everything_given_classifies(secure, pki):
     out = predict(BAG, "--model", "lenet_bn", "--server", secure, *tls(pki), "--token", TOKEN)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(f"{BAG}: ") and out.stdout.rstrip().endswith("[lenet_bn v1]")
+
+
+def test_a_list_of_servers_is_checked_against_its_first_address(models_dir, security, secure,
+                                                                pki):
+    """gRPC would check the certificates against the whole list ("a:1,b:2") as one name."""
+    with serving(models_dir, security=security) as other:
+        servers = f"{secure},127.0.0.1:{other.port}"
+        out = predict(BAG, "--model", "lenet_bn", "--server", servers, *tls(pki),
+                      "--token", TOKEN)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.rstrip().endswith("[lenet_bn v1]")
 
 
 def test_the_token_can_come_from_fmnist_token(secure, pki):

@@ -1,6 +1,6 @@
 """Three `python -m server` replicas on three hosts (network namespaces, harness/fleet.py), driven
 from this host by one gRPC channel set up as for a Kubernetes headless Service
-(harness/balancing.py): the small version of `make fleet` (scripts/fleet.py). Every scenario
+(client/balancing.py): the small version of `make fleet` (scripts/fleet.py). Every scenario
 must lose no call; per-replica counts come from each replica's /metrics."""
 
 from __future__ import annotations

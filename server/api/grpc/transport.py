@@ -50,7 +50,7 @@ def grpc_options(transport: Transport, max_message_bytes: int,
                ("grpc.keepalive_time_ms", ms(transport.keepalive_seconds)),
                ("grpc.keepalive_timeout_ms", ms(transport.keepalive_timeout_seconds)),
                # how often a client may ping while no data flows (grpc's name for the pings
-               # it receives): every second, as harness/balancing.py does to find a dead link
+               # it receives): every second, as client/balancing.py does to find a dead link
                # within 2 s. At 10 s, a client whose only call was a health Watch got GOAWAY
                # ENHANCE_YOUR_CALM "too_many_pings" after 3 idle seconds and reconnected with
                # its keepalive doubled. Half a second, so that jitter is no strike.

@@ -1,4 +1,4 @@
-"""A client that pings every second (harness/balancing.py: a dead link is found within 2 s)
+"""A client that pings every second (client/balancing.py: a dead link is found within 2 s)
 keeps its connection while idle: the server takes a ping every half second without counting a
 strike, where at 10 s it answered the third idle ping with GOAWAY ENHANCE_YOUR_CALM
 "too_many_pings" and the client reconnected with its keepalive doubled. The client's health
@@ -9,7 +9,7 @@ from __future__ import annotations
 import grpc
 from fmnist.v1 import classifier_pb2_grpc as pb_grpc
 
-from harness.balancing import Balancing, channel_options, target
+from client.balancing import Balancing, channel_options, target
 from harness.channelz import keepalives_sent, subchannel_events
 from harness.load import raw_request
 from harness.wait import until

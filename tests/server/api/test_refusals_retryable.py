@@ -2,7 +2,7 @@
 client's gRPC retry policy can replay it on another replica: a client commits a call, and never
 retries it, once response headers or a message arrive. grpc.aio sends both (headers and an empty
 message) when a unary handler returns after set_code; server/api/grpc/transport.py ends such
-calls as context.abort does. Measured through a real retry policy (harness/balancing.py): the
+calls as context.abort does. Measured through a real retry policy (client/balancing.py): the
 server's own count of the attempts."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 from fmnist.v1 import classifier_pb2 as pb
 from fmnist.v1 import classifier_pb2_grpc as pb_grpc
 
-from harness.balancing import Balancing, channel_options
+from client.balancing import Balancing, channel_options
 from harness.process import scrape
 from harness.wait import until
 from server.app import create_server
