@@ -133,7 +133,7 @@ def test_port_in_use_fails_at_start_up(tmp_path):
     assert "add_port" not in server.log  # our one line, not grpc's own error log before it
 
 
-def test_server_and_client_never_import_torch():
+def test_server_and_client_never_import_torch_nor_the_client_the_harness():
     code = ("import importlib, pkgutil, sys\n"
             "import server\n"
             "for m in pkgutil.walk_packages(server.__path__, 'server.'):\n"
