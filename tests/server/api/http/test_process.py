@@ -4,15 +4,19 @@ and tokens from the same flags as gRPC, and SIGTERM closing the port after a cle
 
 from __future__ import annotations
 
+import re
+import shutil
 import signal
 import socket
 import ssl
+import subprocess
 
 import pytest
 
 from tests.server.api.http.web import body_of, call, raw_exchange, sample_png, status_of
 from tests.server.certs import CertificateAuthority
 from harness.process import ServerProcess, free_port
+from harness.wait import until
 
 CPU = ("--port", "0", "--device", "cpu")
 
@@ -99,3 +103,32 @@ def test_tls_and_tokens_from_the_grpc_flags(models_dir, tmp_path):
         assert call(f"{base}/v1/models", context=context).status == 401
         assert call(f"{base}/v1/models", headers={"Authorization": "Bearer letmein"},
                     context=context).status == 200
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace missing (Debian: strace)")
+def test_reading_a_request_maps_no_memory(models_dir):
+    """Each read from an HTTP connection allocates its buffer first (asyncio: 256 KiB by
+    default), and over glibc's mapping threshold, which the server fixes at 128 KiB
+    (server/process.py), that was an mmap and a munmap per read. The listener asks for reads
+    the heap serves (READ_BYTES): 60 requests on 60 connections map no buffer."""
+    with ServerProcess("--models-dir", str(models_dir), *CPU, http=True) as server:
+        server.wait_for_port()
+        base = f"http://127.0.0.1:{server.http_port}"
+        assert call(f"{base}/v2/health/ready").json == {"ready": True}  # warm
+        trace = subprocess.Popen(["strace", "-f", "-e", "trace=mmap", "-p", str(server.proc.pid)],
+                                 stderr=subprocess.PIPE, text=True)
+        try:
+            until(lambda: _attached(trace), 30, "strace attached")
+            for _ in range(60):
+                assert call(f"{base}/v1/models/lenet_bn:classify", sample_png("coat")).status == 200
+        finally:
+            trace.terminate()
+        sizes = [int(m.group(1)) for line in trace.communicate(timeout=30)[1].splitlines()
+                 if (m := re.search(r"mmap\(NULL, (\d+),", line))]
+        buffers = [size for size in sizes if 128 * 1024 <= size <= 1024 * 1024]
+        assert len(buffers) < 6, buffers  # one per read (266,240 bytes each) before
+
+
+def _attached(trace: subprocess.Popen) -> bool:
+    line = trace.stderr.readline()  # "strace: Process N attached" for each thread
+    return "attached" in line
