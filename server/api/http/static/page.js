@@ -80,8 +80,24 @@ async function loadModels() {
   const body = await response.json();
   fillModels(body.models);
   if (body.image_formats) $("formats").textContent = formatList(body.image_formats);
+  const notReady = await readiness();
+  if (notReady) {
+    setStatus(`${body.models.length} model version(s) listed; ${notReady}`, true);
+    return;
+  }
   setStatus(body.models.length ? `${body.models.length} model version(s) served.`
                                : "The server serves no model yet.", !body.models.length);
+}
+
+// What /v2/health/ready says when the server is not ready (null when it is): the readiness
+// gRPC health, KServe ServerReady and load balancers read, so the page never tells another story.
+async function readiness() {
+  try {
+    const response = await fetch("/v2/health/ready", { headers: authHeaders() });
+    return response.ok ? null : await errorOf(response);
+  } catch (e) {
+    return `the server cannot be reached (${e.message})`;
+  }
 }
 
 function formatList(formats) {

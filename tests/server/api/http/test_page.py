@@ -156,3 +156,29 @@ def test_a_phone_sees_the_whole_page_without_scrolling_sideways(browser, page_se
     width = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
     phone.close()
     assert width[0] <= width[1]
+
+
+def test_the_page_says_what_readiness_says(browser, models_dir):
+    """The page tells the readiness that /v2/health/ready, gRPC health and KServe ServerReady
+    tell (server/dataplane/core.py's one answer): with the --workers gate closed (as when a
+    worker is down) it still lists the models, and says the server is not ready, and why."""
+    srv, _ = create_server(models_dir, port=0, device="cpu", http_port=0)
+    srv.start()
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(f"http://127.0.0.1:{srv.http_port}/")
+        page.wait_for_function("document.querySelector('#status').textContent.includes('served')")
+        assert "not ready" not in page.text_content("#status")
+        srv.set_gate(False)  # what the --workers parent tells a worker when another is down
+        page.click("#token-box summary")
+        page.click("#reload")
+        page.wait_for_function("document.querySelector('#status').textContent.includes('ready')")
+        status = page.locator("#status")
+        assert status.text_content() == (
+            "2 model version(s) listed; not ready: a worker of this server is not serving "
+            "(--workers); retry shortly")
+        assert "error" in status.get_attribute("class")
+    finally:
+        context.close()
+        srv.stop(0)
