@@ -240,6 +240,7 @@ def main(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda signum, frame: _on_signal(signum, stop, server, args.grace))
     server.start()
+    process.freeze_startup_objects()
     if worker.is_worker():  # its parent says when the port is served
         return worker.serve(server, stop, args.grace, args.max_connection_age_seconds)
     models = server.core.list_models()

@@ -53,15 +53,17 @@ def test_the_attack_is_refused_while_health_answers(served, attack):
 
 def test_the_memory_a_large_message_took_is_given_back(models_dir):  # noqa: F811
     """A 4 MiB KServe v2 message of tiny outputs parses into ~25 MB; with glibc's mapping
-    threshold kept fixed (server/process.py) those pages leave the process when freed (seen:
-    +2 MB after, against +11 MB with the threshold left to glibc)."""
+    threshold kept fixed (server/process.py) those pages leave the process when freed (seen on
+    2-core Xeon: +0 to +4 MB after, against +13 MB with the threshold left to glibc)."""
     with ServerProcess("--models-dir", str(models_dir), "--device", "cpu", "--port", "0",
                        http=True) as server:
         target = Target("127.0.0.1", server.wait_for_port(), server.http_port)
         outcome = attack_run.run(server, target, BY_NAME["grpc-outputs"], full=False)
         assert outcome.answer == "INVALID_ARGUMENT"
-        until(lambda: server.usage().rss_mb - outcome.rss_before < 6, 10,
-              "the server's resident memory back within 6 MB of before")
+        over = lambda: round(server.usage().rss_mb - outcome.rss_before, 1)  # noqa: E731
+        until(lambda: over() < 8, 20,
+              f"the server's resident memory back within 8 MB of {outcome.rss_before:.0f} MB "
+              f"(it was {outcome.rss_after - outcome.rss_before:+.1f} MB once the attack ended)")
 
 
 def test_malformed_requests_are_counted_and_logged_once_a_minute(served):
