@@ -52,17 +52,19 @@ def test_the_attack_is_refused_while_health_answers(served, attack):
 
 
 def test_the_memory_a_large_message_took_is_given_back(models_dir):  # noqa: F811
-    """A 4 MiB KServe v2 message of tiny outputs parses into ~25 MB; with glibc's mapping
-    threshold kept fixed (server/process.py) those pages leave the process when freed (seen on
-    2-core Xeon: +0 to +4 MB after, against +13 MB with the threshold left to glibc)."""
+    """A 15 MB KServe v2 message of 1.5 M tiny outputs (the full-size attack) parses into ~100 MB;
+    with glibc's mapping threshold kept fixed (server/process.py) most of it leaves the process
+    when freed. Seen on a 2-core Xeon, four fresh servers each: +9 to +18 MB after, against
+    +43.5 MB every time with the threshold left to glibc (at the 4 MiB test size: +2 to +8
+    against +13.4, too close for a bound)."""
     with ServerProcess("--models-dir", str(models_dir), "--device", "cpu", "--port", "0",
                        http=True) as server:
         target = Target("127.0.0.1", server.wait_for_port(), server.http_port)
-        outcome = attack_run.run(server, target, BY_NAME["grpc-outputs"], full=False)
+        outcome = attack_run.run(server, target, BY_NAME["grpc-outputs"], full=True)
         assert outcome.answer == "INVALID_ARGUMENT"
         over = lambda: round(server.usage().rss_mb - outcome.rss_before, 1)  # noqa: E731
-        until(lambda: over() < 8, 20,
-              f"the server's resident memory back within 8 MB of {outcome.rss_before:.0f} MB "
+        until(lambda: over() < 30, 20,
+              f"the server's resident memory back within 30 MB of {outcome.rss_before:.0f} MB "
               f"(it was {outcome.rss_after - outcome.rss_before:+.1f} MB once the attack ended)")
 
 
