@@ -730,11 +730,7 @@ def serve_all(models: dict, pixels, args, rows: list[dict]) -> tuple[list[dict],
             if workers == args.workers[0] and not args.no_attacks:
                 found = attacks(port, next(iter(models)), server)
         finally:
-            rc = server.stop()
-        if rc != 0:
-            print(f"error: the server (--workers {workers}) exited with status {rc}:\n"
-                  + "\n".join(list(server.log)[-20:]), file=sys.stderr)
-            status = 1
+            status = max(status, _stopped(server, f"--workers {workers}"))
     return found, status
 
 
@@ -766,12 +762,17 @@ def tracing_cells(models: dict, pixels, args, rows: list[dict]) -> int:
                                      "export_bytes": after[1] - exports[1], **cell})
                         _progress(rows[-1])
             finally:
-                rc = server.stop()
-            if rc != 0:
-                print(f"error: the server (tracing {setting}) exited with status {rc}:\n"
-                      + "\n".join(list(server.log)[-20:]), file=sys.stderr)
-                status = 1
+                status = max(status, _stopped(server, f"tracing {setting}"))
     return status
+
+
+def _stopped(server: ServerProcess, what: str) -> int:
+    """Stop `server`: 0 when it exited 0, else 1, with its last log lines on stderr."""
+    rc = server.stop()
+    if rc != 0:
+        print(f"error: the server ({what}) exited with status {rc}:\n"
+              + "\n".join(list(server.log)[-20:]), file=sys.stderr)
+    return int(rc != 0)
 
 
 def _tracing_order(setting: str) -> float:

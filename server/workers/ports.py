@@ -47,21 +47,7 @@ def close_listeners(ports: set[int]) -> int:
     Invalid argument" once and carries on. Connections still in that socket's accept queue are
     reset, unless the kernel moves them to another worker (sysctl net.ipv4.tcp_migrate_req=1).
     Returns how many sockets it shut down."""
-    closed = 0
-    for fd in _socket_fds():
-        try:
-            s = socket.socket(fileno=os.dup(fd))
-        except OSError:  # closed meanwhile
-            continue
-        with s:
-            try:
-                listening = s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-                if listening and s.type == socket.SOCK_STREAM and s.getsockname()[1] in ports:
-                    s.shutdown(socket.SHUT_RD)
-                    closed += 1
-            except OSError:
-                continue
-    return closed
+    return _shut_down(ports, listening=True, how=socket.SHUT_RD)
 
 
 def close_connections(ports: set[int]) -> int:
@@ -70,6 +56,12 @@ def close_connections(ports: set[int]) -> int:
     for it (its own stop sends a GOAWAY but cancels the calls that cross it). A client's calls
     not answered yet end UNAVAILABLE uncommitted, which a retry policy replays elsewhere.
     Returns how many connections it closed."""
+    return _shut_down(ports, listening=False, how=socket.SHUT_WR)
+
+
+def _shut_down(ports: set[int], listening: bool, how: int) -> int:
+    """shutdown(`how`) on each of this process's TCP sockets on `ports` that listens (with
+    `listening` False: each connection with a peer); how many it shut down."""
     closed = 0
     for fd in _socket_fds():
         try:
@@ -78,15 +70,20 @@ def close_connections(ports: set[int]) -> int:
             continue
         with s:
             try:
-                if (s.family in (socket.AF_INET, socket.AF_INET6)
-                        and s.type == socket.SOCK_STREAM
-                        and not s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-                        and s.getsockname()[1] in ports and s.getpeername()):
-                    s.shutdown(socket.SHUT_WR)
+                if _is_ours(s, ports, listening):
+                    s.shutdown(how)
                     closed += 1
             except OSError:  # not connected, or gone
                 continue
     return closed
+
+
+def _is_ours(s: socket.socket, ports: set[int], listening: bool) -> bool:
+    if (s.family not in (socket.AF_INET, socket.AF_INET6) or s.type != socket.SOCK_STREAM
+            or bool(s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)) != listening
+            or s.getsockname()[1] not in ports):
+        return False
+    return listening or bool(s.getpeername())
 
 
 def _bind(address: str, port: int, flag: str) -> socket.socket:
