@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import io
 import json
 import os
@@ -442,6 +443,26 @@ def open_idle_streams(channel, n: int, release: threading.Event, timeout: float 
     return [call.future(never(), timeout=timeout) for _ in range(n)]
 
 
+@contextlib.contextmanager
+def idle_streams(port: int, streams: int, connections: int = 4, timeout: float = 60):
+    """`streams` idle Classify calls (open_idle_streams) spread over `connections` connections
+    of their own to 127.0.0.1:`port`; yields their futures, and ends them all on exit."""
+    import grpc
+    release = threading.Event()
+    attackers = [grpc.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION)
+                 for _ in range(connections)]
+    idle = [f for ch in attackers
+            for f in open_idle_streams(ch, streams // connections, release, timeout=timeout)]
+    try:
+        yield idle
+    finally:
+        release.set()
+        for f in idle:
+            f.cancel()
+        for ch in attackers:
+            ch.close()
+
+
 def attack_idle_streams(port: int, model: str, streams: int = 200) -> dict:
     """Open `streams` Classify calls that never send their request; time health, ListModels and
     Classify on another connection meanwhile."""
@@ -450,14 +471,9 @@ def attack_idle_streams(port: int, model: str, streams: int = 200) -> dict:
     from fmnist.v1 import classifier_pb2_grpc as pb_grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    release = threading.Event()
-    attackers = [grpc.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION)
-                 for _ in range(4)]
-    idle = [f for ch in attackers
-            for f in open_idle_streams(ch, streams // len(attackers), release, timeout=120)]
-    time.sleep(1.0)  # let them all open
-    out: dict = {"attack": "idle streams", "streams": len(idle)}
-    try:
+    with idle_streams(port, streams, timeout=120) as idle:
+        time.sleep(1.0)  # let them all open
+        out: dict = {"attack": "idle streams", "streams": len(idle)}
         with grpc.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION) as victim:
             grpc.channel_ready_future(victim).result(timeout=10)
             checks = {
@@ -470,12 +486,6 @@ def attack_idle_streams(port: int, model: str, streams: int = 200) -> dict:
             for name, check in checks.items():
                 out.update(_timed(name, check))
         out["streams_still_open"] = sum(not f.done() for f in idle)
-    finally:
-        release.set()
-        for f in idle:
-            f.cancel()
-        for ch in attackers:
-            ch.close()
     return out
 
 

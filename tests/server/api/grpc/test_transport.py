@@ -12,7 +12,7 @@ from fmnist.v1 import classifier_pb2 as pb
 from fmnist.v1 import classifier_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.serve import OWN_CONNECTION, open_idle_streams
+from bench.serve import OWN_CONNECTION, idle_streams, open_idle_streams
 from server.app import create_server
 from server.api.grpc.transport import Transport, unary_handler
 from tests.server.fakes import fake_model
@@ -35,29 +35,19 @@ def server_with(request):
 
 def test_200_idle_streams_do_not_starve_health_listmodels_or_classify(server_with):
     port = server_with(Transport(request_read_timeout_seconds=60))
-    release = threading.Event()
-    attackers = [grpc.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION)
-                 for _ in range(4)]
-    idle = [f for ch in attackers for f in open_idle_streams(ch, 50, release)]
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION) as victim:
-            grpc.channel_ready_future(victim).result(timeout=10)
-            health = health_pb2_grpc.HealthStub(victim).Check(
-                health_pb2.HealthCheckRequest(), timeout=2)
-            assert health.status == health_pb2.HealthCheckResponse.SERVING
-            stub = pb_grpc.ClassifierStub(victim)
-            assert [m.name for m in stub.ListModels(pb.ListModelsRequest(), timeout=2).models] == ["a"]
-            for v in range(20):
-                response = stub.Classify(pb.ClassifyRequest(
-                    model="a", images=[pb.Image(raw=bytes([v]) * 784)]), timeout=2)
-                assert response.classifications[0].predictions[0].class_id == v % 10
+    with idle_streams(port, 200) as idle, \
+            grpc.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION) as victim:
+        grpc.channel_ready_future(victim).result(timeout=10)
+        health = health_pb2_grpc.HealthStub(victim).Check(
+            health_pb2.HealthCheckRequest(), timeout=2)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        stub = pb_grpc.ClassifierStub(victim)
+        assert [m.name for m in stub.ListModels(pb.ListModelsRequest(), timeout=2).models] == ["a"]
+        for v in range(20):
+            response = stub.Classify(pb.ClassifyRequest(
+                model="a", images=[pb.Image(raw=bytes([v]) * 784)]), timeout=2)
+            assert response.classifications[0].predictions[0].class_id == v % 10
         assert not any(f.done() for f in idle)  # the attack was still going on throughout
-    finally:
-        release.set()
-        for f in idle:
-            f.cancel()
-        for ch in attackers:
-            ch.close()
 
 
 def test_a_stream_that_never_sends_its_request_is_closed_after_the_read_timeout(server_with):
