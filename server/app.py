@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -94,6 +95,8 @@ class ServerConfig:
     # once the models are loaded (so no connection waits on a worker that is still loading), and
     # health "" SERVING only once its parent opens the gate (Server.set_gate).
     worker: bool = False
+    # A worker's HTTP port: the sockets its parent bound, shared by every worker (inherited).
+    http_sockets: tuple[socket.socket, ...] = ()
     metrics_host: str | None = None  # None: `host`
 
 
@@ -306,8 +309,8 @@ def _bind(loop: EventLoop, config: ServerConfig, access: Access) -> tuple[_Parts
             parts.http = HttpListener.bind(
                 config.host, config.http_port, config.security,
                 config.transport.request_read_timeout_seconds,
-                config.transport.max_connection_idle_seconds, reuse_port=config.worker,
-                max_connections=config.transport.max_connections)
+                config.transport.max_connection_idle_seconds,
+                max_connections=config.transport.max_connections, sockets=config.http_sockets)
     except StartupError:
         loop.call(grpc_server.stop(None))
         if metrics is not None:

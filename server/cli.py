@@ -262,7 +262,7 @@ def server_config(args: argparse.Namespace, plan=None):
     from server.dataplane import tracing
     from server.models.runner import OnnxRunner
     from server.workers import cores
-    from server.workers.worker import is_worker, slot
+    from server.workers.worker import http_sockets, is_worker, slot
 
     plan = plan or cores.plan(args)
     worker = is_worker()  # metrics on a private port, which the parent adds up
@@ -285,6 +285,7 @@ def server_config(args: argparse.Namespace, plan=None):
         metrics_port=0 if worker else args.metrics_port or None,
         http_port=args.http_port or None,
         metrics_host="127.0.0.1" if worker else None, worker=worker,
+        http_sockets=http_sockets() if worker else (),
         poll_seconds=args.poll_seconds,
         keep_versions=args.keep_versions, allow_unverified=args.allow_unverified,
         allow_empty=args.allow_empty, unready_while_loading=args.unready_while_loading,

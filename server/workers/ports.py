@@ -1,5 +1,6 @@
-"""The public port of --workers: checked free of other programs, held for the workers, and
-closed in a worker that retires.
+"""The public gRPC port of --workers: checked free of other programs, held for the workers, and
+closed in a worker that retires. (The HTTP port's sockets are bound by the parent and inherited
+by the workers, supervisor.py; grpc cannot serve a socket it did not bind.)
 
 The workers share the port with SO_REUSEPORT, which Linux also grants to any other program of
 the same user that sets it: a second `python -m server --workers 2` on the same port would

@@ -4,8 +4,10 @@ replaces a worker that dies or outgrows --max-worker-rss-mb, and on SIGTERM drai
 
 Start-up: the port is checked and held (ports.py), /metrics is bound, then worker 0 starts
 alone, so a configuration that cannot start fails once, with the worker's own error, exit 1;
-then the others start together. Each worker binds the port only once its models are loaded, so
-connections reach only workers that can answer.
+then the others start together. Each worker listens only once its models are loaded, so
+connections reach only workers that can answer: it binds the gRPC port then (SO_REUSEPORT), and
+listens on the HTTP port's sockets, which the parent bound and every worker inherits (one queue
+for all: a worker that stops accepting leaves the connections queued to the others).
 
 Health: every worker answers health on the shared port, and its "" and fmnist.v1.Classifier
 names are SERVING only while the parent's gate is open: while every slot's worker is started and
@@ -38,6 +40,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from server.api.binding import bracketed
+from server.api.http.listener import bind_sockets
 from server.errors import StartupError
 from server.workers import ports, worker
 from server.workers.cores import Plan
@@ -102,10 +105,10 @@ def supervise(args: argparse.Namespace, plan: Plan, argv: list[str]) -> int:
     try:
         grpc_held, port = ports.hold(args.host, args.port, "--port")
         held += grpc_held
-        http_held, http_port = (ports.hold(args.host, args.http_port, "--http-port")
-                                if args.http_port else ([], 0))
-        held += http_held
-        parent = Supervisor(args, plan, argv, (port, http_port))
+        http, http_port = (bind_sockets(args.host, args.http_port, listen=False)
+                           if args.http_port else ([], 0))
+        held += http
+        parent = Supervisor(args, plan, argv, (port, http_port), http)
         parent.serve_metrics()
     except StartupError as e:
         ports.release(held)
@@ -126,9 +129,11 @@ class Supervisor:
     tick)."""
 
     def __init__(self, args: argparse.Namespace, plan: Plan, argv: list[str],
-                 ports: tuple[int, int]):
-        """`ports`: the gRPC and HTTP ports held (HTTP 0: none)."""
+                 ports: tuple[int, int], http: list[socket.socket]):
+        """`ports`: the gRPC and HTTP ports held (HTTP 0: none); `http`: the HTTP port's
+        sockets, bound, which every worker inherits and listens on."""
         self.args, self.plan, (self.port, http_port) = args, plan, ports
+        self.http = http
         self.events: queue.SimpleQueue = queue.SimpleQueue()  # put() is safe in signal handlers
         self.slots: list[Worker | None] = [None] * plan.workers
         self.workers: list[Worker] = []  # every live process, also replacements and retiring ones
@@ -253,9 +258,12 @@ class Supervisor:
         self._stop_all()
 
     def _stop_all(self) -> None:
+        """Drain every worker. The parent's copy of the HTTP sockets goes at once: the port
+        stops listening when the last worker closes its own, as a lone server's would."""
         self.stop_at = time.monotonic() + self.args.grace + STOP_MARGIN
         self.pending.clear()
         self._signal_all(signal.SIGTERM)
+        ports.release(self.http)
 
     def _tick(self) -> None:
         now = time.monotonic()
@@ -298,9 +306,12 @@ class Supervisor:
 
     def _spawn(self, slot: int, owner: bool = True) -> Worker:
         mine, theirs = socket.socketpair()
-        env = {**os.environ, worker.ENV: f"{slot}:{theirs.fileno()}"}
+        http = [s.fileno() for s in self.http]
+        env = {**os.environ, worker.ENV: f"{slot}:{theirs.fileno()}",
+               worker.HTTP_ENV: ",".join(map(str, http))}
         proc = subprocess.Popen([sys.executable, "-m", "server", *self.argv, *self.overrides],
-                                env=env, pass_fds=(theirs.fileno(),), start_new_session=True)
+                                env=env, pass_fds=(theirs.fileno(), *http),
+                                start_new_session=True)
         theirs.close()
         w = Worker(slot, proc, mine)
         with self._lock:

@@ -29,6 +29,7 @@ from server.workers import ports
 log = logging.getLogger(__name__)
 
 ENV = "FMNIST_SERVE_WORKER"  # "<slot>:<fd>"
+HTTP_ENV = "FMNIST_SERVE_HTTP_FDS"  # "<fd>,<fd>": the HTTP port's sockets, bound by the parent
 AGE_JITTER = 1.1  # grpc moves each connection's max age by up to 10%
 
 
@@ -39,6 +40,12 @@ def is_worker() -> bool:
 def slot() -> int | None:
     """This worker's slot (0, 1, ...); None outside --workers."""
     return int(os.environ[ENV].split(":")[0]) if is_worker() else None
+
+
+def http_sockets() -> tuple[socket.socket, ...]:
+    """The HTTP port's sockets this worker inherited from its parent (none without HTTP)."""
+    fds = os.environ.get(HTTP_ENV, "")
+    return tuple(socket.socket(fileno=int(fd)) for fd in fds.split(",") if fd)
 
 
 class Link:

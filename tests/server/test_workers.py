@@ -13,6 +13,7 @@ import socket
 import tempfile
 import threading
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import grpc
@@ -24,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server.workers.cores import Cores, plan, usable_cores
 from server.metrics.summing import MetricsSum, parse
 from harness.process import ServerProcess, by_labels, free_port, scrape
+from scripts.attacks.wire import http_exchange, request_head
 from tests.serving_fixtures import models_dir  # noqa: F401 - fixture
 
 CPU = ("--port", "0", "--http-port", "0", "--device", "cpu")
@@ -170,6 +172,36 @@ def test_rss_recycling_replaces_workers_without_a_failed_request(root):
         assert restarts[("rss",)] >= 2 and restarts[("exited",)] == 0
 
 
+def test_rss_recycling_loses_no_http_connection(root):
+    """Workers replaced one after another while 4 callers open a new HTTP connection for each
+    request: every request is answered. Red with the workers each listening on a port of their
+    own (SO_REUSEPORT: a retiring worker's queued connections were reset) and with asyncio's
+    close right after an accept (connections it had accepted were dropped): 4 of ~88,000 lost
+    in 16 retirements."""
+    with ServerProcess("--models-dir", str(root), "--port", "0", "--device", "cpu",
+                       "--workers", "2", "--max-worker-rss-mb", "1",
+                       "--max-connection-age-seconds", "1", http=True) as server:
+        server.wait_for_port()
+        stop, answers = threading.Event(), Counter()
+        head = request_head("GET", "/v2/health/live", {"Connection": "close"}, None)
+
+        def caller():
+            while not stop.is_set():
+                answers[http_exchange("127.0.0.1", server.http_port, head, timeout=30).status] += 1
+
+        callers = [threading.Thread(target=caller) for _ in range(4)]
+        for t in callers:
+            t.start()
+        try:
+            server.wait_for_log("retired (exit status 0)", 120, times=8)  # while they call
+        finally:
+            stop.set()
+            for t in callers:
+                t.join(60)
+        assert set(answers) == {"200"}, answers
+        assert answers["200"] > 1000
+
+
 def test_a_new_version_is_served_by_every_worker(root):
     with ServerProcess("--models-dir", str(root), *CPU, "--workers", "2", "--poll-seconds",
                        "0.2", metrics=True) as server:
@@ -311,5 +343,6 @@ def test_the_workers_share_the_http_port_too_and_a_taken_one_stops_the_start(roo
         with ServerProcess("--models-dir", str(root), "--port", "0", "--http-port", str(taken),
                            "--device", "cpu", "--workers", "2") as server:
             assert server.wait(60) == 1
-    assert f"cannot listen on 127.0.0.1:{taken} (--http-port)" in server.log
+    assert f"cannot serve HTTP on 127.0.0.1:{taken}: Address already in use (--http-port" \
+        in server.log
     assert "loaded model" not in server.log

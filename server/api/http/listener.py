@@ -7,9 +7,12 @@
 
 `bind` binds every address of --host (server/api/binding.py's rule: "localhost" is 127.0.0.1 and
 ::1) with plain sockets, as gRPC and /metrics are bound, so a port in use is a start-up error
-found within a second. `reuse_port=True` sets SO_REUSEPORT, so that several server processes
-(--workers) share the port and the kernel spreads connections over them; without it a port in
-use is an error, never shared. TLS uses the gRPC port's certificate flags (--tls-cert,
+found within a second; a port in use is an error, never shared. A --workers worker instead serves
+the sockets its parent bound and shares with every worker (`sockets`): all of them accept from
+one queue, so a worker that stops accepting (retiring) leaves what is queued to the others.
+Workers sharing a port by SO_REUSEPORT would each have a queue of their own, which the kernel
+resets when its worker closes it (2 connections lost in 42 retirements at ~2,500 requests/s).
+TLS uses the gRPC port's certificate flags (--tls-cert,
 --tls-key, --tls-client-ca for client certificates).
 
 What aiohttp would otherwise do on the event loop for any client, before a handler could say no:
@@ -64,17 +67,16 @@ def ssl_context(security: Security) -> ssl.SSLContext | None:
     return context
 
 
-def bind_sockets(host: str, port: int, reuse_port: bool = False) -> tuple[list[socket.socket], int]:
+def bind_sockets(host: str, port: int, listen: bool = True) -> tuple[list[socket.socket], int]:
     """Listening sockets on every address of `host` at `port` (0: one free port, the same for
-    all), and the port. StartupError names the address that could not be bound."""
+    all), and the port; with `listen` False bound only (the parent of --workers: its workers
+    listen once they can answer). StartupError names the address that could not be bound."""
     sockets = []
     try:
         for address in listen_addresses(host):
             sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT only
-            if reuse_port:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if sock.family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:
@@ -84,13 +86,18 @@ def bind_sockets(host: str, port: int, reuse_port: bool = False) -> tuple[list[s
                                    f"{getattr(e, 'strerror', None) or e} (--http-port; 0 turns "
                                    "HTTP off)") from None
             port = sock.getsockname()[1]
-            sock.listen(_BACKLOG)
-            sock.setblocking(False)
+            if listen:
+                _listen(sock)
     except BaseException:
         for sock in sockets:
             sock.close()
         raise
     return sockets, port
+
+
+def _listen(sock: socket.socket) -> None:
+    sock.listen(_BACKLOG)
+    sock.setblocking(False)
 
 
 _NEVER = 10.0 ** 9  # seconds: aiohttp's keep-alive timer has no "off"
@@ -210,6 +217,19 @@ class _GuardedSite(web.SockSite):
         self._server = await loop.create_server(self._connection, sock=self._sock,
                                                 backlog=self._backlog, **tls)
 
+    async def stop(self) -> None:
+        """Stop accepting, then close the socket. asyncio (3.11) makes the transport of an
+        accepted connection one loop pass after the accept, and fails it, silently, when the
+        server was closed in between: the connection was left to the garbage collector, which
+        reset it (a retiring worker at ~2,500 new connections/s: 2-3 in 16 retirements). So the
+        accepting stops first (an accept already queued is cancelled with its reader), the
+        connections accepted before get their transports (the pass below runs after them: the
+        loop runs callbacks in order), then the close."""
+        if self._server is not None and self._server.sockets:
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            await asyncio.sleep(0)
+        await super().stop()
+
     def _connection(self) -> asyncio.Protocol:
         if not self._guard.admit():
             return _Refused()
@@ -235,13 +255,19 @@ class HttpListener:
 
     @classmethod
     def bind(cls, host: str, port: int, security: Security, read_timeout: float = 10.0,
-             idle_timeout: float = 300.0, reuse_port: bool = False,
-             max_connections: int = 1024) -> HttpListener:
+             idle_timeout: float = 300.0, max_connections: int = 1024,
+             sockets: tuple[socket.socket, ...] = ()) -> HttpListener:
         """`idle_timeout`: a connection without a request in progress for this long is closed
         (one that never sends one, or sends half its headers, too); 0: never.
-        `max_connections`: connections open at once; more are closed as they come."""
+        `max_connections`: connections open at once; more are closed as they come.
+        `sockets`: bound already, by the parent of --workers (`host` and `port` unused)."""
         context = ssl_context(security)  # a bad certificate fails before the port is taken
-        sockets, port = bind_sockets(host, port, reuse_port)
+        if sockets:
+            for sock in sockets:
+                _listen(sock)  # the first worker makes it listen; the others find it listening
+            return cls(list(sockets), sockets[0].getsockname()[1], context, read_timeout,
+                       idle_timeout, max_connections)
+        sockets, port = bind_sockets(host, port)
         return cls(sockets, port, context, read_timeout, idle_timeout, max_connections)
 
     async def start(self, app: web.Application) -> None:
@@ -262,7 +288,8 @@ class HttpListener:
 
     async def stop_accepting(self) -> int:
         """Close the listening sockets, keep the connections (a retiring --workers worker: new
-        connections go to the others); returns how many were closed."""
+        connections, and those queued, go to the others, which share the sockets); returns how
+        many were closed."""
         sites, self._sites = self._sites, []
         for site in sites:
             await site.stop()
