@@ -13,12 +13,10 @@ import pytest
 import torch
 
 from tests.conftest import IDX_NAMES, REPO
-from tests.trainer.cli_runs import TRAINER, epoch_lines, error_line, run_trainer, trainer_env
+from tests.trainer.cli_runs import (TRAINER, epoch_lines, error_line, run_trainer,
+                                    run_two_ranks, trainer_env)
 from trainer import checkpoint, models
 from trainer.cli import get_args_parser, main, run
-
-TORCHRUN = Path(sys.executable).with_name("torchrun")
-
 
 def test_help_keeps_each_example_on_its_lines():
     """The example continued with a backslash stays two lines; a lost line break showed as a
@@ -108,10 +106,9 @@ def test_an_artifacts_folder_that_cannot_be_written_is_refused_before_training(
 
 @pytest.mark.slow
 def test_two_process_gloo_ddp_writes_one_checkpoint(tmp_path, fmnist_dir):
-    result = run_trainer("--nproc_per_node=2", "-m", "trainer", "--models", "lenet_bn",
-                         "--epochs", "1", "--batch-size", "64", "--data-dir", str(fmnist_dir),
-                         "--artifacts", str(tmp_path), "--device", "cpu", "--no-progress",
-                         launcher=(str(TORCHRUN),))
+    result = run_two_ranks("-m", "trainer", "--models", "lenet_bn", "--epochs", "1",
+                           "--batch-size", "64", "--data-dir", str(fmnist_dir), "--artifacts",
+                           str(tmp_path), "--device", "cpu", "--no-progress", artifacts=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     ckdir = tmp_path / "checkpoints/lenet_bn"
     assert sorted(p.name for p in ckdir.iterdir()) == ["best.pt", "last.pt"]

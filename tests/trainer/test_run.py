@@ -1,9 +1,6 @@
 """Training runs on small real-format data: checkpoints, resume, time budget, best.pt policy."""
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,6 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO
+from tests.trainer.cli_runs import run_two_ranks
 from trainer import checkpoint, data, models
 from trainer.augment import shift_and_flip
 from trainer.device import World
@@ -139,11 +137,9 @@ def test_resume_on_cuda_loads_last_pt_to_the_cpu(tmp_path, small_data):
 
 
 def _torchrun(fmnist_dir: Path, artifacts: Path, *flags: str) -> None:
-    result = subprocess.run(
-        [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node=2",
-         str(REPO / "tests/trainer/ddp_worker.py"), str(fmnist_dir), str(artifacts), *flags],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
-        timeout=300)
+    result = run_two_ranks(str(REPO / "tests/trainer/ddp_worker.py"), str(fmnist_dir),
+                           str(artifacts), *flags, artifacts=artifacts,
+                           resumed="--resume" in flags)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
