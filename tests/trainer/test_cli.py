@@ -18,6 +18,7 @@ from tests.trainer.cli_runs import (TRAINER, epoch_lines, error_line, run_traine
 from trainer import checkpoint, models
 from trainer.cli import get_args_parser, main, run
 
+
 def test_help_keeps_each_example_on_its_lines():
     """The example continued with a backslash stays two lines; a lost line break showed as a
     run of spaces inside one."""
