@@ -20,14 +20,14 @@ from server.api.binding import bracketed, listen_addresses
 from server.errors import StartupError
 
 
-def hold(host: str, port: int, flag: str) -> tuple[list[socket.socket], int]:
+def hold(host: str, port: int) -> tuple[list[socket.socket], int]:
     """Bind `port` (0: a free one, the same on every address) on every address of `host`, as a
     lone server would; returns the held sockets and the port. StartupError names the address
-    that is taken, and the flag (`flag`) that asked for it."""
+    that is taken, and --port."""
     held = []
     try:
         for address in listen_addresses(host):
-            held.append(_bind(address, port, flag))
+            held.append(_bind(address, port))
             port = held[-1].getsockname()[1]
     except BaseException:
         release(held)
@@ -87,7 +87,7 @@ def _is_ours(s: socket.socket, ports: set[int], listening: bool) -> bool:
     return listening or bool(s.getpeername())
 
 
-def _bind(address: str, port: int, flag: str) -> socket.socket:
+def _bind(address: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     s = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -96,7 +96,7 @@ def _bind(address: str, port: int, flag: str) -> socket.socket:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # after the check: workers join
     except (OSError, OverflowError) as e:  # in use, not an address here, not a port
         s.close()
-        raise StartupError(f"cannot listen on {bracketed(address)}:{port} ({flag}): "
+        raise StartupError(f"cannot listen on {bracketed(address)}:{port} (--port): "
                            f"{e.strerror or e} (another program has it?)") from None
     return s
 

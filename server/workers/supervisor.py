@@ -103,7 +103,7 @@ def supervise(args: argparse.Namespace, plan: Plan, argv: list[str]) -> int:
     (also when they cannot start)."""
     held = []
     try:
-        grpc_held, port = ports.hold(args.host, args.port, "--port")
+        grpc_held, port = ports.hold(args.host, args.port)
         held += grpc_held
         http, http_port = (bind_sockets(args.host, args.http_port, listen=False)
                            if args.http_port else ([], 0))
